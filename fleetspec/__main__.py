@@ -1,0 +1,5 @@
+import sys
+
+from fleetspec.cli import app
+
+sys.exit(app.main())

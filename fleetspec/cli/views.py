@@ -1,0 +1,46 @@
+"""Rendering shared by several commands: diagnostics as text (no rich needed) or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import click
+
+from fleetspec.errors import Diagnostic, Severity
+
+_COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
+
+
+def render_diagnostic(diagnostic: Diagnostic, colour: bool) -> str:
+    text = diagnostic.render()
+    if not colour:
+        return text
+    first, _, rest = text.partition("\n")
+    label = f"{diagnostic.severity.value}:"
+    first = first.replace(label, click.style(label, fg=_COLOURS[diagnostic.severity], bold=True), 1)
+    return first + ("\n" + click.style(rest, dim=True) if rest else "")
+
+
+def print_diagnostics(diagnostics: Sequence[Diagnostic], err: bool = True) -> None:
+    stream = click.get_text_stream("stderr" if err else "stdout")
+    colour = stream.isatty()
+    for diagnostic in diagnostics:
+        click.echo(render_diagnostic(diagnostic, colour), err=err)
+
+
+def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> list[dict]:
+    return [d.to_json() for d in diagnostics]
+
+
+def dump_json(data) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def count_words(diagnostics: Sequence[Diagnostic]) -> str:
+    errors = sum(d.severity is Severity.ERROR for d in diagnostics)
+    warnings = sum(d.severity is Severity.WARNING for d in diagnostics)
+    parts = [f"{errors} error{'s' * (errors != 1)}"] if errors else []
+    if warnings:
+        parts.append(f"{warnings} warning{'s' * (warnings != 1)}")
+    return " and ".join(parts) or "no problems"

@@ -1,0 +1,201 @@
+"""Translate one pydantic error (type, loc, ctx) into a located, plain-language Diagnostic."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+
+import pydantic
+
+from fleetspec.errors import Diagnostic, Severity
+from fleetspec.spec import models, paths
+
+# Union members tagged by a discriminator put the tag into `loc`; users never wrote it.
+_TAGGED_UNIONS = {("routing", "rules", int), ("gpus",)}
+
+_TYPE_WORDS = {
+    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "text", "list_type": "a list",
+    "dict_type": "a mapping of keys", "model_type": "a mapping of keys", "model_attributes_type": "a mapping of keys",
+    "tuple_type": "a list", "none_required": "nothing (null)",
+}
+
+_PATTERN_WORDS = {
+    models.NAME_PATTERN: ("a lower-case name of letters, digits and dashes (it becomes container and "
+                          "Kubernetes names)", "e.g. `python-lora`"),
+    models.ADAPTER_NAME_PATTERN: ("a name of letters, digits, `.`, `_` and `-`", "e.g. `python-lora`"),
+    models.VERSION_PATTERN: ("a version of letters, digits, `.`, `_`, `+` and `-`", "e.g. `1.2.0`"),
+    models.ENV_NAME_PATTERN: ("an environment variable name", "e.g. `HF_TOKEN`"),
+}
+
+
+def clean_loc(loc: tuple) -> tuple:
+    """Drop the discriminator tags pydantic inserts after tagged-union fields."""
+    result: list = []
+    skipped_at = -1
+    for part in loc:
+        shape = tuple(int if isinstance(p, int) else p for p in result)
+        if shape in _TAGGED_UNIONS and isinstance(part, str) and skipped_at != len(result):
+            skipped_at = len(result)  # one tag per union position; the next segment is a real key
+            continue
+        result.append(part)
+    return tuple(result)
+
+
+def to_diagnostic(error: dict, data: object, source) -> Diagnostic:
+    raw_loc = tuple(error["loc"])
+    loc = clean_loc(raw_loc)
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    where = source.locate(loc)
+    message, hint, code = _explain(kind, loc, raw_loc, value, ctx, source)
+    return Diagnostic(Severity.ERROR, code, paths.format_path(loc), message, hint, where)
+
+
+def _explain(kind: str, loc: tuple, raw_loc: tuple, value, ctx: dict, source) -> tuple[str, str, str]:
+    field = str(loc[-1]) if loc else "the file"
+    if kind == "extra_forbidden":
+        allowed = sorted(_fields_at(raw_loc[:-1]))
+        guess = difflib.get_close_matches(field, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean `{guess[0]}`?" if guess else (
+            "allowed keys here: " + ", ".join(allowed) if allowed else "remove it")
+        return f"unknown key `{field}`", hint, "unknown-key"
+    if kind == "missing":
+        return f"the required key `{field}` is missing", f"add `{field}:` here", "missing-key"
+    if kind in ("literal_error", "enum"):
+        choices = _literal_choices(raw_loc)
+        guess = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5) if choices else []
+        shown = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
+        hint = f"did you mean `{guess[0]}`?" if guess else f"use one of: {shown}"
+        return f"`{value}` is not an allowed value for {field}", hint, "bad-value"
+    if kind in _TYPE_WORDS:
+        return _type_problem(kind, loc, value, source)
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return _bound_problem(kind, field, value, ctx)
+    if kind == "string_pattern_mismatch":
+        words, example = _PATTERN_WORDS.get(ctx.get("pattern"), ("a value of the expected form", ""))
+        return f"`{value}` is not {words}", example, "bad-value"
+    if kind == "too_short":
+        need = ctx.get("min_length", 1)
+        what = "character" if isinstance(value, str) else "item"
+        return f"{field} needs at least {need} {what}(s)", f"add a {what} to {field}", "bad-value"
+    if kind == "value_error":
+        problem = ctx.get("error")
+        return str(problem or "the value is invalid"), getattr(problem, "hint", ""), "bad-value"
+    if kind == "rule-kind":
+        return (f"this rule has no recognisable matcher (needs exactly one of {', '.join(models.RULE_KINDS)})",
+                "start the rule with one of them, e.g. `keywords: [python]` and `to: python-lora`", "bad-rule")
+    if kind == "dict_type" or kind.endswith("_type"):
+        return f"{field} has the wrong type", "", "wrong-type"
+    return f"{field} is invalid ({kind})", "", "bad-value"
+
+
+def _type_problem(kind: str, loc: tuple, value, source) -> tuple[str, str, str]:
+    wanted = _TYPE_WORDS[kind]
+    shown = _show(value)
+    hint = ""
+    if kind == "string_type" and loc in source.plain_scalars and isinstance(value, int | float | bool):
+        written = source.plain_scalars[loc]
+        hint = f'YAML reads {written} as a {type(value).__name__}; put it in quotes: "{written}"'
+    elif kind == "list_type" and isinstance(value, str):
+        hint = f"write a list: [{value}]"
+    elif kind in ("int_parsing", "int_from_float") and isinstance(value, str | float):
+        hint = "write a whole number without quotes or units"
+    return f"expected {wanted}, got {shown}", hint, "wrong-type"
+
+
+def _bound_problem(kind: str, field: str, value, ctx: dict) -> tuple[str, str, str]:
+    words = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+             "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}[kind]
+    bound = ctx.get(words[1])
+    return f"{field} must be {words[0]} {bound}, got {_show(value)}", f"set {field} to a value {words[0]} {bound}", "out-of-range"
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return f"`{text[:60]}`"
+
+
+# --- walking the models along a loc ---------------------------------------------------------
+
+def _unwrap(annotation) -> list:
+    """The concrete types an annotation may hold (Optional/Union/Annotated/list/dict peeled)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _members(annotation) -> list:
+    """Union members with their own Annotated[..., Tag] wrappers kept."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return list(typing.get_args(annotation))
+    return [annotation]
+
+
+def _step(annotation, part):
+    """The annotation one `loc` segment further down, or None."""
+    for member in _members(annotation):
+        if isinstance(part, str) and _tag_of(member) == part:
+            return typing.get_args(member)[0]
+    for candidate in _unwrap(annotation):
+        origin = typing.get_origin(candidate)
+        if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+            field = candidate.model_fields.get(part) if isinstance(part, str) else None
+            if field is not None:
+                return field.annotation
+        elif origin is list and isinstance(part, int):
+            return typing.get_args(candidate)[0]
+        elif origin is dict and isinstance(part, str):
+            return typing.get_args(candidate)[1]
+    return None
+
+
+def _tag_of(annotation) -> str | None:
+    if typing.get_origin(annotation) is typing.Annotated:
+        for meta in typing.get_args(annotation)[1:]:
+            if isinstance(meta, pydantic.Tag):
+                return meta.tag
+    return None
+
+
+def _annotation_at(raw_loc: tuple):
+    annotation = models.FleetSpec
+    for part in raw_loc:
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return None
+    return annotation
+
+
+def _fields_at(raw_loc: tuple) -> list[str]:
+    annotation = _annotation_at(raw_loc)
+    if annotation is None:
+        return []
+    names: list[str] = []
+    for candidate in _unwrap(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+            names.extend(candidate.model_fields)
+    return names
+
+
+def _literal_choices(raw_loc: tuple) -> list[str]:
+    annotation = _annotation_at(raw_loc)
+    choices: list[str] = []
+    for candidate in _unwrap(annotation) if annotation is not None else []:
+        if typing.get_origin(candidate) is typing.Literal:
+            choices.extend(str(c) for c in typing.get_args(candidate))
+    return choices
