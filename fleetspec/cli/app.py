@@ -8,6 +8,7 @@ fleetspec error becomes a message and an exit code, never a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
+    except Exception as exc:  # a bug in fleetspec, not in the user's file
+        if os.environ.get("FLEETSPEC_DEBUG"):
+            raise
+        click.echo(
+            f"error: fleetspec hit an internal error ({exc.__class__.__name__}: {exc}). This is a bug in "
+            "fleetspec, not in your files; rerun with FLEETSPEC_DEBUG=1 to see the traceback and report it.",
+            err=True,
+        )
+        return EXIT_ERROR
     return result if isinstance(result, int) else EXIT_OK
 
 

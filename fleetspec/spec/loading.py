@@ -77,7 +77,7 @@ def load_text(text: str, file: str = "fleet.yaml", base_dir: pathlib.Path | None
     try:
         spec = models.FleetSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        diagnostics = [pydantic_errors.to_diagnostic(e, data, source) for e in exc.errors()]
+        diagnostics = pydantic_errors.to_diagnostics(exc.errors(), data, source)
         raise errors.SpecError(_dedupe(diagnostics + config_diagnostics)) from None
     if config_diagnostics:
         raise errors.SpecError(config_diagnostics)

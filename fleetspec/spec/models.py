@@ -155,6 +155,18 @@ class GpuDiscovery(Strict):
 _GPU_SHORTHAND = re.compile(r"^\s*(?:(\d+)\s*[x×]\s*)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*$")
 
 
+def _gpu_schema_shorthands(schema: dict) -> None:
+    """Let editors accept the shorthands `_expand_gpu_shorthand` understands."""
+    options = schema.get("oneOf") or schema.get("anyOf") or []
+    group_ref = next((o["items"] for o in options if o.get("type") == "array" and "items" in o), None)
+    extra = [{"type": "string", "pattern": _GPU_SHORTHAND.pattern, "examples": ["2x A100-80GB", "L4"]}]
+    if group_ref:
+        extra.append(group_ref)
+    schema.setdefault("anyOf", options).extend(extra)
+    schema.pop("oneOf", None)
+    schema.pop("discriminator", None)
+
+
 def _expand_gpu_shorthand(value):
     """`"2x A100-80GB"` → one group; a bare mapping → a one-group list."""
     if isinstance(value, str):
@@ -431,7 +443,8 @@ class FleetSpec(Strict):
         Annotated[list[GpuGroup], Tag("groups")] | Annotated[GpuDiscovery, Tag("discover")],
         Discriminator(lambda v: "discover" if isinstance(v, dict | GpuDiscovery) else "groups"),
     ] = Field(
-        description='GPU inventory: a list of groups, a shorthand like "2x A100-80GB", or {discover: true}.'
+        description='GPU inventory: a list of groups, a shorthand like "2x A100-80GB", or {discover: true}.',
+        json_schema_extra=_gpu_schema_shorthands,
     )
     servers: list[Server] = Field(min_length=1)
     specialists: list[Specialist] = Field(default_factory=list)

@@ -44,6 +44,18 @@ def clean_loc(loc: tuple) -> tuple:
     return tuple(result)
 
 
+def to_diagnostics(raw_errors: list[dict], data: object, source) -> list[Diagnostic]:
+    """All errors of one validation, minus "missing `to`" when the same mapping has a typo `too`."""
+    typos = {(tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in raw_errors if e["type"] == "extra_forbidden"}
+    kept = [e for e in raw_errors if not (e["type"] == "missing" and _explained_by_typo(e, typos))]
+    return [to_diagnostic(e, data, source) for e in kept]
+
+
+def _explained_by_typo(error: dict, typos: set) -> bool:
+    parent, field = tuple(error["loc"][:-1]), str(error["loc"][-1])
+    return any(p == parent and difflib.get_close_matches(field, [key], cutoff=0.6) for p, key in typos)
+
+
 def to_diagnostic(error: dict, data: object, source) -> Diagnostic:
     raw_loc = tuple(error["loc"])
     loc = clean_loc(raw_loc)

@@ -1,0 +1,76 @@
+"""Observed state: what actually runs, re-read from the runtime and the engines on every call.
+
+Nothing here trusts a record of what was applied: containers are found by label, adapters by
+asking each engine's `/v1/models` (adapters are the cards with a `parent`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fleetspec.reconcile.drivers import base
+
+Key = tuple[str, int]  # (server, replica)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedReplica:
+    container: base.ObservedContainer
+    base_url: str | None
+    healthy: bool
+    adapters: dict[str, str] | None  # served name → path as loaded; None when the engine did not answer
+
+    def to_json(self) -> dict:
+        return {
+            "container": self.container.to_json(),
+            "base_url": self.base_url,
+            "healthy": self.healthy,
+            "adapters": self.adapters,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedState:
+    fleet: str
+    replicas: dict[Key, ObservedReplica]
+    strays: tuple[base.ObservedContainer, ...] = ()  # fleet containers no replica slot explains
+    router: base.ObservedContainer | None = None
+    router_config_hash: str | None = None  # what the running router says it serves
+
+    def to_json(self) -> dict:
+        return {
+            "fleet": self.fleet,
+            "replicas": [{"server": k[0], "replica": k[1], **r.to_json()} for k, r in sorted(self.replicas.items())],
+            "strays": [c.to_json() for c in self.strays],
+            "router": self.router.to_json() if self.router else None,
+            "router_config_hash": self.router_config_hash,
+        }
+
+
+def assemble(fleet: str, containers: list[base.ObservedContainer], probe) -> ObservedState:
+    """Group containers into replica slots; `probe(container) -> (base_url, healthy, adapters)`.
+
+    When two containers claim one slot (a crash mid-replace), the running, newest one wins and the
+    other becomes a stray that the plan removes.
+    """
+    slots: dict[Key, list[base.ObservedContainer]] = {}
+    strays: list[base.ObservedContainer] = []
+    router = None
+    for container in containers:
+        if container.role == "router":
+            if router is None:
+                router = container
+            else:
+                strays.append(container)
+        elif container.server is None or container.replica is None:
+            strays.append(container)
+        else:
+            slots.setdefault((container.server, container.replica), []).append(container)
+    replicas: dict[Key, ObservedReplica] = {}
+    for key, candidates in sorted(slots.items()):
+        candidates.sort(key=lambda c: (c.running, c.started_at or ""), reverse=True)
+        chosen, *rest = candidates
+        strays.extend(rest)
+        base_url, healthy, adapters = probe(chosen) if chosen.running else (None, False, None)
+        replicas[key] = ObservedReplica(chosen, base_url, healthy, adapters)
+    return ObservedState(fleet, replicas, tuple(strays), router)

@@ -1,0 +1,131 @@
+"""diff(desired, observed) → plan: table-driven cases named by behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fleetspec.reconcile import desired, diff, observed
+from fleetspec.reconcile.drivers import base
+from fleetspec.reconcile.plan import Disruption, Kind
+
+ARGV = ("vllm", "serve", "tiny", "--max-model-len", "4096", "--enable-lora")
+
+
+def spec(argv=ARGV, name="demo-main-0") -> desired.ContainerSpec:
+    return desired.ContainerSpec(name=name, image="fleetspec/sim:1", argv=argv, env={"A": "1"})
+
+
+def want(replicas: dict, router=None, router_config=None) -> desired.DesiredState:
+    built = {}
+    for (server, index), (container, adapters) in replicas.items():
+        built[(server, index)] = desired.DesiredReplica(server, index, container, adapters, 8000 + index)
+    return desired.DesiredState("demo", built, router, router_config)
+
+
+def container(key, spec_hash, status="running", cid=None, exit_code=None, started="2026-01-01T00:00:00"):
+    server, index = key
+    return base.ObservedContainer(
+        id=cid or f"id-{server}-{index}", name=f"demo-{server}-{index}", image="fleetspec/sim:1", status=status,
+        health=None, fleet="demo", server=server, replica=index, spec_hash=spec_hash, role="engine",
+        exit_code=exit_code, started_at=started,
+    )
+
+
+def have(replicas: dict, strays=(), router=None, router_config_hash=None) -> observed.ObservedState:
+    built = {}
+    for key, (spec_hash, adapters, status) in replicas.items():
+        c = container(key, spec_hash, status=status, exit_code=137 if status == "exited" else None)
+        built[key] = observed.ObservedReplica(c, "http://127.0.0.1:8000", adapters is not None, adapters)
+    return observed.ObservedState("demo", built, tuple(strays), router, router_config_hash)
+
+
+MAIN0 = ("main", 0)
+H = spec().spec_hash()
+CHANGED = spec(argv=(*ARGV[:4], "8192", ARGV[5]))
+
+
+def kinds(plan):
+    return [(a.kind, a.target, a.adapter) for a in plan.actions]
+
+
+CASES = {
+    "nothing running: create the replica, then load its adapters": (
+        want({MAIN0: (spec(), {"code--1": "/a/code/1"})}), have({}),
+        [(Kind.CREATE, "main/0", None), (Kind.LOAD_ADAPTER, "main/0", "code--1")],
+    ),
+    "everything matches: no actions": (
+        want({MAIN0: (spec(), {"code--1": "/a/code/1"})}), have({MAIN0: (H, {"code--1": "/a/code/1"}, "running")}),
+        [],
+    ),
+    "a new adapter is loaded hot": (
+        want({MAIN0: (spec(), {"code--1": "/a/code/1", "sql--1": "/a/sql/1"})}),
+        have({MAIN0: (H, {"code--1": "/a/code/1"}, "running")}),
+        [(Kind.LOAD_ADAPTER, "main/0", "sql--1")],
+    ),
+    "a version bump loads the new name before unloading the old": (
+        want({MAIN0: (spec(), {"code--2": "/a/code/2"})}), have({MAIN0: (H, {"code--1": "/a/code/1"}, "running")}),
+        [(Kind.LOAD_ADAPTER, "main/0", "code--2"), (Kind.UNLOAD_ADAPTER, "main/0", "code--1")],
+    ),
+    "a changed engine flag replaces the container and reloads adapters": (
+        want({MAIN0: (CHANGED, {"code--1": "/a/code/1"})}), have({MAIN0: (H, {"code--1": "/a/code/1"}, "running")}),
+        [(Kind.REPLACE, "main/0", None), (Kind.LOAD_ADAPTER, "main/0", "code--1")],
+    ),
+    "an exited container is replaced": (
+        want({MAIN0: (spec(), {})}), have({MAIN0: (H, None, "exited")}),
+        [(Kind.REPLACE, "main/0", None)],
+    ),
+    "an engine that does not answer yet gets its adapters planned": (
+        want({MAIN0: (spec(), {"code--1": "/a/code/1"})}), have({MAIN0: (H, None, "running")}),
+        [(Kind.LOAD_ADAPTER, "main/0", "code--1")],
+    ),
+    "scaling down removes the extra replica": (
+        want({MAIN0: (spec(), {})}),
+        have({MAIN0: (H, {}, "running"), ("main", 1): (H, {}, "running")}),
+        [(Kind.REMOVE, "main/1", None)],
+    ),
+    "an adapter loaded from another path is reloaded": (
+        want({MAIN0: (spec(), {"code--1": "/a/code/1"})}), have({MAIN0: (H, {"code--1": "/elsewhere"}, "running")}),
+        [(Kind.LOAD_ADAPTER, "main/0", "code--1")],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_diff(case):
+    wanted, observed_state, expected = CASES[case]
+    assert kinds(diff.diff(wanted, observed_state)) == expected
+
+
+def test_stray_containers_of_the_fleet_are_removed():
+    stray = container(("main", 0), H, cid="old")
+    plan = diff.diff(want({MAIN0: (spec(), {})}), have({MAIN0: (H, {}, "running")}, strays=[stray]))
+    assert [(a.kind, a.container_id) for a in plan.actions] == [(Kind.REMOVE, "old")]
+
+
+def test_replace_reason_names_the_changed_flag_when_the_last_spec_is_known():
+    plan = diff.diff(want({MAIN0: (CHANGED, {})}), have({MAIN0: (H, {}, "running")}), last_applied={MAIN0: spec()})
+    (action,) = plan.actions
+    assert action.changes == ("--max-model-len 4096 → 8192",)
+    assert action.disruption is Disruption.RESTART
+    assert "--max-model-len 4096 → 8192" in action.reason
+
+
+def test_router_update_when_its_config_hash_differs():
+    router = spec(argv=("python", "-m", "fleetspec.router"), name="demo-router")
+    router_container = dataclasses.replace(container(("x", 0), router.spec_hash()), role="router",
+                                           server=None, replica=None, name="demo-router")
+    wanted = want({}, router=router, router_config={"rules": [1]})
+    same = have({}, router=router_container, router_config_hash=wanted.router_config_hash())
+    stale = have({}, router=router_container, router_config_hash="old")
+    assert diff.diff(wanted, same).actions == ()
+    (action,) = diff.diff(wanted, stale).actions
+    assert (action.kind, action.disruption) == (Kind.UPDATE_ROUTER, Disruption.HOT)
+
+
+def test_plan_summary_counts_every_kind():
+    plan = diff.diff(want({MAIN0: (CHANGED, {"code--2": "/a/code/2"})}),
+                     have({MAIN0: (H, {"code--1": "/a/code/1"}, "running"), ("main", 1): (H, {}, "running")}))
+    assert plan.summary() == "Plan: 0 to create, 1 to replace, 1 to remove, 1 adapter to load, 0 to unload."
+    assert plan.to_json()["restarts"] == 2
