@@ -1,0 +1,184 @@
+"""Execute a ReconcilePlan against a runtime driver and the engines' admin API.
+
+The plan's order is kept: servers first (each new or replaced replica must be healthy before the
+next one is touched, so a rolling replace never takes a whole server down), then adapter loads,
+the router, unloads, removals. A failure is recorded and the rest goes on; actions that depend on a
+failed one (loads onto a server that never became healthy) are skipped with that reason. Running
+apply again after any failure converges, because the next plan is computed from what is observed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from fleetspec import errors
+from fleetspec.reconcile import desired as desired_mod
+from fleetspec.reconcile import plan as plan_mod
+from fleetspec.reconcile import vllm_admin
+from fleetspec.reconcile.plan import Action, Kind
+
+OK, FAILED, SKIPPED, UNCHANGED = "ok", "failed", "skipped", "unchanged"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    action: Action
+    status: str  # OK, FAILED, SKIPPED, UNCHANGED
+    message: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"action": self.action.to_json(), "status": self.status, "message": self.message,
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyResult:
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == FAILED]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "outcomes": [o.to_json() for o in self.outcomes]}
+
+
+@dataclasses.dataclass
+class Settings:
+    health_timeout_s: float = 600.0  # a real model load takes minutes
+    api_key: str | None = None
+    host: str = "127.0.0.1"  # where published engine ports are reached from fleetspec
+
+
+class Applier:
+    """Runs plan actions. `progress(text)` is called before each long step (for the CLI)."""
+
+    def __init__(self, driver, want: desired_mod.DesiredState, settings: Settings | None = None,
+                 clock: vllm_admin.Clock = vllm_admin.SYSTEM_CLOCK, progress: Callable[[str], None] = lambda _: None,
+                 router_updater: Callable[[desired_mod.DesiredState], str] | None = None):
+        self.driver = driver
+        self.want = want
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.progress = progress
+        self.router_updater = router_updater
+        self.unhealthy: dict[str, str] = {}  # replica target → why its adapters cannot be loaded
+
+    def run(self, reconcile_plan: plan_mod.ReconcilePlan) -> ApplyResult:
+        outcomes = []
+        for action in reconcile_plan.actions:
+            started = self.clock.monotonic()
+            outcome = self._one(action)
+            outcomes.append(dataclasses.replace(outcome, seconds=self.clock.monotonic() - started))
+        return ApplyResult(tuple(outcomes))
+
+    def _one(self, action: Action) -> Outcome:
+        handler = {
+            Kind.CREATE: self._create, Kind.REPLACE: self._replace, Kind.LOAD_ADAPTER: self._load,
+            Kind.UPDATE_ROUTER: self._router, Kind.UNLOAD_ADAPTER: self._unload, Kind.REMOVE: self._remove,
+        }[action.kind]
+        try:
+            return handler(action)
+        except errors.FleetspecError as exc:
+            if action.kind in (Kind.CREATE, Kind.REPLACE):
+                self.unhealthy[action.target] = str(exc)
+            return Outcome(action, FAILED, _message(exc))
+
+    # -- servers ---------------------------------------------------------------------------
+
+    def _create(self, action: Action) -> Outcome:
+        replica = self.want.replicas[(action.server, action.replica)]
+        self.progress(f"Starting {action.target} ({replica.container.image})")
+        container_id = self.driver.create(replica.container)
+        self._wait_ready(action, replica, container_id)
+        return Outcome(action, OK, f"started {container_id[:12]}, healthy")
+
+    def _replace(self, action: Action) -> Outcome:
+        replica = self.want.replicas[(action.server, action.replica)]
+        self.progress(f"Replacing {action.target}: {action.reason}")
+        if action.container_id:
+            self.driver.remove(action.container_id)
+        container_id = self.driver.create(replica.container)
+        self._wait_ready(action, replica, container_id)
+        return Outcome(action, OK, f"replaced by {container_id[:12]}, healthy")
+
+    def _wait_ready(self, action: Action, replica: desired_mod.DesiredReplica, container_id: str) -> None:
+        self.driver.wait_running(container_id, timeout_s=60.0)
+        self.progress(f"Waiting for {action.target} to answer /health (the model is loading)")
+        deadline = self.clock.monotonic() + self.settings.health_timeout_s
+
+        def still_running() -> None:
+            # A bad flag or an OOM ends the engine in seconds; do not wait out the whole deadline.
+            mine = [c for c in self.driver.observe(self.want.fleet) if c.id == container_id]
+            if not mine or not mine[0].running:
+                code = f" with code {mine[0].exit_code}" if mine and mine[0].exit_code is not None else ""
+                raise errors.PermanentError(f"{action.target} stopped while starting{code}" + self._tail(container_id))
+
+        try:
+            vllm_admin.wait_healthy(self._url(replica), deadline, self.clock, check=still_running)
+        except vllm_admin.EngineUnavailable:
+            raise errors.TemporaryError(
+                f"{action.target} did not become healthy within {self.settings.health_timeout_s:.0f} s"
+                + self._tail(container_id)
+            ) from None
+
+    def _tail(self, container_id: str) -> str:
+        try:
+            tail = self.driver.logs_tail(container_id, lines=20).strip()
+        except errors.FleetspecError:
+            return ""
+        return f"; its last log lines:\n{tail}" if tail else ""
+
+    def _remove(self, action: Action) -> Outcome:
+        self.progress(f"Removing {action.target}: {action.reason}")
+        self.driver.remove(action.container_id)
+        return Outcome(action, OK, "removed")
+
+    # -- adapters --------------------------------------------------------------------------
+
+    def _load(self, action: Action) -> Outcome:
+        if action.target in self.unhealthy:
+            return Outcome(action, SKIPPED, f"{action.target} is not up: {self.unhealthy[action.target]}")
+        replica = self.want.replicas[(action.server, action.replica)]
+        url = self._url(replica)
+        deadline = self.clock.monotonic() + self.settings.health_timeout_s
+        try:
+            vllm_admin.wait_healthy(url, deadline, self.clock)
+        except vllm_admin.EngineUnavailable:
+            self.unhealthy[action.target] = "it does not answer /health"
+            return Outcome(action, FAILED, f"{action.target} does not answer /health; the adapter stays unloaded")
+        try:
+            loaded = vllm_admin.load_adapter(url, action.adapter, action.path, api_key=self.settings.api_key)
+        except vllm_admin.AdapterNameTaken:
+            # Same version name, new path: serve the new files; vLLM's prefix cache keys on the path.
+            vllm_admin.unload_adapter(url, action.adapter, api_key=self.settings.api_key)
+            loaded = vllm_admin.load_adapter(url, action.adapter, action.path, api_key=self.settings.api_key)
+        return Outcome(action, OK if loaded else UNCHANGED, "loaded" if loaded else "already loaded")
+
+    def _unload(self, action: Action) -> Outcome:
+        replica = self.want.replicas[(action.server, action.replica)]
+        removed = vllm_admin.unload_adapter(self._url(replica), action.adapter, api_key=self.settings.api_key)
+        return Outcome(action, OK if removed else UNCHANGED, "unloaded" if removed else "was not loaded")
+
+    def _router(self, action: Action) -> Outcome:
+        if self.router_updater is None:
+            return Outcome(action, SKIPPED, "this runtime has no router yet")
+        return Outcome(action, OK, self.router_updater(self.want))
+
+    def _url(self, replica: desired_mod.DesiredReplica) -> str:
+        return f"http://{self.settings.host}:{replica.port}"
+
+
+def _message(exc: errors.FleetspecError) -> str:
+    engine_message = getattr(exc, "engine_message", None)
+    text = str(exc)
+    if engine_message and engine_message not in text:
+        text += f" (engine said: {engine_message})"
+    hint = getattr(exc, "hint", "")
+    return f"{text}; {hint}" if hint else text

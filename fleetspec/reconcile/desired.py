@@ -1,0 +1,123 @@
+"""Desired state: what should run. For now only the container description every driver consumes.
+
+`ContainerSpec` is frozen and made of plain values so that its canonical JSON, and therefore its
+spec hash, is the same on every machine and every run: a changed hash is the one reason to replace
+a container. Adapters are deliberately not part of it; they change on a live server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class PortBinding:
+    container_port: int
+    host_port: int | None = None  # None: the engine picks a free port (tests, routers behind a proxy)
+    host_ip: str = "127.0.0.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    source: str  # host path; must exist (a bind mount never creates it)
+    target: str  # path inside the container
+    read_only: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    """One container as fleetspec wants it. Mappings are stored as sorted tuples of pairs."""
+
+    name: str
+    image: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    gpu_ids: tuple[str, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    volumes: tuple[Mount, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Accept dicts and lists at the call site; store one canonical, hashable form.
+        set_ = object.__setattr__
+        set_(self, "argv", tuple(str(a) for a in self.argv))
+        set_(self, "env", _pairs(self.env))
+        set_(self, "gpu_ids", tuple(str(g) for g in self.gpu_ids))
+        set_(self, "ports", tuple(_coerce(PortBinding, p) for p in self.ports))
+        set_(self, "volumes", tuple(_coerce(Mount, m) for m in self.volumes))
+        set_(self, "labels", _pairs(self.labels))
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "image": self.image,
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "gpu_ids": list(self.gpu_ids),
+            "ports": [dataclasses.asdict(p) for p in self.ports],
+            "volumes": [dataclasses.asdict(m) for m in self.volumes],
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ContainerSpec:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode("ascii")).hexdigest()
+
+
+def _pairs(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+def _coerce(kind: type, value):
+    return value if isinstance(value, kind) else kind(**value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DesiredReplica:
+    server: str
+    replica: int
+    container: ContainerSpec
+    adapters: Mapping[str, str]  # served adapter name → path as the engine sees it
+    port: int  # host port of the engine's HTTP API
+
+    def to_json(self) -> dict:
+        return {"server": self.server, "replica": self.replica, "port": self.port,
+                "spec_hash": self.container.spec_hash(), "container": self.container.to_json(),
+                "adapters": dict(sorted(self.adapters.items()))}
+
+
+@dataclasses.dataclass(frozen=True)
+class DesiredState:
+    fleet: str
+    replicas: Mapping[tuple[str, int], DesiredReplica]
+    router: ContainerSpec | None = None
+    router_config: Mapping | None = None  # the compiled routing table the router should serve
+
+    def router_config_hash(self) -> str | None:
+        if self.router_config is None:
+            return None
+        text = json.dumps(self.router_config, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_json(self) -> dict:
+        return {"fleet": self.fleet, "replicas": [r.to_json() for _, r in sorted(self.replicas.items())],
+                "router": self.router.to_json() if self.router else None,
+                "router_config_hash": self.router_config_hash()}

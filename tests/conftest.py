@@ -1,0 +1,69 @@
+"""Fixtures and options shared by every test directory.
+
+Keep this file to cross-cutting helpers; fixtures for one area belong in that area's conftest.py
+(Docker fixtures live in tests/integration/conftest.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import pathlib
+
+import pytest
+
+GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="Rewrite the files under tests/golden/ from the current output instead of comparing.",
+    )
+
+
+class Golden:
+    """Compares rendered text with tests/golden/<name>, byte for byte; rewrites it on --update-golden."""
+
+    def __init__(self, update: bool, directory: pathlib.Path = GOLDEN_DIR):
+        self.update = update
+        self.directory = directory
+
+    def path(self, name: str) -> pathlib.Path:
+        path = (self.directory / name).resolve()
+        if self.directory.resolve() not in path.parents:
+            raise ValueError(f"golden name {name!r} leaves {self.directory}")
+        return path
+
+    def check(self, name: str, text: str) -> None:
+        path = self.path(name)
+        actual = text.encode("utf-8")
+        if self.update:
+            if not path.exists() or path.read_bytes() != actual:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(actual)
+            return
+        if not path.exists():
+            pytest.fail(
+                f"tests/golden/{name} does not exist yet. Create it with `pytest --update-golden` and review it.",
+                pytrace=False,
+            )
+        expected = path.read_bytes().decode("utf-8")
+        if text != expected:
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(keepends=True), text.splitlines(keepends=True),
+                    fromfile=f"tests/golden/{name}", tofile="actual output",
+                )
+            )
+            pytest.fail(
+                f"Output differs from tests/golden/{name}; if the change is intended, run "
+                f"`pytest --update-golden` and review the diff.\n{diff}",
+                pytrace=False,
+            )
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Golden:
+    return Golden(update=request.config.getoption("--update-golden"))

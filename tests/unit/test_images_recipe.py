@@ -1,0 +1,84 @@
+"""Offline image recipe pieces that need no engine: mirror discovery, dependency closure, input hash."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from fleetspec.images import payload, rootfs
+
+
+@pytest.fixture
+def apt_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    (tmp_path / "sources.list.d").mkdir()
+    return tmp_path
+
+
+def test_mirror_comes_from_deb822_sources(apt_dir, monkeypatch):
+    monkeypatch.delenv("FLEETSPEC_DEBIAN_MIRROR", raising=False)
+    (apt_dir / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n"
+        "URIs: http://mirror.example.org/debian/\nSuites: bookworm bookworm-updates\n\n"
+        "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n"
+    )
+    assert rootfs.find_mirror(apt_dir) == "http://mirror.example.org/debian"
+
+
+def test_mirror_comes_from_one_line_sources_skipping_security_and_others(apt_dir, monkeypatch):
+    monkeypatch.delenv("FLEETSPEC_DEBIAN_MIRROR", raising=False)
+    (apt_dir / "sources.list").write_text(
+        "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n"
+        "# deb http://commented.example.org/debian bookworm main\n"
+        "deb http://security.debian.org/debian-security bookworm-security main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://ftp.example.net/debian bookworm main\n"
+    )
+    assert rootfs.find_mirror(apt_dir) == "http://ftp.example.net/debian"
+
+
+def test_mirror_falls_back_to_deb_debian_org_and_env_overrides(apt_dir, monkeypatch):
+    monkeypatch.delenv("FLEETSPEC_DEBIAN_MIRROR", raising=False)
+    assert rootfs.find_mirror(apt_dir) == "http://deb.debian.org/debian"
+    monkeypatch.setenv("FLEETSPEC_DEBIAN_MIRROR", "http://local:3142/debian")
+    assert rootfs.find_mirror(apt_dir) == "http://local:3142/debian"
+
+
+def test_rootfs_hash_changes_with_suite_and_packages():
+    assert rootfs.Recipe().inputs_hash() == rootfs.Recipe().inputs_hash()
+    assert rootfs.Recipe(packages=("python3", "curl")).inputs_hash() != rootfs.Recipe().inputs_hash()
+    assert rootfs.Recipe(suite="trixie").inputs_hash() != rootfs.Recipe().inputs_hash()
+
+
+@pytest.mark.parametrize(
+    ("requirement", "parsed"),
+    [
+        ("pydantic>=2.6,<3", ("pydantic", False)),
+        ("typing-extensions>=4.6.1; python_version < '3.13'", ("typing-extensions", True)),
+        ('email-validator>=2.0.0; extra == "email"', (None, True)),
+        ("PyYAML", ("PyYAML", False)),
+    ],
+)
+def test_requirement_lines_are_reduced_to_a_name(requirement, parsed):
+    assert payload._parse(requirement) == parsed
+
+
+def test_dependency_closure_follows_requirements_of_installed_packages():
+    names = {d.metadata["Name"].lower().replace("_", "-") for d in payload.dependency_closure(["pydantic>=2"])}
+    assert {"pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection"} <= names
+    assert "email-validator" not in names  # only wanted for pydantic's `email` extra
+
+
+def test_missing_unconditional_dependency_is_reported_with_the_fix():
+    with pytest.raises(payload.errors.PermanentError, match=r"needs no-such-dist-xyz, which is not installed"):
+        payload.dependency_closure(["no-such-dist-xyz>=1"])
+
+
+def test_inputs_hash_depends_on_content_and_mode_not_insertion_order():
+    a = payload.Payload(files={"x": (b"1", False), "y": (b"2", True)}, dependencies=())
+    b = payload.Payload(files={"y": (b"2", True), "x": (b"1", False)}, dependencies=())
+    assert a.inputs_hash("base") == b.inputs_hash("base")
+    assert a.inputs_hash("base") != a.inputs_hash("other-base")
+    assert payload.Payload(files={"x": (b"1", False), "y": (b"2", False)}, dependencies=()).inputs_hash(
+        "base") != a.inputs_hash("base")
+    assert payload.Payload(files={"x": (b"1!", False), "y": (b"2", True)}, dependencies=()).inputs_hash(
+        "base") != a.inputs_hash("base")
