@@ -12,6 +12,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 
+from fleetspec.compile import deploy, vllm_args
+from fleetspec.reconcile import labels
+from fleetspec.spec import derived
+
 
 @dataclasses.dataclass(frozen=True)
 class PortBinding:
@@ -121,3 +125,57 @@ class DesiredState:
         return {"fleet": self.fleet, "replicas": [r.to_json() for _, r in sorted(self.replicas.items())],
                 "router": self.router.to_json() if self.router else None,
                 "router_config_hash": self.router_config_hash()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the desired state from a planned fleet (pure: every environment fact is a parameter).
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    """Where the fleet runs: the facts desired state depends on that the spec does not hold."""
+
+    target: str  # "docker" or "local"
+    sim_image: str = "fleetspec/sim:latest"  # docker + sim engine
+    python: str = "python3"  # local + sim engine: the interpreter that runs fleetspec.sim
+
+
+def container_name(fleet: str, server: str, replica: int) -> str:
+    return f"{fleet}-{server}-{replica}"
+
+
+def build(spec, slots, env: Environment, base_dir=None) -> DesiredState:
+    """Desired state of every replica placed by the planner (`slots`: compile.slots.Slot list)."""
+    ports = derived.replica_ports(spec)
+    replicas: dict[tuple[str, int], DesiredReplica] = {}
+    for slot in slots:
+        server = spec.server(slot.server)
+        port = ports[(slot.server, slot.replica)]
+        container = _engine_container(spec, server, slot, port, env, base_dir)
+        container = dataclasses.replace(container, labels={
+            labels.FLEET: spec.name, labels.SERVER: server.name, labels.REPLICA: str(slot.replica),
+            labels.ROLE: labels.ROLE_ENGINE,
+        })
+        adapters = {a.served_name: a.path for a in vllm_args.served_adapters(spec, server, base_dir)}
+        replicas[(slot.server, slot.replica)] = DesiredReplica(server.name, slot.replica, container, adapters, port)
+    return DesiredState(spec.name, replicas)
+
+
+def _engine_container(spec, server, slot, port: int, env: Environment, base_dir) -> ContainerSpec:
+    sim = spec.runtime.engine == "sim"
+    name = container_name(spec.name, server.name, slot.replica)
+    bind = spec.runtime.bind_address
+    if env.target == "docker":
+        launch = vllm_args.replica_launch(spec, server, slot.replica, host="0.0.0.0", port=vllm_args.CONTAINER_PORT,
+                                          preload_adapters=False, base_dir=base_dir)
+        image = env.sim_image if sim else (server.image or spec.runtime.default_image)
+        mounts = [Mount(root, root, True) for root in deploy.adapter_roots(spec, server, base_dir)]
+        return ContainerSpec(name=name, image=image, argv=launch.argv, env=launch.env,
+                             gpu_ids=() if sim else slot.gpus,
+                             ports=[PortBinding(vllm_args.CONTAINER_PORT, port, bind)], volumes=mounts)
+    launch = vllm_args.replica_launch(spec, server, slot.replica, host=bind, port=port, preload_adapters=False,
+                                      gpus=None if sim else slot.gpus, base_dir=base_dir)
+    argv = launch.argv
+    if sim:  # same flags, run by the stand-in engine instead of the `vllm` executable
+        argv = [env.python, "-m", "fleetspec.sim.vllm_shim", *argv[1:]]
+    return ContainerSpec(name=name, image="local", argv=argv, env=launch.env, ports=[PortBinding(port, port, bind)])

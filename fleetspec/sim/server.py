@@ -1,0 +1,236 @@
+"""The sim's HTTP front: vLLM 0.33's routes, status codes and bodies on the stdlib HTTP server.
+
+Routing, auth and the loading state live here; LoRA semantics live in `sim.engine` and response
+bodies in `sim.generate`. HTTP/1.1 with keep-alive; streams use chunked transfer encoding, as
+uvicorn does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fleetspec.sim import args as sim_args
+from fleetspec.sim import engine, generate, metrics
+
+log = logging.getLogger("fleetspec.sim")
+
+VLLM_VERSION = "0.33.0"
+NOT_FOUND = engine.Reply(404, {"detail": "Not Found"})  # FastAPI's reply for an unregistered route
+METHOD_NOT_ALLOWED = engine.Reply(405, {"detail": "Method Not Allowed"})
+UNAUTHORIZED = engine.Reply(401, {"error": "Unauthorized"})  # vLLM's AuthenticationMiddleware
+STARTING = engine.error(HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableError", "The engine is still loading the model.")
+
+
+@dataclasses.dataclass
+class App:
+    args: sim_args.ServeArgs
+    engine: engine.Engine
+    max_model_len: int
+    token_seconds: float = 0.0  # per generated token, so streams and in-flight requests are observable
+    ready: threading.Event = dataclasses.field(default_factory=threading.Event)
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+
+class SimHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: App):
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+
+# (method, path) → handler method name. Load/unload exist only with runtime updating enabled.
+ROUTES = {
+    ("GET", "/health"): "health",
+    ("GET", "/ping"): "health",
+    ("POST", "/ping"): "health",
+    ("GET", "/version"): "version",
+    ("GET", "/metrics"): "metrics",
+    ("GET", "/v1/models"): "models",
+    ("POST", "/v1/completions"): "completions",
+    ("POST", "/v1/chat/completions"): "chat",
+    ("POST", "/v1/load_lora_adapter"): "load",
+    ("POST", "/v1/unload_lora_adapter"): "unload",
+}
+RUNTIME_LORA_ROUTES = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: SimHTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    @property
+    def app(self) -> App:
+        return self.server.app
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit():
+            self.close_connection = True
+            return self._send(engine.error(HTTPStatus.BAD_REQUEST, "BadRequestError", "Invalid Content-Length header."))
+        self._body = self.rfile.read(int(length))
+        if self.app.args.api_keys and path.startswith(("/v1", "/v2", "/inference", "/cohere")) and not self._authorized():
+            return self._send(UNAUTHORIZED)
+        registered = self.app.args.allow_runtime_lora_updating or path not in RUNTIME_LORA_ROUTES
+        name = ROUTES.get((method, path)) if registered else None
+        if name is None:
+            known = registered and any(p == path for _, p in ROUTES)
+            return self._send(METHOD_NOT_ALLOWED if known else NOT_FOUND)
+        if not self.app.ready.is_set():
+            return self._send(engine.Reply(503, "") if name == "health" else STARTING)
+        try:
+            getattr(self, f"route_{name}")()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away mid-reply; nothing left to tell it
+        except Exception as exc:  # noqa: BLE001 - one bad request must not take the server down
+            log.exception("Error handling %s %s", method, path)
+            self._send(engine.error(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", str(exc)))
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        return any(header == f"Bearer {key}" for key in self.app.args.api_keys)
+
+    def _json_body(self, model: str) -> dict | engine.Reply:
+        """The JSON object body vLLM's pydantic models need; a 400 otherwise, as its handler gives."""
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            return _validation_error(model, "body", "Input should be a valid dictionary or object to extract fields from")
+        try:
+            body = json.loads(self._body or b"null")
+        except ValueError as exc:
+            return _validation_error(model, "body", f"JSON decode error: {exc}")
+        if not isinstance(body, dict):
+            return _validation_error(model, "body", "Input should be a valid dictionary or object to extract fields from")
+        return body
+
+    def _send(self, reply: engine.Reply) -> None:
+        if isinstance(reply.body, str):
+            data, content_type = reply.body.encode(), "text/plain; charset=utf-8"
+        else:
+            data, content_type = json.dumps(reply.body).encode(), "application/json"
+        self.send_response(reply.status)
+        if data:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if data:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+        pass
+
+    def log_request(self, code="-", size="-") -> None:
+        if self.app.args.access_log:
+            phrase = HTTPStatus(code).phrase if isinstance(code, int) else ""
+            host, port = self.client_address[:2]
+            sys.stderr.write(f'INFO:     {host}:{port} - "{self.requestline}" {int(code)} {phrase}\n')
+
+    # -- routes -------------------------------------------------------------------------------------
+
+    def route_health(self) -> None:
+        self._send(engine.Reply(200, ""))
+
+    def route_version(self) -> None:
+        self._send(engine.Reply(200, {"version": VLLM_VERSION}))
+
+    def route_metrics(self) -> None:
+        text = metrics.render(self.app.engine.snapshot(), self.app.args.served_model_name,
+                              self.app.args.max_loras, self.app.args.enable_lora)
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def route_models(self) -> None:
+        cards = self.app.engine.model_cards(self.app.max_model_len, self.app.created)
+        self._send(engine.Reply(200, {"object": "list", "data": cards}))
+
+    def route_load(self) -> None:
+        body = self._json_body("LoadLoRAAdapterRequest")
+        if isinstance(body, engine.Reply):
+            return self._send(body)
+        missing = [f for f in ("lora_name", "lora_path") if f not in body]
+        if missing:
+            return self._send(_validation_error("LoadLoRAAdapterRequest", missing[0], "Field required"))
+        self._send(self.app.engine.load_adapter(
+            str(body["lora_name"]), str(body["lora_path"]), load_inplace=bool(body.get("load_inplace"))))
+
+    def route_unload(self) -> None:
+        body = self._json_body("UnloadLoRAAdapterRequest")
+        if isinstance(body, engine.Reply):
+            return self._send(body)
+        if "lora_name" not in body:
+            return self._send(_validation_error("UnloadLoRAAdapterRequest", "lora_name", "Field required"))
+        self._send(self.app.engine.unload_adapter(str(body["lora_name"])))
+
+    def route_completions(self) -> None:
+        self._generate(chat=False)
+
+    def route_chat(self) -> None:
+        self._generate(chat=True)
+
+    def _generate(self, chat: bool) -> None:
+        body = self._json_body("ChatCompletionRequest" if chat else "CompletionRequest")
+        ask = body if isinstance(body, engine.Reply) else generate.parse(body, chat)
+        if isinstance(ask, engine.Reply):
+            return self._send(ask)
+        lora = self.app.engine.resolve(ask.model)
+        if isinstance(lora, engine.Reply):
+            return self._send(lora)
+        refused = self.app.engine.begin_request(lora)
+        if refused is not None:
+            return self._send(refused)
+        gen = generate.generate(ask, self.app.args.served_model_name, self.app.args.model, lora)
+        try:
+            if ask.stream:
+                self._stream(ask, gen)
+            else:
+                self._sleep_tokens(len(gen.tokens))
+                self._send(engine.Reply(200, generate.response(ask, gen)))
+        finally:
+            self.app.engine.end_request(lora, gen.finish_reason, gen.prompt_tokens, len(gen.tokens) * ask.n)
+
+    def _sleep_tokens(self, count: int) -> None:
+        if self.app.token_seconds > 0:
+            time.sleep(self.app.token_seconds * count)
+
+    def _stream(self, ask: generate.Ask, gen: generate.Generation) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for event in generate.stream_events(ask, gen):
+            self._sleep_tokens(1)
+            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def _validation_error(model: str, field: str, message: str) -> engine.Reply:
+    """What vLLM's RequestValidationError handler turns a pydantic failure into."""
+    return engine.error(HTTPStatus.BAD_REQUEST, "BadRequestError", f"1 validation error for {model}\n{field}\n  {message}")
