@@ -55,7 +55,7 @@ class Action:
         return SYMBOLS[self.kind]
 
     def describe(self) -> str:
-        subject = f"adapter {self.adapter} on {self.target}" if self.adapter else self.target
+        subject = f"{self.adapter} on {self.target}" if self.adapter else self.target
         return f"{self.symbol} {self.kind.value} {subject}: {self.reason}"
 
     def to_json(self) -> dict:

@@ -1,0 +1,430 @@
+"""The local runtime: engines as detached child processes, for machines without Docker.
+
+Each "container" is one process started in its own session, so a Ctrl-C on `fleetspec watch` or
+fleetspec exiting leaves the fleet running, exactly as with Docker. What fleetspec knows about a
+process lives in `RUN_DIR/procs/<name>.json` (written atomically) and its output in
+`RUN_DIR/logs/<name>.log`; both are re-read on every call, never cached.
+
+A pid alone does not identify a process: pids are reused. The record keeps the kernel's start
+time of the process (/proc/<pid>/stat field 22), and a live pid with another start time is
+someone else's process: it is reported as exited and never signalled. Linux only, like vLLM.
+
+Local processes cannot remap ports or mount paths: the host port is the port in the argv, and
+the engine sees host paths as they are. Specs that ask for more are refused with a sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import json
+import os
+import pathlib
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from fleetspec import errors
+from fleetspec.reconcile import desired, labels, state
+from fleetspec.reconcile.drivers import base
+
+IMAGE = "local"  # what observe() reports as the image: there is none
+_STOP_GRACE_S = 10.0  # SIGTERM → SIGKILL, as for Docker
+_KILL_WAIT_S = 5.0  # after SIGKILL the kernel needs moments, not seconds
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's container-name rule: safe as a file name
+_PROC = pathlib.Path("/proc")
+ALIVE, DEAD, REUSED = "alive", "dead", "reused"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessRecord:
+    """What `run_dir/procs/<name>.json` holds about one process fleetspec started."""
+
+    id: str
+    name: str
+    pid: int
+    proc_start: int | None  # clock ticks after boot, /proc/<pid>/stat field 22; tells reused pids apart
+    argv: list[str]
+    labels: dict[str, str]
+    ports: list[dict]  # {"container_port", "host_ip", "host_port"}; host_port == container_port
+    gpu_ids: list[str]
+    cwd: str
+    log_offset: int  # where this process's output starts in the (appended) log file
+    created_at: str
+    started_at: str
+    image: str = IMAGE
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ProcessRecord:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+class LocalDriver:
+    def __init__(self, run_dir: pathlib.Path, *, cwd: pathlib.Path | None = None, poll_s: float = 0.05,
+                 stop_grace_s: float = _STOP_GRACE_S):
+        self.run_dir = pathlib.Path(run_dir)
+        self.cwd = pathlib.Path(cwd) if cwd is not None else self.run_dir
+        self.poll_s = poll_s
+        self.stop_grace_s = stop_grace_s
+        self._children: dict[str, subprocess.Popen] = {}  # id → our own child, for reaping and exit codes
+
+    @property
+    def procs_dir(self) -> pathlib.Path:
+        return self.run_dir / "procs"
+
+    def log_path(self, name: str) -> pathlib.Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+    def observe(self, fleet_name: str) -> list[base.ObservedContainer]:
+        """Every process of the fleet, running or not, found by label; sorted by name."""
+        self.reap()
+        found = [self._observed(r) for r in self._records() if r.labels.get(labels.FLEET) == fleet_name]
+        return sorted(found, key=lambda c: (c.name, c.id))
+
+    def create(self, spec: desired.ContainerSpec) -> str:
+        """Start the process detached; return its id. A failed start leaves nothing behind."""
+        self.reap()
+        _check_spec(spec)
+        ports = _ports(spec)
+        if (existing := self._record_by_name(spec.name)) is not None:
+            raise errors.PermanentError(
+                f"Could not start process {spec.name}: another process is already named {spec.name} "
+                f"(id {existing.id[:12]}, pid {existing.pid}). Remove it (`fleetspec destroy FILE`) or "
+                "rename the fleet."
+            )
+        env = child_env(spec)
+        _check_program(spec, env)
+        _check_ports_free(spec.name, ports)
+        record = self._spawn(spec, env, ports)
+        try:
+            state.write_atomic(self.procs_dir / f"{spec.name}.json", json.dumps(record.to_json(), indent=2) + "\n")
+        except OSError:
+            self._stop(record)  # a process nobody can find again must not keep running
+            raise
+        return record.id
+
+    def remove(self, container_id: str) -> None:
+        """SIGTERM the process group, SIGKILL after a grace period, delete the record; gone is fine."""
+        record = self._record_by_id(container_id)
+        if record is not None:
+            if _leader(record) != REUSED:
+                self._stop(record)
+            (self.procs_dir / f"{record.name}.json").unlink(missing_ok=True)
+        child = self._children.pop(container_id, None)
+        if child is not None:
+            child.poll()
+
+    def wait_running(self, container_id: str, timeout_s: float = 60.0) -> base.ObservedContainer:
+        """Wait until the process runs; fail early with its logs if it exits instead."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            current = self._inspect(container_id)
+            if current.running:
+                return current
+            if current.status == base.EXITED:
+                raise errors.PermanentError(
+                    f"Process {current.name} exited with code {current.exit_code} instead of starting. "
+                    f"Its last log lines:\n{self.logs_tail(container_id, 20)}"
+                )
+            if time.monotonic() >= deadline:  # only reachable if a status other than the two appears
+                raise errors.TemporaryError(f"Process {current.name} is still {current.status} after "
+                                            f"{timeout_s:.0f} s. Look at {self.log_path(current.name)}.")
+            time.sleep(self.poll_s)
+
+    def logs_tail(self, container_id: str, lines: int = 50) -> str:
+        """The last `lines` lines this process wrote (stdout and stderr); "" when it is unknown."""
+        record = self._record_by_id(container_id)
+        if record is None:
+            return ""
+        return _tail(self.log_path(record.name), record.log_offset, lines)
+
+    def reap(self) -> None:
+        """Collect exited children so they do not linger as zombies while fleetspec runs."""
+        for child in self._children.values():
+            child.poll()  # waitpid(WNOHANG) under the hood
+
+    def _spawn(self, spec: desired.ContainerSpec, env: dict[str, str], ports: list[dict]) -> ProcessRecord:
+        container_id = secrets.token_hex(32)
+        log_path = self.log_path(spec.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.procs_dir.mkdir(parents=True, exist_ok=True)
+        created = _now()
+        with open(log_path, "ab") as log:
+            log.write(f"--- fleetspec: {spec.name} (id {container_id[:12]}) started {created}: "
+                      f"{shlex.join(spec.argv)}\n".encode())
+            log.flush()
+            offset = log.tell()
+            try:
+                child = subprocess.Popen(
+                    list(spec.argv), env=env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                )
+            except OSError as exc:
+                raise errors.PermanentError(
+                    f"Could not start process {spec.name}: {exc.strerror or exc} ({spec.argv[0]}). "
+                    "Check that the engine is installed and that the working directory exists."
+                ) from exc
+        self._children[container_id] = child
+        return ProcessRecord(
+            id=container_id, name=spec.name, pid=child.pid, proc_start=_start_time(child.pid),
+            argv=list(spec.argv), labels={**spec.label_dict, labels.SPEC_HASH: spec.spec_hash()},
+            ports=ports, gpu_ids=list(spec.gpu_ids), cwd=str(self.cwd), log_offset=offset,
+            created_at=created, started_at=_now(),
+        )
+
+    def _stop(self, record: ProcessRecord) -> None:
+        for sig, wait_s in ((signal.SIGTERM, self.stop_grace_s), (signal.SIGKILL, _KILL_WAIT_S)):
+            if not self._alive(record):
+                return
+            _signal(record, sig)
+            deadline = time.monotonic() + wait_s
+            while self._alive(record) and time.monotonic() < deadline:
+                time.sleep(self.poll_s)
+        if self._alive(record):
+            raise errors.TemporaryError(
+                f"Process {record.name} (pid {record.pid}) survived SIGKILL; it is probably stuck in the "
+                "kernel (a GPU driver call). Wait a little and run the command again."
+            )
+
+    def _alive(self, record: ProcessRecord) -> bool:
+        """The engine or any process of its group (engine workers may outlive their parent)."""
+        self.reap()
+        return _leader(record) == ALIVE or _group_alive(record.pid)
+
+    def _inspect(self, container_id: str) -> base.ObservedContainer:
+        self.reap()
+        record = self._record_by_id(container_id)
+        if record is None:
+            raise errors.PermanentError(
+                f"Process {container_id[:12]} disappeared (removed outside fleetspec?). "
+                "Run the command again; fleetspec re-reads the fleet every time."
+            )
+        return self._observed(record)
+
+    def _observed(self, record: ProcessRecord) -> base.ObservedContainer:
+        running = _leader(record) == ALIVE
+        return base.ObservedContainer(
+            id=record.id, name=record.name, image=record.image,
+            status=base.RUNNING if running else base.EXITED, health=None,
+            # Like Docker, only a running container has published ports.
+            ports=tuple((p["container_port"], p["host_ip"], p["host_port"]) for p in record.ports) if running else (),
+            exit_code=None if running else self._exit_code(record.id),
+            started_at=record.started_at,
+            **base.identity_from_labels(record.labels),
+        )
+
+    def _exit_code(self, container_id: str) -> int | None:
+        """Docker's convention: the exit status, or 128 + signal number. Known for our own children only."""
+        child = self._children.get(container_id)
+        if child is None or child.poll() is None:  # poll: it may have died since the last reap
+            return None
+        return child.returncode if child.returncode >= 0 else 128 - child.returncode
+
+    def _records(self) -> list[ProcessRecord]:
+        if not self.procs_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.procs_dir.glob("*.json")):
+            if not path.name.startswith("."):  # temp files of an atomic write in progress
+                record = _read_record(path)
+                if record is not None:
+                    found.append(record)
+        return found
+
+    def _record_by_id(self, container_id: str) -> ProcessRecord | None:
+        return next((r for r in self._records() if r.id == container_id), None)
+
+    def _record_by_name(self, name: str) -> ProcessRecord | None:
+        return _read_record(self.procs_dir / f"{name}.json")
+
+
+def child_env(spec: desired.ContainerSpec) -> dict[str, str]:
+    """A minimal environment: a few inherited basics, the spec's env (secrets expanded), the GPUs."""
+    env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
+    # fleetspec's own interpreter first, so `python -m fleetspec.sim` finds fleetspec even when its
+    # virtualenv is not activated (Debian has no `python` at all outside one).
+    own_bin = os.path.dirname(sys.executable)
+    path = env.get("PATH", os.defpath)
+    if own_bin and own_bin not in path.split(os.pathsep):
+        env["PATH"] = os.pathsep.join([own_bin, path])
+    env["PYTHONUNBUFFERED"] = "1"  # the log file is the only window into a local engine; keep it current
+    env.update(_expand_env(spec.env_dict, spec.name))
+    if spec.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)
+    return env
+
+
+def _expand_env(env: dict[str, str], name: str) -> dict[str, str]:
+    """Resolve `${VAR}` secrets from fleetspec's own environment, as the Docker driver does."""
+    missing = sorted({m for v in env.values() for m in _ENV_REFERENCE.findall(v) if m not in os.environ})
+    if missing:
+        raise errors.PermanentError(
+            f"Process {name} needs the environment variable(s) {', '.join(missing)}, which are not set. "
+            "Export them in the shell that runs fleetspec; their values never reach compiled files."
+        )
+    return {k: _ENV_REFERENCE.sub(lambda m: os.environ[m.group(1)], v) for k, v in env.items()}
+
+
+def _check_spec(spec: desired.ContainerSpec) -> None:
+    if spec.label_dict.get(labels.FLEET) is None:
+        raise ValueError(f"ContainerSpec {spec.name!r} has no {labels.FLEET} label; observe() would lose it")
+    if not _NAME.match(spec.name):
+        raise errors.PermanentError(
+            f"Could not start process {spec.name!r}: names may only hold letters, digits, '_', '.' and '-', "
+            "and must start with a letter or digit. Rename the fleet or server."
+        )
+    if not spec.argv:
+        raise ValueError(f"ContainerSpec {spec.name!r} has an empty argv")
+    for mount in spec.volumes:
+        if os.path.normpath(mount.source) != os.path.normpath(mount.target):
+            raise errors.PermanentError(
+                f"Process {spec.name} asks for {mount.source} at {mount.target}, but local processes see "
+                "host paths as they are. Use the host path in the fleet file, or runtime target docker."
+            )
+
+
+def _ports(spec: desired.ContainerSpec) -> list[dict]:
+    ports = []
+    for port in spec.ports:
+        if port.host_port not in (None, port.container_port):
+            raise errors.PermanentError(
+                f"Process {spec.name} asks for port {port.container_port} on host port {port.host_port}, but "
+                "a local process listens on its own port directly. Give the server the port you want to use."
+            )
+        ports.append({"container_port": port.container_port, "host_ip": port.host_ip,
+                      "host_port": port.container_port})
+    return ports
+
+
+def _check_program(spec: desired.ContainerSpec, env: dict[str, str]) -> None:
+    program = spec.argv[0]
+    if os.sep in program:
+        return  # a path: Popen reports a missing or non-executable file itself
+    if shutil.which(program, path=env.get("PATH")) is None:
+        raise errors.PermanentError(
+            f"Could not start process {spec.name}: the program {program} is not on PATH ({env.get('PATH', '')}). "
+            "Install it (for the real engine: `pip install vllm`) or use `runtime: {engine: sim}`."
+        )
+
+
+def _check_ports_free(name: str, ports: list[dict]) -> None:
+    """Refuse a taken port up front, as Docker does, instead of starting an engine that dies on bind."""
+    for port in ports:
+        host = port["host_ip"] or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no owner
+            try:
+                probe.bind((host, port["host_port"]))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue  # an address this host lacks: the engine will say so in its log
+                raise errors.PermanentError(
+                    f"Could not start process {name}: port {port['host_port']} on {host} is already in use. "
+                    f"Stop what listens there (`ss -ltnp 'sport = :{port['host_port']}'`) or give the server "
+                    "another port."
+                ) from None
+
+
+def _read_record(path: pathlib.Path) -> ProcessRecord | None:
+    try:
+        return ProcessRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        return None  # not written by fleetspec (records are written atomically): not ours to manage
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None when there is no such process."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # field 2 (comm) may hold spaces and parentheses
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None  # field 22
+
+
+def _leader(record: ProcessRecord) -> str:
+    """ALIVE: our process runs; DEAD: it is gone (or a zombie); REUSED: its pid is someone else's now."""
+    fields = _stat_fields(record.pid)
+    if fields is None:
+        return DEAD
+    if record.proc_start is not None and int(fields[19]) != record.proc_start:
+        return REUSED
+    return DEAD if fields[0] in ("Z", "X") else ALIVE
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the process group `pgid`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in _PROC.iterdir():  # zombies still count for kill(0); they are dead for us
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def _signal(record: ProcessRecord, sig: signal.Signals) -> None:
+    """The whole group (the engine's session), and the engine itself should it have left the group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record.pid, sig)
+    # Only one signal per process: a second SIGTERM landing inside the first one's handler can
+    # deadlock a Python engine (a handler that sets a threading.Event re-enters its lock).
+    with contextlib.suppress(ProcessLookupError):
+        if _leader(record) == ALIVE and os.getpgid(record.pid) != record.pid:
+            os.kill(record.pid, sig)
+
+
+def _tail(path: pathlib.Path, start: int, lines: int) -> str:
+    """The last `lines` lines of `path` after byte `start`."""
+    if lines <= 0:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            data = _read_back(handle, start, lines)
+    except FileNotFoundError:
+        return ""
+    return "".join(data.decode("utf-8", errors="replace").splitlines(keepends=True)[-lines:])
+
+
+def _read_back(handle, start: int, lines: int) -> bytes:
+    """Blocks from the end back to `start`, until they hold more than `lines` newlines."""
+    position = handle.seek(0, os.SEEK_END)
+    start = start if start <= position else 0  # the file was truncated since: show what there is
+    chunks: list[bytes] = []
+    newlines = 0
+    while position > start and newlines <= lines:
+        step = min(65536, position - start)
+        position -= step
+        handle.seek(position)
+        chunks.insert(0, handle.read(step))
+        newlines += chunks[0].count(b"\n")
+    return b"".join(chunks)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")

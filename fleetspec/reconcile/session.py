@@ -1,0 +1,154 @@
+"""The reconcile pipeline end to end, as the CLI and the watch loop run it.
+
+load → checks → memory plan → desired state → observe → diff → (apply). Every step before observe
+is pure; this module is where the pure core meets the runtime, the engines and the state file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import pathlib
+import sys
+
+from fleetspec import errors
+from fleetspec.compile import slots as slots_mod
+from fleetspec.errors import Diagnostic
+from fleetspec.planner import report
+from fleetspec.reconcile import apply as apply_mod
+from fleetspec.reconcile import desired, diff, observed, state, vllm_admin
+from fleetspec.reconcile import plan as plan_mod
+from fleetspec.spec import checks, loading
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A fleet file that validated and planned, turned into what should run."""
+
+    fleet: loading.LoadedFleet
+    memory: report.FleetPlan
+    desired: desired.DesiredState
+    warnings: tuple[Diagnostic, ...]
+
+    @property
+    def file(self) -> pathlib.Path:
+        return pathlib.Path(self.fleet.file)
+
+
+def prepare_loaded(fleet: loading.LoadedFleet, env: desired.Environment | None = None) -> Prepared:
+    """Raise SpecError with every error of the file (validation, cross-field, memory plan)."""
+    found = list(checks.check(fleet))
+    if any(d.is_error for d in found):
+        raise errors.SpecError(found)
+    memory = report.plan_fleet(fleet.spec, locate=fleet.locate)
+    found += memory.findings
+    if not memory.fits or any(d.is_error for d in found):
+        raise errors.SpecError(found)
+    env = env or environment_for(fleet.spec)
+    want = desired.build(fleet.spec, slots_mod.from_plan(memory), env, base_dir=fleet.base_dir)
+    return Prepared(fleet, memory, want, tuple(d for d in found if not d.is_error))
+
+
+def prepare(path: str | pathlib.Path, env: desired.Environment | None = None) -> Prepared:
+    return prepare_loaded(loading.load_path(path), env)
+
+
+def environment_for(spec) -> desired.Environment:
+    target = spec.runtime.target
+    if target == "k8s":
+        raise errors.FleetspecError(
+            "this fleet targets Kubernetes; fleetspec does not reconcile clusters itself. Compile it with "
+            "`fleetspec compile FILE --target k8s -o DIR` and apply the manifests with kubectl or Argo CD"
+        )
+    if target == "docker":
+        from fleetspec.images import build as images_build
+
+        return desired.Environment("docker", sim_image=images_build.sim_tag())
+    return desired.Environment("local", python=sys.executable)
+
+
+def open_driver(prepared: Prepared):
+    from fleetspec.reconcile import drivers
+
+    return drivers.for_runtime(prepared.fleet.spec.runtime.target, prepared.file, prepared.fleet.spec.name)
+
+
+def probe_host(spec) -> str:
+    bind = spec.runtime.bind_address
+    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+
+
+def observe(driver, spec) -> observed.ObservedState:
+    """Containers by label, then each running engine's /health and /v1/models, probed in parallel."""
+    host = probe_host(spec)
+    containers = driver.observe(spec.name)
+
+    def probe(container):
+        if container.host_port is None:
+            return None, False, None
+        url = f"http://{host}:{container.host_port}"
+        if not vllm_admin.health(url):
+            return url, False, None
+        try:
+            return url, True, dict(vllm_admin.list_models(url).adapters)
+        except errors.FleetspecError:
+            return url, False, None
+
+    running = [c for c in containers if c.running and c.role != "router"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(running) or 1)) as pool:
+        answers = dict(zip([c.id for c in running], pool.map(probe, running), strict=True))
+    return observed.assemble(spec.name, containers, lambda c: answers.get(c.id, (None, False, None)))
+
+
+def last_applied_containers(fleet_state: state.FleetState) -> dict[tuple[str, int], desired.ContainerSpec]:
+    result = {}
+    for key, data in fleet_state.containers.items():
+        server, _, replica = key.rpartition("/")
+        result[(server, int(replica))] = desired.ContainerSpec.from_json(data)
+    return result
+
+
+def live_plan(prepared: Prepared, driver) -> tuple[plan_mod.ReconcilePlan, observed.ObservedState]:
+    have = observe(driver, prepared.fleet.spec)
+    fleet_state = state.load(prepared.file, prepared.fleet.spec.name)
+    return diff.diff(prepared.desired, have, last_applied_containers(fleet_state)), have
+
+
+def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, progress=lambda _: None,
+          command: str = "fleetspec apply") -> tuple[apply_mod.ApplyResult, str | None]:
+    """Run the plan under the fleet's lock and record what was applied. Returns (result, stale-lock note)."""
+    spec = prepared.fleet.spec
+    with state.lock(prepared.file, spec.name, command) as stale_note:
+        _ensure_images(prepared, progress)
+        applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec)),
+                                    progress=progress)
+        result = applier.run(reconcile_plan)
+        fleet_state = state.load(prepared.file, spec.name)
+        for name in sorted({a for r in prepared.desired.replicas.values() for a in r.adapters}):
+            fleet_state.lora_id(name)
+        if result.ok:
+            containers = {f"{k[0]}/{k[1]}": r.container.to_json() for k, r in prepared.desired.replicas.items()}
+            fleet_state.record_applied(prepared.fleet.text, containers)
+        state.save(prepared.file, fleet_state)
+    return result, stale_note
+
+
+def _ensure_images(prepared: Prepared, progress) -> None:
+    spec = prepared.fleet.spec
+    if spec.runtime.target != "docker" or spec.runtime.engine != "sim":
+        return
+    from fleetspec.images import build as images_build
+    from fleetspec.reconcile.drivers import docker as docker_driver
+
+    progress("Making sure the sim engine image is built (first time: about a minute)")
+    images_build.ensure_sim_image(docker_driver.connect())
+
+
+def destroy_plan(spec, have: observed.ObservedState) -> plan_mod.ReconcilePlan:
+    """Remove every container of the fleet (engines, router, strays)."""
+    containers = [r.container for _, r in sorted(have.replicas.items())] + list(have.strays)
+    if have.router is not None:
+        containers.append(have.router)
+    actions = [plan_mod.Action(plan_mod.Kind.REMOVE, c.name, "the fleet is being destroyed", server=c.server,
+                               replica=c.replica, container_id=c.id) for c in containers]
+    return plan_mod.ReconcilePlan(spec.name, tuple(actions))
