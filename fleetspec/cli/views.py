@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Sequence
 
 import click
@@ -23,8 +25,8 @@ def render_diagnostic(diagnostic: Diagnostic, colour: bool) -> str:
 
 
 def print_diagnostics(diagnostics: Sequence[Diagnostic], err: bool = True) -> None:
-    stream = click.get_text_stream("stderr" if err else "stdout")
-    colour = stream.isatty()
+    stream = sys.stderr if err else sys.stdout
+    colour = stream.isatty() and not os.environ.get("NO_COLOR")
     for diagnostic in diagnostics:
         click.echo(render_diagnostic(diagnostic, colour), err=err)
 
