@@ -1,0 +1,72 @@
+"""GPU facts: total memory as CUDA reports it, per catalog type (`data/gpus.yaml`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+from fleetspec.catalog import data_files
+from fleetspec.spec import models as spec_models
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuFacts:
+    type: str  # canonical catalog name, or "custom-<N>GiB" for a card given by memory_gib
+    total_bytes: int
+    source: str
+    estimated: bool = False
+    simulated: bool = False
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / GIB
+
+
+class UnknownGpuType(LookupError):
+    """A GpuGroup names a type the catalog does not have and gives no memory_gib."""
+
+
+def resolve(group: spec_models.GpuGroup) -> GpuFacts:
+    """Facts for one inventory group. An explicit `memory_gib` wins over the catalog's number."""
+    if group.type is not None:
+        name = canonical_name(group.type)
+        if name is None and group.memory_gib is None:
+            raise UnknownGpuType(group.type)
+        if name is not None and group.memory_gib is None:
+            return _catalog_facts(name)
+        if name is not None:
+            return GpuFacts(name, round(group.memory_gib * GIB), "memory_gib in the fleet file")
+    label = group.type or f"custom-{group.memory_gib:g}GiB"
+    return GpuFacts(label, round(group.memory_gib * GIB), "memory_gib in the fleet file")
+
+
+def canonical_name(name: str) -> str | None:
+    """The catalog name for a type or alias ("h100", "NVIDIA H100 80GB HBM3" → "H100-80GB")."""
+    return _aliases().get(_normal(name))
+
+
+def known_types() -> list[str]:
+    return [name for name, facts in data_files.load("gpus")["gpus"].items() if not facts.get("simulated")]
+
+
+@functools.cache
+def _catalog_facts(name: str) -> GpuFacts:
+    entry = data_files.load("gpus")["gpus"][name]
+    return GpuFacts(name, round(entry["memory_gib"] * GIB), entry["source"],
+                    entry.get("estimated", False), entry.get("simulated", False))
+
+
+@functools.cache
+def _aliases() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for name, entry in data_files.load("gpus")["gpus"].items():
+        for alias in (name, *map(str, entry.get("aliases", ()))):
+            table[_normal(alias)] = name
+    return table
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "-", name.strip().lower())

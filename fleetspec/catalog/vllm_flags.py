@@ -1,0 +1,148 @@
+"""The one table from fleetspec settings to `vllm serve` flags, per vLLM release.
+
+`compile.vllm_args` resolves a server replica to plain settings (`{"max_lora_rank": 64, ...}`) and
+renders them through `FLAGS` in table order, so the argv of every target (shell line, JSON, compose,
+k8s, the sim) comes from one place. Rows carry the first release that has the flag and the first that
+dropped it; `facts(version)` gives the defaults and allowed values of one release.
+
+Sources (vllm-facts.md in the shared reference, wheels read at the tagged commits):
+  0.33.0  vllm/engine/arg_utils.py, vllm/config/{lora,cache,model,parallel}.py,
+          vllm/entrypoints/common/cli_args.py (`--lora-modules`, `--api-server-count`)
+  0.11.0  vllm/config/lora.py:104 (ranks without 1), vllm/config/cache.py:43 (utilization 0.9),
+          `--lora-extra-vocab-size` / `--enable-lora-bias` deprecated "removed in v0.12.0"
+  PR #26461 (merged 2025-10-09, after 0.11.0) added max_lora_rank 1; first assumed in 0.12.
+  PR #34984 (merged 2026-02, on 0.16.0rc2.dev) added `--lora-target-modules`; first assumed in 0.17.
+The release that raised the utilization default to 0.92 is not confirmed; `spec.derived` owns that
+default (0.12 assumed) and fleetspec always writes `--gpu-memory-utilization` explicitly, so the
+planned budget never depends on a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+Version = tuple[int, int]
+
+
+def parse_version(text: str) -> Version:
+    """"0.33.0" → (0, 33): flags and defaults change with minor releases only."""
+    parts = [int(p) for p in text.split(".")[:2]]
+    return (parts[0], parts[1] if len(parts) > 1 else 0)
+
+
+class Kind(enum.Enum):
+    VALUE = "value"  # --flag VALUE
+    SWITCH = "switch"  # --flag when true, nothing when false
+    LIST = "list"  # --flag ITEM ITEM ... (argparse nargs="+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    setting: str  # key of the resolved settings dict in compile.vllm_args
+    flag: str
+    kind: Kind
+    spec_field: str  # where a user sets it, for messages ("servers[].lora.max_lora_rank")
+    since: Version = (0, 0)
+    removed_in: Version | None = None
+
+    def exists_in(self, version: Version) -> bool:
+        return self.since <= version and (self.removed_in is None or version < self.removed_in)
+
+
+# Table order is argv order: identity and placement first, memory next, LoRA last.
+FLAGS: tuple[Flag, ...] = (
+    Flag("revision", "--revision", Kind.VALUE, "base_model.revision"),
+    Flag("served_model_name", "--served-model-name", Kind.LIST, "(fleetspec: base model id)"),
+    Flag("host", "--host", Kind.VALUE, "runtime.bind_address"),
+    Flag("port", "--port", Kind.VALUE, "servers[].port / runtime.base_port"),
+    Flag("tensor_parallel_size", "--tensor-parallel-size", Kind.VALUE, "servers[].tensor_parallel_size"),
+    Flag("pipeline_parallel_size", "--pipeline-parallel-size", Kind.VALUE, "servers[].pipeline_parallel_size"),
+    Flag("dtype", "--dtype", Kind.VALUE, "base_model.dtype"),
+    Flag("quantization", "--quantization", Kind.VALUE, "base_model.quantization"),
+    Flag("kv_cache_dtype", "--kv-cache-dtype", Kind.VALUE, "base_model.kv_cache_dtype"),
+    Flag("gpu_memory_utilization", "--gpu-memory-utilization", Kind.VALUE, "servers[].gpu_memory_utilization"),
+    Flag("max_model_len", "--max-model-len", Kind.VALUE, "servers[].max_model_len / base_model.max_model_len"),
+    Flag("max_num_seqs", "--max-num-seqs", Kind.VALUE, "servers[].max_num_seqs"),
+    Flag("max_num_batched_tokens", "--max-num-batched-tokens", Kind.VALUE, "servers[].max_num_batched_tokens"),
+    Flag("enforce_eager", "--enforce-eager", Kind.SWITCH, "servers[].enforce_eager"),
+    Flag("api_server_count", "--api-server-count", Kind.VALUE, "(fleetspec: 1 with runtime LoRA)"),
+    Flag("enable_lora", "--enable-lora", Kind.SWITCH, "servers[].lora"),
+    Flag("max_loras", "--max-loras", Kind.VALUE, "servers[].lora.max_loras"),
+    Flag("max_cpu_loras", "--max-cpu-loras", Kind.VALUE, "servers[].lora.max_cpu_loras"),
+    Flag("max_lora_rank", "--max-lora-rank", Kind.VALUE, "servers[].lora.max_lora_rank"),
+    Flag("lora_dtype", "--lora-dtype", Kind.VALUE, "servers[].lora.lora_dtype"),
+    Flag("lora_target_modules", "--lora-target-modules", Kind.LIST, "servers[].lora.target_modules",
+         since=(0, 17)),
+    Flag("fully_sharded_loras", "--fully-sharded-loras", Kind.SWITCH, "servers[].lora.fully_sharded"),
+    Flag("lora_modules", "--lora-modules", Kind.LIST, "specialists[] (preload: true)"),
+)
+
+FLAGS_BY_SETTING = {f.setting: f for f in FLAGS}
+
+# Flags that existed and were dropped; in `extra_args` of a fleet compiled for a newer release they
+# would stop vLLM at startup with "unrecognized arguments".
+REMOVED_FLAGS: dict[str, tuple[Version, str]] = {
+    "--lora-extra-vocab-size": ((0, 12), "vLLM 0.12 removed it (PR #28382); drop it."),
+    "--enable-lora-bias": ((0, 12), "vLLM 0.12 removed it and now rejects adapters with a bias; drop it."),
+    "--long-lora-scaling-factors": ((0, 11), "vLLM removed long-LoRA support before 0.11; drop it."),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseFacts:
+    """What one vLLM release accepts and assumes, where fleetspec depends on it."""
+
+    version: Version
+    allowed_max_lora_ranks: tuple[int, ...]
+    gpu_memory_utilization_default: float
+    max_lora_rank_default: int = 16
+    max_loras_default: int = 1
+
+    def has_flag(self, flag: str) -> bool:
+        return any(f.flag == flag and f.exists_in(self.version) for f in FLAGS)
+
+
+_RANKS_WITH_1 = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_RANKS_WITHOUT_1 = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def facts(version: str) -> ReleaseFacts:
+    from fleetspec.spec import derived  # the utilization default has one owner
+
+    parsed = parse_version(version)
+    return ReleaseFacts(
+        version=parsed,
+        allowed_max_lora_ranks=_RANKS_WITH_1 if parsed >= (0, 12) else _RANKS_WITHOUT_1,
+        gpu_memory_utilization_default=derived.default_gpu_memory_utilization(version),
+    )
+
+
+def flag_owner(word: str) -> Flag | None:
+    """The table row a command-line word sets (`--max_lora_rank=8` included), if any."""
+    name = word.split("=", 1)[0]
+    if not name.startswith("--"):
+        return None
+    name = "--" + name[2:].replace("_", "-")
+    for row in FLAGS:
+        if name in (row.flag, "--no-" + row.flag[2:]):
+            return row
+    return None
+
+
+# How long a vLLM replica may take from container start to a 200 on /health, for healthcheck
+# start periods and Kubernetes startup probes. An estimate, not a measurement: vLLM logs
+# "Model loading took X GiB and Y seconds" at roughly 1-2 GiB/s from local NVMe, then
+# torch.compile (30-90 s, cached after the first start) and CUDA-graph capture (10-60 s, more with
+# LoRA graph variants). A first start that downloads weights takes longer still; that is why the
+# per-GiB figure assumes a slow (~100 MiB/s) disk or network.
+STARTUP_BASE_SECONDS = 180
+STARTUP_SECONDS_PER_GIB = 10
+STARTUP_DEFAULT_WEIGHTS_GIB = 16.0  # when the plan cannot say how large the weights are
+
+
+def startup_budget_seconds(weights_gib: float | None) -> int:
+    """Seconds to allow a replica to become healthy, rounded up to whole minutes."""
+    gib = STARTUP_DEFAULT_WEIGHTS_GIB if weights_gib is None else weights_gib
+    seconds = STARTUP_BASE_SECONDS + STARTUP_SECONDS_PER_GIB * gib
+    return int(-(-seconds // 60) * 60)

@@ -1,0 +1,85 @@
+"""One GPU's budget for one replica: every term of DESIGN.md §4 added up, and what is left for KV."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fleetspec.catalog import models as catalog_models
+from fleetspec.planner import engine, memory
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuBudget:
+    total: int
+    budget: int  # ceil(total × gpu_memory_utilization)
+    weights: int
+    lora: int
+    activation: int
+    non_torch: int
+    cudagraph: int
+    cudagraph_in_budget: bool  # vLLM ≥ 0.21 subtracts graphs from the KV budget
+    cuda_context: int  # outside the budget; must fit in total − budget
+    kv_cache: int  # budget minus everything above; negative when it does not even load
+    kv_bytes_per_token: float
+    kv_tokens: int
+    request_bytes: float  # KV one request of max_model_len needs
+    max_model_len: int
+    largest_model_len: int  # longest max_model_len that would fit
+    max_concurrency: float
+
+    @property
+    def fits(self) -> bool:
+        return self.kv_cache > 0 and self.request_bytes <= self.kv_cache
+
+    @property
+    def non_kv(self) -> int:
+        return self.budget - self.kv_cache
+
+    def to_json(self) -> dict:
+        def gib(value: float) -> float:
+            return round(value / GIB, 2)
+
+        return {
+            "total_gib": gib(self.total), "budget_gib": gib(self.budget), "weights_gib": gib(self.weights),
+            "lora_gib": gib(self.lora), "activation_gib": gib(self.activation),
+            "non_torch_gib": gib(self.non_torch), "cudagraph_gib": gib(self.cudagraph),
+            "kv_cache_gib": gib(max(self.kv_cache, 0)), "cuda_context_gib": gib(self.cuda_context),
+            "cudagraph_in_budget": self.cudagraph_in_budget,
+            "kv_bytes_per_token": round(self.kv_bytes_per_token, 2),
+        }
+
+
+def lora_buffer_bytes(facts: catalog_models.ModelFacts, s: engine.EngineSettings) -> int:
+    if s.lora is None:
+        return 0
+    return memory.lora_bytes(
+        facts, s.tensor_parallel_size, s.pipeline_parallel_size, s.lora.max_loras, s.lora.max_lora_rank,
+        s.lora_dtype_bytes, s.lora.target_modules, s.lora.fully_sharded,
+    )
+
+
+def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int) -> GpuBudget:
+    """The per-GPU budget of one replica with these settings on a GPU of `total` bytes."""
+    tp, pp = s.tensor_parallel_size, s.pipeline_parallel_size
+    budget = memory.budget_bytes(total, s.gpu_memory_utilization)
+    weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size)
+    lora = lora_buffer_bytes(facts, s)
+    activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version)
+    non_torch = memory.non_torch_bytes(tp, pp)
+    graphs = memory.cudagraph_bytes(facts, pp, s.lora is not None, s.enforce_eager)
+    in_budget = memory.cudagraphs_in_budget(s.vllm_version)
+    kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
+    per_token = memory.kv_bytes_per_token(facts, tp, pp, s.kv_bytes, s.kv_cache_dtype)
+    request = memory.kv_bytes_per_request(facts, tp, pp, s.kv_bytes, s.max_model_len,
+                                          s.max_num_batched_tokens, s.kv_cache_dtype)
+    largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
+                                       s.kv_cache_dtype)
+    return GpuBudget(
+        total=total, budget=budget, weights=weights, lora=lora, activation=activation, non_torch=non_torch,
+        cudagraph=graphs, cudagraph_in_budget=in_budget, cuda_context=memory.cuda_context_bytes(tp, pp),
+        kv_cache=kv_cache, kv_bytes_per_token=per_token, kv_tokens=memory.kv_tokens(kv_cache, per_token),
+        request_bytes=request, max_model_len=s.max_model_len, largest_model_len=largest,
+        max_concurrency=max(kv_cache, 0) / request if request else 0.0,
+    )

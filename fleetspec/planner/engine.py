@@ -1,0 +1,83 @@
+"""The engine settings a server replica really runs with: the spec's values, else vLLM's defaults
+for the pinned vLLM version and the GPU (vllm-facts §1.2, §1.2.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fleetspec.catalog import gpus as catalog_gpus
+from fleetspec.catalog import models as catalog_models
+from fleetspec.catalog import overheads, quantization
+from fleetspec.spec import derived
+from fleetspec.spec import models as spec_models
+
+FALLBACK_MAX_MODEL_LEN = 4096  # only when neither the spec nor config.json says; reported as an error
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    vllm_version: tuple[int, ...]
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpu_memory_utilization: float
+    max_model_len: int
+    max_model_len_known: bool
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enforce_eager: bool
+    dtype_bytes: int
+    kv_cache_dtype: str
+    kv_bytes: float
+    quantization: str
+    group_size: int | None
+    lora: spec_models.LoraLimits | None
+    lora_dtype_bytes: int
+
+    def replace(self, **changes) -> EngineSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def batch_defaults(gpu: catalog_gpus.GpuFacts) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) `vllm serve` picks for this device."""
+    for row in overheads.load().batch_defaults:
+        if gpu.total_gib >= row.min_memory_gib and gpu.type not in row.excluded_types:
+            return row.max_num_batched_tokens, row.max_num_seqs
+    last = overheads.load().batch_defaults[-1]
+    return last.max_num_batched_tokens, last.max_num_seqs
+
+
+def model_dtype(base: spec_models.BaseModelSpec, facts: catalog_models.ModelFacts) -> str:
+    return facts.default_dtype if base.dtype == "auto" else base.dtype
+
+
+def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
+                 facts: catalog_models.ModelFacts, gpu: catalog_gpus.GpuFacts) -> EngineSettings:
+    base = spec.base_model
+    configured_len = spec.max_model_len_of(server)
+    max_model_len = configured_len or facts.max_position_embeddings or FALLBACK_MAX_MODEL_LEN
+    default_tokens, default_seqs = batch_defaults(gpu)
+    max_num_seqs = server.max_num_seqs or default_seqs
+    batched = server.max_num_batched_tokens or min(default_tokens, max_num_seqs * max_model_len)
+    dtype_bytes = quantization.dtype_bytes(model_dtype(base, facts))
+    lora_bytes = dtype_bytes
+    if server.lora is not None and server.lora.lora_dtype != "auto":
+        lora_bytes = quantization.dtype_bytes(server.lora.lora_dtype)
+    method = base.quantization if base.quantization != "none" else facts.checkpoint_quantization
+    return EngineSettings(
+        vllm_version=derived.vllm_version_tuple(spec.runtime.vllm_version),
+        tensor_parallel_size=server.tensor_parallel_size,
+        pipeline_parallel_size=server.pipeline_parallel_size,
+        gpu_memory_utilization=derived.utilization(spec, server),
+        max_model_len=max_model_len,
+        max_model_len_known=bool(configured_len or facts.max_position_embeddings),
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=batched,
+        enforce_eager=server.enforce_eager,
+        dtype_bytes=dtype_bytes,
+        kv_cache_dtype=base.kv_cache_dtype,
+        kv_bytes=quantization.kv_cache_bytes(base.kv_cache_dtype, dtype_bytes),
+        quantization=method,
+        group_size=base.quantization_group_size or facts.checkpoint_group_size,
+        lora=server.lora,
+        lora_dtype_bytes=lora_bytes,
+    )

@@ -1,0 +1,249 @@
+"""The planner's findings: one sentence of what is wrong, one hint with a change that works.
+
+Every number in a hint comes from `planner.fixes`, which re-plans with the change before it is
+offered. Paths point at the field to edit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fleetspec.catalog import gpus as catalog_gpus
+from fleetspec.catalog import models as catalog_models
+from fleetspec.errors import Diagnostic, Severity
+from fleetspec.planner import budget, engine, fixes, memory
+from fleetspec.spec import models as spec_models
+from fleetspec.spec import paths
+
+ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
+GIB = 1 << 30
+MAX_LORA_VOCAB = 258048  # logits_processor.py:90-92
+
+
+def gib(value: float) -> str:
+    return f"{value / GIB:.1f} GiB" if abs(value) >= GIB else f"{value / GIB:.2f} GiB"
+
+
+def finding(severity: Severity, code: str, path: tuple, message: str, hint: str = "") -> Diagnostic:
+    return Diagnostic(severity, code, paths.format_path(path), message, hint)
+
+
+def unknown_model(base: spec_models.BaseModelSpec) -> Diagnostic:
+    return finding(
+        ERROR, "unknown-base-model", ("base_model", "id"),
+        f"fleetspec does not know the architecture of `{base.id}`, so it cannot plan GPU memory",
+        "add base_model.architecture with hidden_size, intermediate_size, num_hidden_layers, "
+        "num_attention_heads, num_key_value_heads, vocab_size and max_position_embeddings copied "
+        "from the model's config.json (or point base_model.id at a local directory that has one)",
+    )
+
+
+def model_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts) -> list[Diagnostic]:
+    found = []
+    for i, server in enumerate(spec.servers):
+        found.extend(_tensor_parallel(facts, server, i, spec))
+        found.extend(_lora_support(facts, server, i))
+        found.extend(_context_limit(spec, facts, server, i))
+    return found
+
+
+def _tensor_parallel(facts, server, i, spec) -> list[Diagnostic]:
+    tp = server.tensor_parallel_size
+    method = spec.base_model.quantization if spec.base_model.quantization != "none" else facts.checkpoint_quantization
+    group = spec.base_model.quantization_group_size or facts.checkpoint_group_size
+    problems = fixes.tensor_parallel_problems(facts, tp, method, group)
+    if not problems:
+        return []
+    valid = fixes.valid_tensor_parallel_sizes(facts, method, group)
+    lower = [v for v in valid if v < tp][-1:]
+    higher = [v for v in valid if v > tp][:1]
+    options = " or ".join(map(str, lower + higher)) or "1"
+    code = "heads-not-divisible-by-tp" if facts.architecture.num_attention_heads % tp else "tp-does-not-divide-model"
+    return [finding(
+        ERROR, code, ("servers", i, "tensor_parallel_size"),
+        f"tensor_parallel_size {tp} does not split `{facts.id}`: " + "; ".join(problems) + "; vLLM refuses to start",
+        f"use tensor_parallel_size {options}",
+    )]
+
+
+def _lora_support(facts, server, i) -> list[Diagnostic]:
+    if server.lora is None:
+        return []
+    if not facts.lora_supported:
+        return [finding(ERROR, "lora-unsupported", ("servers", i, "lora"),
+                        f"vLLM does not support LoRA adapters on {facts.architecture.architectures or [facts.family]}",
+                        "remove `lora:` from this server, or serve a base model whose architecture supports LoRA")]
+    if facts.embedding_lora and facts.architecture.vocab_size > MAX_LORA_VOCAB:
+        return [finding(ERROR, "vocab-too-large-for-lora", ("servers", i, "lora"),
+                        f"with LoRA, vLLM requires a vocabulary of at most {MAX_LORA_VOCAB} tokens; "
+                        f"this model has {facts.architecture.vocab_size}",
+                        "restrict lora.target_modules to the attention and MLP projections")]
+    return []
+
+
+def _context_limit(spec, facts, server, i) -> list[Diagnostic]:
+    length = spec.max_model_len_of(server)
+    limit = facts.max_position_embeddings
+    if length is None:
+        if limit is None:
+            return [finding(ERROR, "max-model-len-unknown", ("base_model", "max_model_len"),
+                            "neither the fleet file nor the model's config says how long a request may be",
+                            "set base_model.max_model_len (for example 8192)")]
+        return []
+    if limit is not None and length > limit:
+        where = ("servers", i, "max_model_len") if server.max_model_len else ("base_model", "max_model_len")
+        return [finding(ERROR, "max-model-len-above-model-limit", where,
+                        f"max_model_len {length} is longer than the {limit} tokens `{facts.id}` was trained for; "
+                        "vLLM refuses it",
+                        f"lower max_model_len to {limit}")]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def _length_path(spec, server, i) -> tuple:
+    if server.max_model_len is not None:
+        return ("servers", i, "max_model_len")
+    if spec.base_model.max_model_len is not None:
+        return ("base_model", "max_model_len")
+    return ("servers", i, "max_model_len")
+
+
+def memory_findings(spec: spec_models.FleetSpec, i: int, facts: catalog_models.ModelFacts,
+                    s: engine.EngineSettings, gpu: catalog_gpus.GpuFacts, b: budget.GpuBudget,
+                    gpus_available: int, adapters: tuple[set[str] | None, int | None]) -> list[Diagnostic]:
+    """`adapters`: (modules every hosted adapter trains, largest hosted rank), None when unknown."""
+    server = spec.servers[i]
+    on = f"one {gpu.type} ({gib(gpu.total_bytes)})"
+    if b.fits:
+        return []
+    options = _options(facts, s, gpu, b, gpus_available,
+                       adapters, server.replicas)
+    if b.kv_cache <= 0:
+        used = b.weights + b.lora + b.activation + b.non_torch + (b.cudagraph if b.cudagraph_in_budget else 0)
+        path = ("servers", i, "lora", "max_loras") if server.lora else ("servers", i, "tensor_parallel_size")
+        return [finding(
+            ERROR, "no-room-for-kv-cache", path,
+            f"`{server.name}` does not fit on {on}: weights {gib(b.weights)}, LoRA buffers {gib(b.lora)}, "
+            f"activations {gib(b.activation)} and overheads {gib(used - b.weights - b.lora - b.activation)} "
+            f"take {gib(used)} of the {gib(b.budget)} budget per GPU and leave nothing for the KV cache",
+            _join(options) or "use a larger GPU, a quantized checkpoint, or more tensor parallelism",
+        )]
+    return [finding(
+        ERROR, "kv-cache-too-small", _length_path(spec, server, i),
+        f"max_model_len {s.max_model_len} needs {gib(b.request_bytes)} of KV cache per GPU, "
+        f"{gib(b.kv_cache)} is left on {on}",
+        _join(options) or "use a larger GPU or more tensor parallelism",
+    )]
+
+
+def _options(facts, s, gpu, b, gpus_available, adapters, replicas) -> list[str]:
+    adapter_modules, largest_rank = adapters
+    options = []
+    length = fixes.shorter_model_len(facts, s, gpu, b)
+    if length:
+        options.append(f"lower max_model_len to {length}")
+    util = fixes.higher_utilization(facts, s, gpu, b)
+    if util:
+        options.append(f"raise gpu_memory_utilization to {util:.2f}")
+    rank = fixes.smaller_rank(facts, s, gpu, largest_rank)
+    if rank:
+        options.append(f"lower lora.max_lora_rank to {rank} (your largest adapter's rank)")
+    loras = fixes.fewer_loras(facts, s, gpu, b)
+    if loras:
+        options.append(f"lower lora.max_loras to {loras}")
+    narrowed = fixes.narrower_targets(facts, s, adapter_modules)
+    if narrowed and fixes.fits(facts, s.replace(lora=s.lora.model_copy(update={"target_modules": narrowed[0]})), gpu):
+        options.append(f"set lora.target_modules to [{', '.join(narrowed[0])}] (all your adapters train only those)")
+    tp = fixes.more_tensor_parallel(facts, s, gpu, gpus_available, replicas)
+    if tp:
+        options.append(f"raise tensor_parallel_size to {tp}")
+    if fixes.eager_fits(facts, s, gpu, b):
+        options.append(f"set enforce_eager: true (frees {gib(b.cudagraph)} of CUDA graphs; decoding gets slower)")
+    return options
+
+
+def _join(options: list[str]) -> str:
+    if len(options) <= 1:
+        return "".join(options)
+    return ", ".join(options[:-1]) + " or " + options[-1]
+
+
+def rank_finding(i: int, facts: catalog_models.ModelFacts, s: engine.EngineSettings,
+                 largest_rank: int | None) -> Diagnostic | None:
+    """max_lora_rank above every hosted adapter's rank wastes every slot's padding."""
+    if s.lora is None or largest_rank is None:
+        return None
+    needed = fixes.smallest_rank(largest_rank)
+    if needed >= s.lora.max_lora_rank:
+        return None
+    current = budget.lora_buffer_bytes(facts, s)
+    smaller = budget.lora_buffer_bytes(facts, s.replace(lora=s.lora.model_copy(update={"max_lora_rank": needed})))
+    return finding(
+        WARNING, "max-lora-rank-above-adapters", ("servers", i, "lora", "max_lora_rank"),
+        f"max_lora_rank {s.lora.max_lora_rank} but your largest adapter is rank {largest_rank}",
+        f"set max_lora_rank to {needed} and free {gib(current - smaller)} per GPU",
+    )
+
+
+def targets_finding(i: int, facts: catalog_models.ModelFacts, s: engine.EngineSettings,
+                    adapter_modules: set[str] | None) -> Diagnostic | None:
+    narrowed = fixes.narrower_targets(facts, s, adapter_modules)
+    if narrowed is None or narrowed[1] < GIB // 10:
+        return None
+    return finding(
+        INFO, "lora-buffers-for-untrained-modules", ("servers", i, "lora", "target_modules"),
+        "vLLM gives every slot buffers on all projections, but your adapters train only "
+        + ", ".join(narrowed[0]),
+        f"set lora.target_modules to [{', '.join(narrowed[0])}] and free {gib(narrowed[1])} per GPU",
+    )
+
+
+def seed_formula_finding(i: int, facts: catalog_models.ModelFacts, s: engine.EngineSettings) -> Diagnostic | None:
+    """Users compare with the seeds' 2 × rank × hidden × layers × modules × bytes; show both."""
+    if s.lora is None:
+        return None
+    real = budget.lora_buffer_bytes(facts, s)
+    modules = s.lora.target_modules
+    simple = s.lora.max_loras * memory.seed_adapter_bytes(facts, s.lora.max_lora_rank, s.lora_dtype_bytes, modules)
+    if simple and abs(real - simple) / simple < 0.2:
+        return None
+    return finding(
+        INFO, "lora-preallocation", ("servers", i, "lora"),
+        f"vLLM preallocates {gib(real)} per GPU for {s.lora.max_loras} LoRA slots at rank {s.lora.max_lora_rank}; "
+        f"the simple formula 2 × rank × hidden × layers × modules × bytes gives {gib(simple)}",
+        "the plan uses vLLM's number: every slot gets buffers at max_lora_rank on every wrapped module "
+        "(all projections unless lora.target_modules narrows them), whether or not an adapter is loaded",
+    )
+
+
+def headroom_finding(gpu_id: int, gpu: catalog_gpus.GpuFacts, used_fraction: float, outside: int,
+                     server_index: int) -> Diagnostic | None:
+    """vLLM refuses to start when the memory left outside the budgets cannot hold the CUDA context."""
+    free = gpu.total_bytes * (1 - used_fraction)
+    if free + 1 >= outside:
+        return None
+    ceiling = math.floor((1 - outside / gpu.total_bytes) * 100) / 100
+    return finding(
+        ERROR, "no-headroom-outside-budget", ("servers", server_index, "gpu_memory_utilization"),
+        f"GPU {gpu_id} ({gpu.type}) is booked to {used_fraction:.2f} of its memory, leaving {gib(free)} for "
+        f"the CUDA context and graphs that need {gib(outside)}; vLLM stops with \"Free memory on device "
+        "... is less than desired GPU memory utilization\"",
+        f"keep the gpu_memory_utilization of the replicas on this GPU at {ceiling:.2f} or less in total",
+    )
+
+
+def quantization_finding(s: engine.EngineSettings) -> Diagnostic | None:
+    from fleetspec.catalog import quantization
+
+    cost = quantization.weight_cost(s.quantization, s.group_size, s.dtype_bytes)
+    if not cost.estimated:
+        return None
+    return finding(
+        INFO, "quantization-size-estimated", ("base_model", "quantization"),
+        f"the in-memory size of `{s.quantization}` weights depends on the checkpoint; "
+        f"the plan assumes {cost.bytes_per_weight:.2f} bytes per weight",
+        "check the first replica's \"Model loading took ... GiB\" log line against the plan",
+    )

@@ -1,0 +1,121 @@
+"""Which GPUs each server replica gets.
+
+Pure: the inventory (GPU groups) and the demands (replicas × GPUs per replica × utilization) in,
+concrete device ids out, or a finding that says what is missing. A GPU is shared by several
+replicas only while their gpu_memory_utilization values add up to at most 1.0; one replica's
+tensor/pipeline group uses GPUs of a single type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from fleetspec.catalog import gpus as catalog_gpus
+from fleetspec.errors import Diagnostic, Severity
+from fleetspec.spec import derived, paths
+from fleetspec.spec import models as spec_models
+
+EPSILON = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSlot:
+    id: int
+    gpu: catalog_gpus.GpuFacts
+    group_index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Demand:
+    server_index: int
+    name: str
+    replicas: int
+    gpus_per_replica: int
+    utilization: float
+    gpu_type: str | None  # canonical catalog name the server is pinned to, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    server_index: int
+    replica: int
+    gpu_ids: tuple[int, ...]
+    gpu: catalog_gpus.GpuFacts
+
+
+def inventory(groups: Sequence[spec_models.GpuGroup]) -> tuple[list[GpuSlot], list[Diagnostic]]:
+    """Every GPU with its id (`ids`, else numbered in order across groups) and facts."""
+    slots: list[GpuSlot] = []
+    findings: list[Diagnostic] = []
+    for index, group in enumerate(groups):
+        try:
+            facts = catalog_gpus.resolve(group)
+        except catalog_gpus.UnknownGpuType:
+            known = ", ".join(catalog_gpus.known_types())
+            findings.append(Diagnostic(
+                Severity.ERROR, "unknown-gpu-type", paths.format_path(("gpus", index, "type")),
+                f"fleetspec does not know the memory of a `{group.type}` GPU",
+                f"use one of {known}, or give the card's memory with `memory_gib: <GiB>`",
+            ))
+            continue
+        ids = derived.group_device_ids(list(groups), index)
+        slots.extend(GpuSlot(device, facts, index) for device in ids)
+    return slots, findings
+
+
+def place(demands: Sequence[Demand], slots: Sequence[GpuSlot],
+          prefer: Callable[[Demand, catalog_gpus.GpuFacts], bool] | None = None,
+          ) -> tuple[list[Assignment], list[Diagnostic]]:
+    """Assign every replica; `prefer(demand, gpu)` ranks GPU types the replica fits on first."""
+    free = {slot.id: 1.0 for slot in slots}
+    assignments: list[Assignment] = []
+    findings: list[Diagnostic] = []
+    for demand in demands:
+        for replica in range(demand.replicas):
+            chosen = _choose(demand, slots, free, prefer)
+            if chosen is None:
+                findings.append(_shortage(demand, replica, slots, free))
+                break
+            for slot in chosen:
+                free[slot.id] -= demand.utilization
+            assignments.append(Assignment(demand.server_index, replica, tuple(s.id for s in chosen), chosen[0].gpu))
+    return assignments, findings
+
+
+def _types_in_order(slots: Sequence[GpuSlot]) -> list[catalog_gpus.GpuFacts]:
+    seen: dict[str, catalog_gpus.GpuFacts] = {}
+    for slot in slots:
+        seen.setdefault(slot.gpu.type, slot.gpu)
+    return list(seen.values())
+
+
+def _choose(demand: Demand, slots: Sequence[GpuSlot], free: dict[int, float],
+            prefer: Callable[[Demand, catalog_gpus.GpuFacts], bool] | None) -> list[GpuSlot] | None:
+    types = [g for g in _types_in_order(slots) if demand.gpu_type in (None, g.type)]
+    if prefer is not None:
+        types.sort(key=lambda g: not prefer(demand, g))  # stable: inventory order within each rank
+    for gpu in types:
+        usable = [s for s in slots if s.gpu.type == gpu.type and free[s.id] + EPSILON >= demand.utilization]
+        if len(usable) >= demand.gpus_per_replica:
+            # Best fit: fill GPUs already shared before opening fresh ones, lowest id first.
+            usable.sort(key=lambda s: (free[s.id], s.id))
+            return sorted(usable[: demand.gpus_per_replica], key=lambda s: s.id)
+    return None
+
+
+def _shortage(demand: Demand, replica: int, slots: Sequence[GpuSlot], free: dict[int, float]) -> Diagnostic:
+    kind = f"{demand.gpu_type} " if demand.gpu_type else ""
+    pool = [s for s in slots if demand.gpu_type in (None, s.gpu.type)]
+    room = sum(1 for s in pool if free[s.id] + EPSILON >= demand.utilization)
+    placed = replica
+    message = (
+        f"replica {replica} of `{demand.name}` needs {demand.gpus_per_replica} {kind}GPU(s) with "
+        f"{demand.utilization:.2f} of their memory free, but only {room} such GPU(s) are left"
+    )
+    if placed:
+        hint = f"lower replicas to {placed}, declare more GPUs, or lower gpu_memory_utilization so replicas can share GPUs"
+    else:
+        hint = "declare more GPUs under `gpus:`, or lower gpu_memory_utilization so servers can share GPUs"
+    return Diagnostic(Severity.ERROR, "not-enough-gpus", paths.format_path(("servers", demand.server_index, "replicas")),
+                      message, hint)

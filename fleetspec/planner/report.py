@@ -1,0 +1,334 @@
+"""`plan_fleet`: the whole fleet's GPU plan — placement, per-GPU budgets, host RAM, findings.
+
+Pure: a FleetSpec (and, for `gpus: {discover: true}`, the GPU groups the CLI discovered) in, a
+frozen FleetPlan out. Replicas of one server on one GPU type have identical budgets, so each
+(server, GPU type) pair is computed once however many replicas there are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+from fleetspec.catalog import gpus as catalog_gpus
+from fleetspec.catalog import models as catalog_models
+from fleetspec.errors import Diagnostic, Location, Severity
+from fleetspec.planner import budget, engine, findings, memory, placement
+from fleetspec.spec import models as spec_models
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaPlan:
+    index: int
+    gpus: tuple[int, ...]  # empty when the replica could not be placed
+    gpu_type: str | None
+    budget: budget.GpuBudget | None  # per GPU; for an unplaced replica, what it would get
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.gpus)
+
+    @property
+    def fits(self) -> bool:
+        return self.placed and self.budget is not None and self.budget.fits
+
+    def to_json(self) -> dict:
+        b = self.budget
+        return {
+            "index": self.index, "gpus": list(self.gpus), "gpu_type": self.gpu_type, "fits": self.fits,
+            "kv_cache_tokens": b.kv_tokens if b else 0,
+            "max_concurrency": round(b.max_concurrency, 2) if b else 0.0,
+            "largest_max_model_len": b.largest_model_len if b else 0,
+            "per_gpu": b.to_json() if b else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraPlan:
+    max_loras: int
+    max_lora_rank: int
+    max_cpu_loras: int
+    wrapped_modules: tuple[str, ...]
+    seed_formula_bytes: int  # max_loras × 2 × rank × hidden × layers × modules × bytes
+    largest_adapter_bytes: int
+    cpu_cache_bytes: int  # host RAM per replica for the CPU adapter cache
+
+    def to_json(self) -> dict:
+        return {
+            "max_loras": self.max_loras, "max_lora_rank": self.max_lora_rank, "max_cpu_loras": self.max_cpu_loras,
+            "wrapped_modules": list(self.wrapped_modules),
+            "seed_formula_gib": round(self.seed_formula_bytes / GIB, 2),
+            "largest_adapter_gib": round(self.largest_adapter_bytes / GIB, 3),
+            "cpu_cache_gib_per_replica": round(self.cpu_cache_bytes / GIB, 2),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPlan:
+    index: int
+    name: str
+    settings: engine.EngineSettings | None
+    replicas: tuple[ReplicaPlan, ...]
+    lora: LoraPlan | None
+
+    @property
+    def fits(self) -> bool:
+        return all(r.fits for r in self.replicas)
+
+    def to_json(self) -> dict:
+        s = self.settings
+        out = {"name": self.name, "fits": self.fits, "replicas": [r.to_json() for r in self.replicas]}
+        if s is not None:
+            out["settings"] = {
+                "tensor_parallel_size": s.tensor_parallel_size, "pipeline_parallel_size": s.pipeline_parallel_size,
+                "gpu_memory_utilization": s.gpu_memory_utilization, "max_model_len": s.max_model_len,
+                "max_num_seqs": s.max_num_seqs, "max_num_batched_tokens": s.max_num_batched_tokens,
+                "enforce_eager": s.enforce_eager, "quantization": s.quantization,
+                "vllm_version": ".".join(map(str, s.vllm_version)),
+            }
+        out["lora"] = self.lora.to_json() if self.lora else None
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetPlan:
+    fleet: str
+    model: str
+    servers: tuple[ServerPlan, ...]
+    cpu_lora_cache_bytes: int
+    findings: tuple[Diagnostic, ...]
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def fits(self) -> bool:
+        return not self.errors and all(s.fits for s in self.servers)
+
+    def to_json(self) -> dict:
+        return {
+            "fleet": self.fleet, "model": self.model, "fits": self.fits,
+            "servers": [s.to_json() for s in self.servers],
+            "host": {"cpu_lora_cache_gib": round(self.cpu_lora_cache_bytes / GIB, 2)},
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Adapters:
+    """What the planner knows about the adapters one server hosts (every deployable version)."""
+
+    ranks: tuple[int | None, ...]
+    modules: tuple[tuple[str, ...] | None, ...]
+
+    @property
+    def largest_rank(self) -> int | None:
+        return None if not self.ranks or None in self.ranks else max(self.ranks)
+
+    @property
+    def trained_modules(self) -> set[str] | None:
+        if not self.modules or None in self.modules:
+            return None
+        return {m.rsplit(".", 1)[-1] for group in self.modules for m in group}
+
+
+def plan_fleet(spec: spec_models.FleetSpec, gpus_override: Sequence[spec_models.GpuGroup] | None = None,
+               locate: Callable[[tuple], Location | None] | None = None) -> FleetPlan:
+    """Plan every server replica of the fleet; `locate` maps finding paths to file positions."""
+    found: list[Diagnostic] = []
+    facts = catalog_models.resolve(spec.base_model)
+    if facts is None:
+        found.append(findings.unknown_model(spec.base_model))
+    else:
+        found.extend(findings.model_findings(spec, facts))
+    slots, problems = placement.inventory(_gpu_groups(spec, gpus_override, found))
+    found.extend(problems)
+    planner = _Planner(spec, facts, slots)
+    assignments, shortages = placement.place(planner.demands(), slots, planner.prefer)
+    found.extend(shortages)
+    servers = tuple(planner.server_plan(i, assignments, found) for i in range(len(spec.servers)))
+    found.extend(planner.headroom(assignments))
+    if facts is not None:
+        quant = findings.quantization_finding(engine.settings_for(spec, spec.servers[0], facts, _any_gpu(slots)))
+        found.extend([quant] if quant else [])
+    cpu = sum(s.lora.cpu_cache_bytes * len(s.replicas) for s in servers if s.lora)
+    located = tuple(_locate(f, locate) for f in _dedupe(found))
+    return FleetPlan(spec.name, facts.id if facts else spec.base_model.id, servers, cpu, located)
+
+
+def _gpu_groups(spec, override, found) -> list[spec_models.GpuGroup]:
+    if override is not None:
+        return list(override)
+    if isinstance(spec.gpus, list):
+        return spec.gpus
+    found.append(findings.finding(
+        Severity.ERROR, "gpus-not-discovered", ("gpus",),
+        "`gpus: {discover: true}` asks this machine's NVIDIA driver for its GPUs, and none were given to the planner",
+        "run `fleetspec plan` on the GPU host, or list the GPUs, e.g. gpus: \"2x A100-80GB\"",
+    ))
+    return []
+
+
+def _any_gpu(slots) -> catalog_gpus.GpuFacts:
+    return slots[0].gpu if slots else catalog_gpus.GpuFacts("none", 0, "")
+
+
+class _Planner:
+    def __init__(self, spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts | None, slots):
+        self.spec, self.facts, self.slots = spec, facts, slots
+        self._budgets: dict[tuple, tuple[engine.EngineSettings, budget.GpuBudget]] = {}
+        self._adapters = _hosted_adapters(spec)
+
+    def demands(self) -> list[placement.Demand]:
+        from fleetspec.spec import derived
+
+        return [
+            placement.Demand(i, s.name, s.replicas, s.gpus_per_replica, derived.utilization(self.spec, s),
+                             catalog_gpus.canonical_name(s.gpu_type) or s.gpu_type if s.gpu_type else None)
+            for i, s in enumerate(self.spec.servers)
+        ]
+
+    def budget(self, i: int, gpu: catalog_gpus.GpuFacts) -> tuple[engine.EngineSettings, budget.GpuBudget]:
+        key = (i, gpu.type, gpu.total_bytes)
+        if key not in self._budgets:
+            settings = engine.settings_for(self.spec, self.spec.servers[i], self.facts, gpu)
+            self._budgets[key] = settings, budget.compute(self.facts, settings, gpu.total_bytes)
+        return self._budgets[key]
+
+    def prefer(self, demand: placement.Demand, gpu: catalog_gpus.GpuFacts) -> bool:
+        return self.facts is not None and self.budget(demand.server_index, gpu)[1].fits
+
+    def server_plan(self, i: int, assignments, found: list[Diagnostic]) -> ServerPlan:
+        server = self.spec.servers[i]
+        placed = {a.replica: a for a in assignments if a.server_index == i}
+        fallback = next((s.gpu for s in self.slots if self._matches(server, s.gpu)), None)
+        replicas, settings = [], None
+        for r in range(server.replicas):
+            gpu = placed[r].gpu if r in placed else fallback
+            b = None
+            if self.facts is not None and gpu is not None:
+                settings, b = self.budget(i, gpu)
+            replicas.append(ReplicaPlan(r, placed[r].gpu_ids if r in placed else (), gpu.type if gpu else None, b))
+        if self.facts is not None and server.replicas:
+            found.extend(self._memory_findings(i, {a.gpu.type: a.gpu for a in placed.values()} or
+                                                ({fallback.type: fallback} if fallback else {})))
+        if settings is None and self.facts is not None and fallback is not None:
+            settings = self.budget(i, fallback)[0]
+        return ServerPlan(i, server.name, settings, tuple(replicas), self._lora_plan(i, settings))
+
+    def _matches(self, server: spec_models.Server, gpu: catalog_gpus.GpuFacts) -> bool:
+        wanted = catalog_gpus.canonical_name(server.gpu_type) or server.gpu_type if server.gpu_type else None
+        return wanted in (None, gpu.type)
+
+    def _memory_findings(self, i: int, gpus_used: dict[str, catalog_gpus.GpuFacts]) -> list[Diagnostic]:
+        out: list[Diagnostic] = []
+        adapters = self._adapters[i]
+        for gpu in gpus_used.values():
+            settings, b = self.budget(i, gpu)
+            available = sum(1 for s in self.slots if s.gpu.type == gpu.type)
+            out.extend(findings.memory_findings(self.spec, i, self.facts, settings, gpu, b, available,
+                                                (adapters.trained_modules, adapters.largest_rank)))
+        if gpus_used:
+            settings = self.budget(i, next(iter(gpus_used.values())))[0]
+            for extra in (findings.rank_finding(i, self.facts, settings, adapters.largest_rank),
+                          findings.targets_finding(i, self.facts, settings, adapters.trained_modules),
+                          findings.seed_formula_finding(i, self.facts, settings)):
+                if extra is not None:
+                    out.append(extra)
+        return out
+
+    def _lora_plan(self, i: int, settings: engine.EngineSettings | None) -> LoraPlan | None:
+        server = self.spec.servers[i]
+        if server.lora is None or self.facts is None or settings is None:
+            return None
+        lora, facts = server.lora, self.facts
+        adapters = self._adapters[i]
+        sizes = sorted(
+            # An adapter without declared target_modules trains what the server wraps (vLLM rejects
+            # adapters with other modules), else every linear projection.
+            (memory.adapter_bytes(facts, rank or lora.max_lora_rank, settings.lora_dtype_bytes,
+                                  modules or lora.target_modules)
+             for rank, modules in zip(adapters.ranks, adapters.modules, strict=True)),
+            reverse=True,
+        )
+        cached = min(lora.max_cpu_loras or lora.max_loras, len(sizes))
+        seed = lora.max_loras * memory.seed_adapter_bytes(facts, lora.max_lora_rank, settings.lora_dtype_bytes,
+                                                          lora.target_modules)
+        return LoraPlan(lora.max_loras, lora.max_lora_rank, lora.max_cpu_loras or lora.max_loras,
+                        memory.lora_targets(facts, lora.target_modules), seed, sizes[0] if sizes else 0,
+                        sum(sizes[:cached]))
+
+    def headroom(self, assignments) -> list[Diagnostic]:
+        """Per GPU: the budgets of every replica on it plus each one's CUDA context must fit."""
+        if self.facts is None:
+            return []
+        booked: dict[int, list[tuple[int, catalog_gpus.GpuFacts]]] = {}
+        for a in assignments:
+            for gpu_id in a.gpu_ids:
+                booked.setdefault(gpu_id, []).append((a.server_index, a.gpu))
+        out = []
+        for gpu_id, users in sorted(booked.items()):
+            used = outside = 0.0
+            for i, gpu in users:
+                settings, b = self.budget(i, gpu)
+                used += settings.gpu_memory_utilization
+                outside += b.cuda_context + (0 if b.cudagraph_in_budget else b.cudagraph)
+            problem = findings.headroom_finding(gpu_id, users[0][1], used, round(outside), users[-1][0])
+            if problem is not None:
+                out.append(problem)
+        return out
+
+
+def _hosted_adapters(spec: spec_models.FleetSpec) -> list[_Adapters]:
+    index = {s.name: i for i, s in enumerate(spec.servers)}
+    lora_servers = [i for i, s in enumerate(spec.servers) if s.lora is not None]
+    ranks: list[list[int | None]] = [[] for _ in spec.servers]
+    modules: list[list[tuple[str, ...] | None]] = [[] for _ in spec.servers]
+    for specialist in spec.specialists:
+        hosts = lora_servers if specialist.servers is None else [index[n] for n in specialist.servers if n in index]
+        for version in specialist.all_versions:
+            entry = specialist.version_entry(version)
+            for i in hosts:
+                ranks[i].append(entry.rank)
+                modules[i].append(tuple(entry.target_modules) if entry.target_modules else None)
+    return [_Adapters(tuple(r), tuple(m)) for r, m in zip(ranks, modules, strict=True)]
+
+
+ONCE_PER_FLEET = {"lora-preallocation"}  # the same explanation on every server is noise
+
+
+def _dedupe(found: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for f in found:
+        key = (f.code,) if f.code in ONCE_PER_FLEET else (f.code, f.path, f.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_path(text: str) -> tuple:
+    """`servers[0].lora.max_lora_rank` → ("servers", 0, "lora", "max_lora_rank")."""
+    return tuple(int(index) if index else name for name, index in _PATH_PART.findall(text))
+
+
+def _locate(f: Diagnostic, locate) -> Diagnostic:
+    if locate is None or f.location is not None:
+        return f
+    path = parse_path(f.path)
+    while path:
+        location = locate(path)
+        if location is not None:
+            return dataclasses.replace(f, location=location)
+        path = path[:-1]  # a defaulted field has no position: point at its parent
+    return f

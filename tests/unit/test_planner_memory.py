@@ -1,0 +1,207 @@
+"""Every memory formula against values computed by hand from config.json shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetspec.catalog import gpus, models
+from fleetspec.planner import memory
+from fleetspec.spec import models as spec
+
+GIB, MIB = 1 << 30, 1 << 20
+
+
+def facts(model_id: str) -> models.ModelFacts:
+    return models.resolve(spec.BaseModelSpec(id=model_id))
+
+
+LLAMA8 = facts("meta-llama/Llama-3.1-8B-Instruct")
+LLAMA70 = facts("meta-llama/Llama-3.1-70B-Instruct")
+QWEN7 = facts("Qwen/Qwen2.5-7B-Instruct")
+QWQ_AWQ = facts("Qwen/QwQ-32B-Preview-AWQ")
+MIXTRAL = facts("mistralai/Mixtral-8x7B-Instruct-v0.1")
+DSV2 = facts("deepseek-ai/DeepSeek-V2-Lite-Chat")
+MISTRAL01 = facts("mistralai/Mistral-7B-v0.1")
+GEMMA9 = facts("google/gemma-2-9b-it")
+
+
+# ---- KV cache -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("model", "tp", "expected"), [
+    (LLAMA8, 1, 2 * 32 * 8 * 128 * 2),     # 131072 (vllm-facts §4.3)
+    (LLAMA8, 8, 2 * 32 * 1 * 128 * 2),     # 16384
+    (LLAMA70, 1, 2 * 80 * 8 * 128 * 2),    # 327680
+    (QWEN7, 4, 2 * 28 * 1 * 128 * 2),      # 4 KV heads over 4 GPUs: one each
+    (QWEN7, 8, 2 * 28 * 1 * 128 * 2),      # tp > KV heads: replicated, no further saving
+])
+def test_kv_bytes_per_token(model, tp, expected):
+    assert memory.kv_bytes_per_token(model, tp, 1, 2) == expected
+
+
+def test_kv_bytes_per_token_fp8_and_pipeline():
+    assert memory.kv_bytes_per_token(LLAMA8, 1, 1, 1) == 65536
+    assert memory.kv_bytes_per_token(LLAMA8, 1, 2, 2) == 65536  # 16 layers per stage
+    assert memory.kv_bytes_per_token(LLAMA70, 1, 3, 2) == 27 * 8 * 2 * 128 * 2  # ceil(80 / 3) layers
+
+
+def test_mla_kv_is_one_latent_per_layer_and_not_split_by_tp():
+    assert memory.kv_bytes_per_token(DSV2, 1, 1, 2) == 27 * (512 + 64) * 2
+    assert memory.kv_bytes_per_token(DSV2, 4, 1, 2) == 27 * (512 + 64) * 2
+    assert memory.kv_bytes_per_token(DSV2, 1, 1, 1, "fp8_ds_mla") == 27 * 656
+
+
+def test_kv_tokens_are_whole_blocks_of_16():
+    assert memory.kv_tokens(GIB, 131072) == 8192
+    assert memory.kv_tokens(GIB - 1, 131072) == 8176
+    assert memory.kv_tokens(-5, 131072) == 0
+
+
+def test_sliding_window_request_is_capped_at_window_plus_one_step():
+    per_layer_token = 8 * 2 * 128 * 2  # Mistral-7B-v0.1: 8 KV heads × (K+V) × 128 × bf16
+    window_blocks = -(-(4096 - 1 + 2048) // 16) + 1  # 385 blocks
+    assert memory.kv_bytes_per_request(MISTRAL01, 1, 1, 2, 32768, 2048) == 32 * per_layer_token * 16 * window_blocks
+    full = memory.kv_bytes_per_request(LLAMA8, 1, 1, 2, 32768, 2048)
+    assert full == 131072 * 32768
+
+
+def test_gemma2_alternates_window_and_global_layers():
+    per_layer_token = 8 * 2 * 256 * 2
+    blocks_full, blocks_window = 8192 // 16, -(-(4095 + 8192) // 16) + 1
+    expected = per_layer_token * 16 * (21 * blocks_full + 21 * min(blocks_window, blocks_full))
+    assert memory.kv_bytes_per_request(GEMMA9, 1, 1, 2, 8192, 8192) == expected
+
+
+def test_largest_model_len_is_the_longest_request_that_fits():
+    assert memory.largest_model_len(LLAMA8, 1, 1, 2, GIB, 8192) == 8192
+    # Requests take whole 16-token blocks: 15 spare tokens are not a block, 16 are.
+    assert memory.largest_model_len(LLAMA8, 1, 1, 2, GIB + 131072 * 15, 8192) == 8192
+    assert memory.largest_model_len(LLAMA8, 1, 1, 2, GIB + 131072 * 16, 8192) == 8208
+    assert memory.largest_model_len(LLAMA8, 1, 1, 2, 0, 8192) == 0
+    assert memory.largest_model_len(LLAMA8, 1, 1, 2, 10 ** 15, 8192) == 131072  # capped at the model's limit
+
+
+# ---- LoRA buffers (vllm-facts §3.3 table, MiB, ±1 for rounding) ------------------------------
+
+TABLE = [(1, 16), (4, 16), (4, 64), (8, 64), (16, 128)]
+
+
+@pytest.mark.parametrize(("model", "tp", "row"), [
+    (LLAMA8, 1, [88, 352, 1409, 2819, 11274]),
+    (LLAMA8, 2, [62, 248, 993, 1987, 7946]),
+    (LLAMA8, 8, [43, 170, 681, 1363, 5450]),
+    (LLAMA70, 4, [212, 848, 3393, 6787, 27146]),
+    (LLAMA70, 8, [180, 721, 2883, 5767, 23066]),
+    (QWEN7, 1, [77, 308, 1232, 2464, 9856]),
+])
+def test_lora_buffers_match_the_derived_table(model, tp, row):
+    got = [memory.lora_bytes(model, tp, 1, n, r, 2) / MIB for n, r in TABLE]
+    assert got == pytest.approx(row, abs=1)
+
+
+def test_lora_llama8b_4_slots_rank_64_exact_bytes():
+    per_layer = 7 * 4096 + 2 * 4096 + 2 * 1024 + 3 * 14336  # 7H + 2q + 2kv + 3I
+    embeddings = 2 * 128256 + 2 * 4096
+    assert memory.lora_bytes(LLAMA8, 1, 1, 4, 64, 2) == 4 * 64 * 2 * (32 * per_layer + embeddings)  # ≈ 1409 MiB
+
+
+def test_fully_sharded_lora_splits_the_h_terms():
+    per_layer = 7 * 4096 // 2 + 2 * 2048 + 2 * 512 + 3 * 7168
+    assert memory.lora_bytes(LLAMA8, 2, 1, 4, 64, 2, fully_sharded=True) == 4 * 64 * 2 * (32 * per_layer + 2 * 128256 + 2 * 4096)
+
+
+def test_target_modules_restrict_buffers_to_attention():
+    # QwQ-32B, 16 slots at rank 64, q/k/v/o only: (3H + q + 2kv) + (q + H) per layer, no embeddings.
+    per_layer = (3 * 5120 + 5120 + 2 * 1024) + (5120 + 5120)
+    expected = 16 * 64 * 2 * 64 * per_layer
+    assert expected == 4 * GIB
+    assert memory.lora_bytes(QWQ_AWQ, 1, 1, 16, 64, 2, ["q_proj", "k_proj", "v_proj", "o_proj"]) == expected
+    assert memory.lora_bytes(QWQ_AWQ, 1, 1, 16, 64, 2) == 16 * GIB  # every projection
+
+
+def test_qwen2_has_no_embedding_lora_but_llama_does():
+    assert "embed_tokens" not in memory.lora_targets(QWEN7, None)
+    assert {"embed_tokens", "lm_head"} <= set(memory.lora_targets(LLAMA8, None))
+
+
+def test_moe_lora_adds_expert_and_router_terms():
+    H, inter, E = 4096, 14336, 8
+    per_layer = (3 * H + H + 2 * 1024) + (H + H) + E * (3 * H + 3 * inter) + (H + E)
+    expected = 1 * 16 * 2 * (32 * per_layer + 2 * 32000 + 2 * H)
+    assert memory.lora_bytes(MIXTRAL, 1, 1, 1, 16, 2) == expected
+
+
+def test_seed_formula_and_real_adapter_size():
+    # Seed 001: "2 × 32 × 5120 × 64 × 4 × 2 bytes ≈ 167MB per rank-32 adapter"
+    assert memory.seed_adapter_bytes(QWQ_AWQ, 32, 2, ["q_proj", "k_proj", "v_proj", "o_proj"]) == 167772160
+    # A real rank-16 q/v adapter on Llama-3.1-8B: 32 layers × r × ((4096+4096) + (4096+1024)) × 2 bytes.
+    assert memory.adapter_bytes(LLAMA8, 16, 2, ["q_proj", "v_proj"]) == 32 * 16 * 2 * (8192 + 5120)
+
+
+# ---- weights ----------------------------------------------------------------------------------
+
+def test_catalog_parameter_counts_match_the_shapes():
+    for model_id in models.known_ids():
+        f = facts(model_id)
+        if f.num_parameters:
+            assert memory.derived_parameters(f) == pytest.approx(f.num_parameters, rel=0.003), model_id
+
+
+def test_llama8b_bf16_weights_at_tp1_and_tp2():
+    assert memory.weight_bytes(LLAMA8, 1, 1, 2) == 8030261248 * 2
+    linear = 32 * (4096 * 2048 + 2 * 4096 * 512 + 2048 * 4096 + 3 * 4096 * 7168)
+    other = 32 * 2 * 4096 + 2 * (128256 // 2) * 4096 + 4096
+    assert memory.weight_bytes(LLAMA8, 2, 1, 2) == (linear + other) * 2
+
+
+def test_awq_weights_keep_embeddings_in_half_precision():
+    linear = 64 * (5120 * 5120 + 2 * 5120 * 1024 + 5120 * 5120 + 3 * 5120 * 27648)
+    other = 64 * (5120 + 2 * 1024 + 2 * 5120) + 2 * 152064 * 5120 + 5120
+    expected = round(linear * (0.5 + 2.5 / 128) + other * 2)
+    assert memory.weight_bytes(QWQ_AWQ, 1, 1, 2, "awq", 128) == expected
+    assert expected / GIB == pytest.approx(18.0, abs=0.05)
+
+
+def test_fp8_weights_are_one_byte_per_linear_weight():
+    linear = 32 * (4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336)
+    other = 32 * 2 * 4096 + 2 * 128256 * 4096 + 4096
+    assert memory.weight_bytes(LLAMA8, 1, 1, 2, "fp8") == linear + other * 2
+
+
+def test_pipeline_stage_holds_its_layers_and_one_embedding():
+    stage = memory.params_per_gpu(LLAMA8, 1, 2)
+    assert stage.linear == 16 * (4096 * 4096 * 2 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    assert stage.other == 16 * 2 * 4096 + 128256 * 4096 + 4096
+
+
+# ---- measured overheads ------------------------------------------------------------------------
+
+def test_activation_peak_fit():
+    # 0.19 GiB × (8192 / 8192) + 3.54 × 1024 sequences × 128256 vocab × 4 bytes
+    expected = 0.19 * GIB + 3.54 * 1024 * 128256 * 4
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.33.0") == round(expected)
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 2, "0.33.0") == pytest.approx(expected * 0.57, abs=2)
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.16.0") == pytest.approx(expected * 2.53, abs=2)
+    moe = 0.60 * GIB * 2048 / 8192 + 3.54 * 256 * 32000 * 4
+    assert memory.activation_bytes(MIXTRAL, 2048, 256, 1, "0.33.0") == round(moe)
+
+
+def test_non_torch_context_and_graphs():
+    assert memory.non_torch_bytes(1, 1) == round(0.25 * GIB)
+    assert memory.non_torch_bytes(2, 1) == round(2.13 * GIB)
+    assert memory.non_torch_bytes(1, 2) == round(0.07 * GIB)
+    assert memory.cuda_context_bytes(1, 1) == round(0.51 * GIB)
+    graphs = round(0.2 * GIB) + 32 * round(0.02 * GIB)
+    assert memory.cudagraph_bytes(LLAMA8, 1, lora=False, enforce_eager=False) == graphs
+    assert memory.cudagraph_bytes(LLAMA8, 1, lora=True, enforce_eager=False) == round(graphs * 1.47)
+    assert memory.cudagraph_bytes(LLAMA8, 1, lora=True, enforce_eager=True) == 0
+
+
+def test_cudagraphs_count_against_the_budget_from_0_21():
+    assert memory.cudagraphs_in_budget("0.33.0")
+    assert memory.cudagraphs_in_budget("0.21")
+    assert not memory.cudagraphs_in_budget("0.19.0")
+
+
+def test_budget_is_the_ceiling_of_total_times_utilization():
+    h100 = gpus.resolve(spec.GpuGroup(type="H100-80GB"))
+    assert memory.budget_bytes(h100.total_bytes, 0.92) == -(-h100.total_bytes * 92 // 100)
