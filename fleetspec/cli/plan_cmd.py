@@ -1,66 +1,95 @@
-"""`fleetspec plan FILE`: does every server replica fit its GPUs, and what to change if not."""
+"""`fleetspec plan FILE`: does every server replica fit its GPUs, and what would apply change.
+
+Two questions, one command: the memory plan (pure, from the file alone) and the reconcile plan
+(the file against the running fleet, or against another fleet file with `--against`, which needs
+nothing running: what would this pull request restart?).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import click
 
 from fleetspec.cli import views
 
-EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def build_plan(path: str):
     """Load, cross-check and plan a fleet file: (LoadedFleet, FleetPlan with every finding)."""
-    from fleetspec import errors
-    from fleetspec.planner import report
+    from fleetspec.reconcile import session
     from fleetspec.spec import loading
-    from fleetspec.spec import models as spec_models
 
     loaded = loading.load_path(path)  # a broken file raises SpecError; app.main prints it
-    checked = _checks(loaded)
-    override = None
-    if isinstance(loaded.spec.gpus, spec_models.GpuDiscovery):
-        from fleetspec.planner import discovery
-
-        override = discovery.discover()
-    plan = report.plan_fleet(loaded.spec, override, locate=loaded.locate)
-    planned = {(f.code, f.path) for f in plan.findings}
-    merged = [d for d in checked if (d.code, d.path) not in planned] + list(plan.findings)
-    return loaded, dataclasses.replace(plan, findings=tuple(sorted(merged, key=errors.sort_key)))
+    return loaded, session.memory_plan(loaded)
 
 
-def _checks(loaded) -> list:
+def reconcile_plan(loaded, fleet_plan, against: str | None):
+    """(ReconcilePlan or None, note): the changes apply would make, or why they are unknown."""
+    from fleetspec import errors
+    from fleetspec.reconcile import diff, observed, session
+
+    if not fleet_plan.fits:
+        return None, "the fleet file has errors or does not fit, so apply would refuse it"
     try:
-        from fleetspec.spec import checks
-    except ImportError:  # cross-field checks are optional for planning
-        return []
-    return checks.check(loaded)
+        new = session.prepare_loaded(loaded, memory=fleet_plan)
+        if against is not None:
+            _, old_plan = build_plan(against)
+            old = session.prepare_loaded(_loaded(against), memory=old_plan)
+            last = {key: replica.container for key, replica in old.desired.replicas.items()}
+            return diff.diff(new.desired, observed.from_desired(old.desired), last), None
+        driver = session.open_driver(new)
+        return session.live_plan(new, driver)[0], None
+    except errors.SpecError as exc:
+        raise errors.FleetspecError(f"{against} is not a valid, fitting fleet file; fix it first "
+                                    f"({len(exc.diagnostics)} problem(s): run `fleetspec plan {against}`)") from None
+    except errors.FleetspecError as exc:
+        return None, f"live state is unavailable ({exc}); showing the memory plan only"
+
+
+def _loaded(path: str):
+    from fleetspec.spec import loading
+
+    return loading.load_path(path)
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "output", type=click.Choice(["human", "markdown", "json"]), default="human",
               show_default=True, help="markdown is meant for pull-request comments.")
-@click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 2 when the fleet fits and changes are pending (needs live state; plan alone never returns 2).")
-def plan(file: str, output: str, detailed_exitcode: bool) -> int:
-    """Plan GPU memory: per server and GPU, weights, LoRA buffers, KV cache and what to change.
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when the fleet fits and changes are pending.")
+@click.option("--against", type=click.Path(dir_okay=False),
+              help="Diff against another fleet file (e.g. the base branch's) instead of the running fleet.")
+@click.option("--memory-only", is_flag=True, help="Skip the reconcile plan; do not look at the running fleet.")
+def plan(file: str, output: str, detailed_exitcode: bool, against: str | None, memory_only: bool) -> int:
+    """Plan GPU memory per server and GPU, and the changes apply would make.
 
-    Exit 0 when every replica fits, 1 on any error or when something does not fit.
+    Exit 0 when every replica fits, 1 on any error or when something does not fit; with
+    --detailed-exitcode, 2 when it fits and changes are pending.
     """
-    from fleetspec.cli import plan_views
+    from fleetspec.cli import plan_views, reconcile_views
 
-    _, fleet_plan = build_plan(file)
+    loaded, fleet_plan = build_plan(file)
+    changes, note = (None, None) if memory_only else reconcile_plan(loaded, fleet_plan, against)
+    subject = f"the fleet in {against}" if against else "the running fleet"
     if output == "json":
-        click.echo(json.dumps(fleet_plan.to_json(), indent=2, ensure_ascii=False))
+        data = fleet_plan.to_json()
+        data["reconcile"] = changes.to_json() if changes else None
+        data["reconcile_note"] = note
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     elif output == "markdown":
         click.echo(plan_views.render_markdown(fleet_plan), nl=False)
+        if changes is not None:
+            click.echo(f"\n### Changes against {subject}\n\n{reconcile_views.plan_markdown(changes)}")
     else:
         plan_views.render_human(fleet_plan)
         views.print_diagnostics(fleet_plan.findings, err=False)
         click.echo(plan_views.summary(fleet_plan))
-    # Without live state there are never pending changes, so --detailed-exitcode cannot yield 2 yet.
-    return EXIT_OK if fleet_plan.fits else EXIT_ERROR
+        if changes is not None:
+            click.echo("\n" + reconcile_views.plan_text(changes, subject))
+    if note and output != "json":
+        click.echo(f"note: {note}", err=True)
+    if not fleet_plan.fits:
+        return EXIT_ERROR
+    return EXIT_CHANGES if detailed_exitcode and changes is not None and changes.has_changes else EXIT_OK

@@ -332,3 +332,19 @@ def _locate(f: Diagnostic, locate) -> Diagnostic:
             return dataclasses.replace(f, location=location)
         path = path[:-1]  # a defaulted field has no position: point at its parent
     return f
+
+
+def plan_loaded(loaded, gpus_override: Sequence[spec_models.GpuGroup] | None = None) -> FleetPlan:
+    """Cross-field checks and the memory plan of a loaded fleet file, as one list of findings.
+
+    Where a check and the planner report the same problem (same code and path), the planner's
+    version is kept: it carries a fix computed from the memory model.
+    """
+    from fleetspec import errors
+    from fleetspec.spec import checks
+
+    checked = checks.check(loaded)
+    planned = plan_fleet(loaded.spec, gpus_override, locate=loaded.locate)
+    seen = {(f.code, f.path) for f in planned.findings}
+    merged = [d for d in checked if (d.code, d.path) not in seen] + list(planned.findings)
+    return dataclasses.replace(planned, findings=tuple(sorted(merged, key=errors.sort_key)))

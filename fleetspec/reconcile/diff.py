@@ -53,8 +53,7 @@ def _server_action(key, target, replica, current, last) -> Action | None:
     container = current.container
     if container.spec_hash != spec_hash:
         changes = describe_changes(last, replica.container) if last is not None else ()
-        reason = "its configuration changed" + (f" ({'; '.join(changes[:3])})" if changes else "")
-        return Action(Kind.REPLACE, target, reason, server=key[0], replica=key[1],
+        return Action(Kind.REPLACE, target, "its configuration changed", server=key[0], replica=key[1],
                       container_id=container.id, changes=changes)
     if not container.running:
         code = f" with code {container.exit_code}" if container.exit_code is not None else ""

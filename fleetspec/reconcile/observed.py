@@ -74,3 +74,17 @@ def assemble(fleet: str, containers: list[base.ObservedContainer], probe) -> Obs
         base_url, healthy, adapters = probe(chosen) if chosen.running else (None, False, None)
         replicas[key] = ObservedReplica(chosen, base_url, healthy, adapters)
     return ObservedState(fleet, replicas, tuple(strays), router)
+
+
+def from_desired(want) -> ObservedState:
+    """The state a fleet would be in had `want` been applied exactly: for diffing two fleet files
+    (`fleetspec plan NEW --against OLD`) without anything running."""
+    replicas = {}
+    for key, replica in want.replicas.items():
+        container = base.ObservedContainer(
+            id=f"planned:{replica.container.name}", name=replica.container.name, image=replica.container.image,
+            status=base.RUNNING, health=None, fleet=want.fleet, server=key[0], replica=key[1],
+            spec_hash=replica.container.spec_hash(), role="engine",
+        )
+        replicas[key] = ObservedReplica(container, None, True, dict(replica.adapters))
+    return ObservedState(want.fleet, replicas)

@@ -18,7 +18,7 @@ from fleetspec.planner import report
 from fleetspec.reconcile import apply as apply_mod
 from fleetspec.reconcile import desired, diff, observed, state, vllm_admin
 from fleetspec.reconcile import plan as plan_mod
-from fleetspec.spec import checks, loading
+from fleetspec.spec import loading, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,18 +35,25 @@ class Prepared:
         return pathlib.Path(self.fleet.file)
 
 
-def prepare_loaded(fleet: loading.LoadedFleet, env: desired.Environment | None = None) -> Prepared:
+def memory_plan(fleet: loading.LoadedFleet) -> report.FleetPlan:
+    """Checks plus memory plan, asking NVML for the GPUs when the fleet says `discover: true`."""
+    override = None
+    if isinstance(fleet.spec.gpus, models.GpuDiscovery):
+        from fleetspec.planner import discovery
+
+        override = discovery.discover()
+    return report.plan_loaded(fleet, override)
+
+
+def prepare_loaded(fleet: loading.LoadedFleet, env: desired.Environment | None = None,
+                   memory: report.FleetPlan | None = None) -> Prepared:
     """Raise SpecError with every error of the file (validation, cross-field, memory plan)."""
-    found = list(checks.check(fleet))
-    if any(d.is_error for d in found):
-        raise errors.SpecError(found)
-    memory = report.plan_fleet(fleet.spec, locate=fleet.locate)
-    found += memory.findings
-    if not memory.fits or any(d.is_error for d in found):
-        raise errors.SpecError(found)
+    memory = memory or memory_plan(fleet)
+    if not memory.fits:
+        raise errors.SpecError(list(memory.findings))
     env = env or environment_for(fleet.spec)
     want = desired.build(fleet.spec, slots_mod.from_plan(memory), env, base_dir=fleet.base_dir)
-    return Prepared(fleet, memory, want, tuple(d for d in found if not d.is_error))
+    return Prepared(fleet, memory, want, tuple(d for d in memory.findings if not d.is_error))
 
 
 def prepare(path: str | pathlib.Path, env: desired.Environment | None = None) -> Prepared:

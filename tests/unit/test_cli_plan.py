@@ -45,7 +45,7 @@ def test_does_not_fit_exits_one_with_a_located_finding(tmp_path, capsys):
 
 
 def test_markdown_has_a_budget_table(tmp_path, capsys):
-    assert app.main(["plan", write(tmp_path, FLEET), "--format", "markdown"]) == 0
+    assert app.main(["plan", write(tmp_path, FLEET), "--format", "markdown", "--memory-only"]) == 0
     text = capsys.readouterr().out
     assert "| Replica | GPUs | Type | Total | Budget | Weights | LoRA |" in text
     assert "| 0 | 0 | L4 | 22.03 |" in text

@@ -128,21 +128,15 @@ class LocalDriver:
             child.poll()
 
     def wait_running(self, container_id: str, timeout_s: float = 60.0) -> base.ObservedContainer:
-        """Wait until the process runs; fail early with its logs if it exits instead."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            current = self._inspect(container_id)
-            if current.running:
-                return current
-            if current.status == base.EXITED:
-                raise errors.PermanentError(
-                    f"Process {current.name} exited with code {current.exit_code} instead of starting. "
-                    f"Its last log lines:\n{self.logs_tail(container_id, 20)}"
-                )
-            if time.monotonic() >= deadline:  # only reachable if a status other than the two appears
-                raise errors.TemporaryError(f"Process {current.name} is still {current.status} after "
-                                            f"{timeout_s:.0f} s. Look at {self.log_path(current.name)}.")
-            time.sleep(self.poll_s)
+        """A process runs from the moment it is spawned (there is no image to pull or unpack), so
+        this only checks; an engine that already exited fails with its logs, as with Docker."""
+        current = self._inspect(container_id)
+        if not current.running:
+            raise errors.PermanentError(
+                f"Process {current.name} exited with code {current.exit_code} instead of starting. "
+                f"Its last log lines:\n{self.logs_tail(container_id, 20)}"
+            )
+        return current
 
     def logs_tail(self, container_id: str, lines: int = 50) -> str:
         """The last `lines` lines this process wrote (stdout and stderr); "" when it is unknown."""
@@ -202,7 +196,9 @@ class LocalDriver:
     def _alive(self, record: ProcessRecord) -> bool:
         """The engine or any process of its group (engine workers may outlive their parent)."""
         self.reap()
-        return _leader(record) == ALIVE or _group_alive(record.pid)
+        leader = _leader(record)
+        # A reused pid means our group is long gone; the pid's new owner is not ours to signal.
+        return leader == ALIVE or (leader == DEAD and _group_alive(record.pid))
 
     def _inspect(self, container_id: str) -> base.ObservedContainer:
         self.reap()
@@ -342,10 +338,8 @@ def _check_ports_free(name: str, ports: list[dict]) -> None:
 def _read_record(path: pathlib.Path) -> ProcessRecord | None:
     try:
         return ProcessRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, TypeError):
-        return None  # not written by fleetspec (records are written atomically): not ours to manage
+        return None  # gone, or not written by fleetspec (its records are written atomically): not ours
 
 
 def _stat_fields(pid: int) -> list[str] | None:
