@@ -8,6 +8,7 @@ without the catalog's numbers, plus the few catalog facts vLLM itself validates 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ def check(fleet) -> list[Diagnostic]:
     """Every cross-field problem of the fleet (errors and warnings)."""
     found: list[Diagnostic] = []
     for checker in (_unique_names, _lora_limits, _hosting, _versions, _routing_targets, _splits,
-                    _gpu_inventory, _ports, _env_secrets, _quantization, _attention_heads):
+                    _gpu_inventory, _ports, _env_secrets, _quantization, _engine_refusals):
         found.extend(checker(fleet))
     return found
 
@@ -258,19 +259,17 @@ def _quantization(fleet) -> Iterator[Diagnostic]:
         )
 
 
-def _attention_heads(fleet) -> Iterator[Diagnostic]:
-    heads = derived.attention_heads(fleet.spec)
-    if heads is None:
-        return
-    for i, server in enumerate(fleet.spec.servers):
-        tp = server.tensor_parallel_size
-        if heads % tp:
-            options = [d for d in range(1, heads + 1) if heads % d == 0 and d <= max(8, tp)]
-            yield fleet.diagnostic(
-                ERROR, "heads-not-divisible-by-tp", ("servers", i, "tensor_parallel_size"),
-                f"the model's {heads} attention heads are not divisible by tensor_parallel_size {tp}; vLLM refuses to start",
-                "use tensor_parallel_size " + " or ".join(map(str, options[-2:])),
-            )
+def _engine_refusals(fleet) -> Iterator[Diagnostic]:
+    """What vLLM refuses at start-up for this model (tensor parallel splits, LoRA support, context
+    length), from the catalog's facts; the planner owns these rules, validation reports them too."""
+    from fleetspec.catalog import models as catalog_models
+    from fleetspec.planner import findings, report
+
+    facts = catalog_models.resolve(fleet.spec.base_model)
+    if facts is None:
+        return  # `fleetspec plan` asks for base_model.architecture; validation has nothing to check
+    for found in findings.model_findings(fleet.spec, facts):
+        yield dataclasses.replace(found, location=fleet.locate(report.parse_path(found.path)))
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -59,13 +59,3 @@ def replica_ports(spec: models.FleetSpec) -> dict[tuple[str, int], int]:
             ports[(server.name, replica)] = next_free
             claimed.add(next_free)
     return ports
-
-
-def attention_heads(spec: models.FleetSpec) -> int | None:
-    """The base model's attention heads, from the inline architecture or the catalog."""
-    if spec.base_model.architecture is not None:
-        return spec.base_model.architecture.num_attention_heads
-    from fleetspec.catalog import models as catalog_models
-
-    facts = catalog_models.resolve(spec.base_model)
-    return facts.architecture.num_attention_heads if facts is not None else None

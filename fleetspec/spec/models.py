@@ -407,6 +407,18 @@ class RouterSettings(Strict):
     enabled: bool = True
     port: Port = 8080
     admin_token: str | None = Field(None, description="Enables the admin API; write it as ${VAR}.")
+    image: str | None = Field(None, description="Router container image; fleetspec/router:<fleetspec version> by default.")
+
+
+class KubernetesSettings(Strict):
+    """Only what `fleetspec compile --target k8s` needs beyond the rest of the file."""
+
+    adapter_volume: Literal["pvc", "host_path"] = Field(
+        "pvc", description="Where pods find adapters: a PersistentVolumeClaim, or (opt-in) the node's own directory."
+    )
+    adapter_claim: Name | None = Field(None, description="PersistentVolumeClaim with the adapters; <fleet>-adapters by default.")
+    ingress_host: str | None = Field(None, description="Publish the router through an Ingress for this host name.")
+    ingress_class: str | None = Field(None, description="ingressClassName of that Ingress (cluster default when absent).")
 
 
 class Runtime(Strict):
@@ -421,6 +433,7 @@ class Runtime(Strict):
     )
     namespace: Name | None = Field(None, description="Kubernetes namespace; the fleet name by default.")
     router: RouterSettings = Field(default_factory=RouterSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     @property
     def default_image(self) -> str:

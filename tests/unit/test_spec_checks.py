@@ -10,6 +10,7 @@ BASE = """\
 name: demo
 base_model:
   id: custom/tiny
+  max_model_len: 2048
   architecture: {hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2,
                  num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 1000}
 gpus: 4x L4
@@ -38,7 +39,7 @@ def test_the_base_fleet_is_clean():
 
 def test_duplicate_server_names():
     found = run(BASE.replace("specialists:", "  - name: main\nspecialists:"))
-    assert [(d.code, d.path, d.location.line) for d in found] == [("duplicate-name", "servers[1].name", 10)]
+    assert [(d.code, d.path, d.location.line) for d in found] == [("duplicate-name", "servers[1].name", 11)]
 
 
 def test_max_cpu_loras_below_max_loras_is_refused_like_vllm():
