@@ -80,8 +80,7 @@ def _serve(serve_args: sim_args.ServeArgs, facts, startup: float, token: float, 
     except OSError as exc:
         sys.stderr.write(f"OSError: {exc}\n")
         return 1
-    stop = threading.Event()
-    _on_signals(stop)
+    stop = _Stop()
     threading.Thread(target=httpd.serve_forever, args=(0.1,), name="http", daemon=True).start()
     try:
         return _run(serve_args, the_engine, app, stop, startup, host)
@@ -90,7 +89,7 @@ def _serve(serve_args: sim_args.ServeArgs, facts, startup: float, token: float, 
         httpd.server_close()
 
 
-def _run(serve_args, the_engine, app, stop: threading.Event, startup: float, host: str) -> int:
+def _run(serve_args, the_engine, app, stop: _Stop, startup: float, host: str) -> int:
     if stop.wait(startup):
         return 0
     for module in serve_args.lora_modules:
@@ -108,11 +107,29 @@ def _run(serve_args, the_engine, app, stop: threading.Event, startup: float, hos
     return 0
 
 
-def _on_signals(stop: threading.Event) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+class _Stop:
+    """Waits for SIGTERM/SIGINT without a Python signal handler.
+
+    A handler that sets a threading.Event can deadlock: it runs on the main thread, possibly while
+    that thread holds the Event's own lock inside `wait()`. Blocking the signals and collecting them
+    with sigtimedwait takes no lock at all. The mask is set before any thread starts, so the HTTP
+    thread inherits it and the signals are always delivered here. Off the main thread (tests that
+    run the sim in-process) signals are left alone and the engine runs until the process ends.
+    """
+
+    SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+    def __init__(self):
+        self.enabled = threading.current_thread() is threading.main_thread()
+        if self.enabled:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def wait(self, timeout: float) -> bool:
+        """True when a stop signal arrived within `timeout` seconds."""
+        if not self.enabled:
+            threading.Event().wait(timeout)
+            return False
+        return signal.sigtimedwait(self.SIGNALS, max(0.0, timeout)) is not None
 
 
 def _setup_logging() -> None:
