@@ -15,7 +15,15 @@ import click
 
 # name → "module:attribute" of a click.Command. Keep this table sorted by name.
 COMMANDS: dict[str, str] = {
+    "adapters": "fleetspec.cli.adapters_cmd:adapters",
+    "apply": "fleetspec.cli.apply_cmd:apply",
+    "compile": "fleetspec.cli.compile_cmd:compile_",
+    "destroy": "fleetspec.cli.apply_cmd:destroy",
+    "plan": "fleetspec.cli.plan_cmd:plan",
+    "rollback": "fleetspec.cli.apply_cmd:rollback",
+    "route": "fleetspec.cli.route_cmd:route",
     "schema": "fleetspec.cli.validate_cmd:schema",
+    "status": "fleetspec.cli.apply_cmd:status",
     "validate": "fleetspec.cli.validate_cmd:validate",
 }
 

@@ -1,0 +1,82 @@
+"""Facts compose and Kubernetes outputs share: adapter mounts, the router's image and command.
+
+The router command is the router's own (`python -m fleetspec.router serve --config FILE --host H
+--port N`, fleetspec/router/cli.py), reading the config compiled by `compile.router`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+import posixpath
+
+from fleetspec.compile import vllm_args
+from fleetspec.spec import models
+
+ROUTER_CONFIG_DIR = "/etc/fleetspec"
+ROUTER_CONFIG_FILE = "router.json"
+ROUTER_CONFIG_PATH = f"{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_FILE}"
+ROUTER_CONTAINER_PORT = 8080
+HF_CACHE = "/root/.cache/huggingface"  # the vLLM image's Hugging Face cache
+
+
+def router_image(spec: models.FleetSpec) -> str:
+    if spec.runtime.router.image:
+        return spec.runtime.router.image
+    try:
+        version = importlib.metadata.version("fleetspec")
+    except importlib.metadata.PackageNotFoundError:
+        version = "latest"
+    return f"fleetspec/router:{version}"
+
+
+def router_argv() -> list[str]:
+    return ["python3", "-m", "fleetspec.router", "serve", "--config", ROUTER_CONFIG_PATH,
+            "--host", "0.0.0.0", "--port", str(ROUTER_CONTAINER_PORT)]
+
+
+def router_env(spec: models.FleetSpec) -> dict[str, str]:
+    """The router resolves an admin token written as `${VAR}` from its own environment, so VAR must
+    reach the container as a reference (compose: the operator's env; Kubernetes: the Secret)."""
+    token = spec.runtime.router.admin_token or ""
+    match = vllm_args.SECRET_REF.fullmatch(token)
+    return {match.group(1): token} if match else {}
+
+
+def adapter_paths(spec: models.FleetSpec, server: models.Server, base_dir: pathlib.Path | None) -> list[str]:
+    """Every version's path of every specialist this server hosts (the reconciler may hot-load any)."""
+    if server.lora is None:
+        return []
+    found = []
+    for specialist in spec.specialists:
+        if not vllm_args.hosts(specialist, server):
+            continue
+        for version in specialist.all_versions:
+            entry = specialist.version_entry(version)
+            if entry is not None:
+                found.append(vllm_args.resolve_path(entry.path, base_dir))
+    return found
+
+
+def adapter_roots(spec: models.FleetSpec, server: models.Server, base_dir: pathlib.Path | None) -> list[str]:
+    """Directories to mount read-only at the same path, so argv paths mean the same inside.
+
+    `runtime.adapter_roots` when given; otherwise the parent directory of each absolute adapter
+    path. Nested directories collapse into their ancestor; Hugging Face ids need no mount."""
+    paths = adapter_paths(spec, server, base_dir)
+    if not paths:
+        return []
+    if spec.runtime.adapter_roots:
+        candidates = [vllm_args.resolve_path(root, base_dir) for root in spec.runtime.adapter_roots]
+    else:
+        candidates = [posixpath.dirname(p.rstrip("/")) or "/" for p in paths if p.startswith("/")]
+    return _outermost(candidates)
+
+
+def _outermost(directories: list[str]) -> list[str]:
+    unique = sorted({posixpath.normpath(d) for d in directories if d.startswith("/")})
+    kept: list[str] = []
+    for directory in unique:
+        if not any(directory == k or directory.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(directory)
+    return kept

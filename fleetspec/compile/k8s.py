@@ -1,0 +1,258 @@
+"""A fleet → Kubernetes manifests (pure): one file per object plus `kustomization.yaml`.
+
+Objects: the Namespace; per server a Deployment (its replicas, `nvidia.com/gpu` = tp × pp, probes on
+/health with a startup budget that grows with the weights) and a Service; the router's ConfigMap
+(the compiled routing table), Deployment and Service; an Ingress when
+`runtime.kubernetes.ingress_host` is set. Labels follow Kubernetes' recommended `app.kubernetes.io/*`.
+
+Adapters: the claim `runtime.kubernetes.adapter_claim` (default `<fleet>-adapters`) is mounted
+read-only at the adapter root, so argv paths are the same inside the pod; with several roots the
+claim holds each root as a sub-directory of the same name. `adapter_volume: host_path` mounts the
+node's own directories instead (opt-in: it ties pods to prepared nodes).
+
+Secrets: an env value `${VAR}` becomes a secretKeyRef to key VAR of the Secret `<fleet>-secrets`
+(which fleetspec never writes: `kubectl create secret generic <fleet>-secrets --from-literal=VAR=...`);
+a reference inside a longer value or an argument becomes Kubernetes' own `$(VAR)`, and a literal
+`$(` is escaped as `$$(` so the kubelet leaves it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pathlib
+import re
+
+from fleetspec.catalog import vllm_flags
+from fleetspec.compile import deploy, router, slots, templating, vllm_args
+from fleetspec.spec import models
+
+KUSTOMIZATION = "kustomization.yaml"
+MANAGED_BY = "fleetspec"
+PROBE_PERIOD = 10
+
+
+def name(*parts: str) -> str:
+    """An RFC 1035 label (Service names need a leading letter), shortened with a hash past 63."""
+    text = "-".join(parts)
+    if len(text) <= 63:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[:54].rstrip('-')}-{digest}"
+
+
+def labels(spec: models.FleetSpec, component: str, instance: str, app: str) -> list[tuple[str, str]]:
+    return [
+        ("app.kubernetes.io/component", component),
+        ("app.kubernetes.io/instance", instance),
+        ("app.kubernetes.io/managed-by", MANAGED_BY),
+        ("app.kubernetes.io/name", app),
+        ("app.kubernetes.io/part-of", spec.name),
+    ]
+
+
+def _selector(all_labels: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    keep = ("app.kubernetes.io/component", "app.kubernetes.io/instance", "app.kubernetes.io/name")
+    return [(k, v) for k, v in all_labels if k in keep]
+
+
+def secret_name(spec: models.FleetSpec) -> str:
+    return name(spec.name, "secrets")
+
+
+def expand(text: str) -> tuple[str, list[str]]:
+    """`${VAR}` → `$(VAR)` (Kubernetes' reference); a literal `$(` → `$$(`. Returns the names used."""
+    out, used, last = [], [], 0
+    for match in vllm_args.SECRET_REF.finditer(text):
+        out.append(text[last:match.start()].replace("$(", "$$("))
+        out.append(f"$({match.group(1)})")
+        used.append(match.group(1))
+        last = match.end()
+    out.append(text[last:].replace("$(", "$$("))
+    return "".join(out), used
+
+
+def env_entries(spec: models.FleetSpec, env: dict[str, str], argv: list[str]) -> tuple[list[dict], list[str]]:
+    """Env list for a container (secret-backed names first, so `$(VAR)` can refer to them) and argv."""
+    secrets: set[str] = set()
+    plain: list[dict] = []
+    for key, value in sorted(env.items()):
+        whole = vllm_args.SECRET_REF.fullmatch(value)
+        if whole and whole.group(1) == key:
+            secrets.add(key)
+            continue
+        expanded, used = expand(value)
+        secrets.update(used)
+        plain.append({"name": key, "value": expanded, "secret": None})
+    new_argv = []
+    for word in argv:
+        expanded, used = expand(word)
+        secrets.update(used)
+        new_argv.append(expanded)
+    defined = {e["name"] for e in plain}
+    secret_entries = [{"name": var, "value": None, "secret": {"name": secret_name(spec), "key": var}}
+                      for var in sorted(secrets) if var not in defined]
+    # An env name set to `${OTHER}` reads key OTHER of the Secret.
+    for entry in plain:
+        match = vllm_args.SECRET_REF.fullmatch(env[entry["name"]])
+        if match:
+            entry.update(value=None, secret={"name": secret_name(spec), "key": match.group(1)})
+    return secret_entries + plain, new_argv
+
+
+def _probes(startup_seconds: int) -> list[dict]:
+    return [
+        {"kind": "startupProbe", "period": PROBE_PERIOD, "timeout": 5,
+         "failures": math.ceil(startup_seconds / PROBE_PERIOD)},
+        {"kind": "readinessProbe", "period": PROBE_PERIOD, "timeout": 5, "failures": 3},
+        {"kind": "livenessProbe", "period": 20, "timeout": 5, "failures": 3},
+    ]
+
+
+def _adapter_storage(spec: models.FleetSpec, roots: list[str]) -> tuple[list[dict], list[dict]]:
+    settings = spec.runtime.kubernetes
+    if not roots:
+        return [], []
+    if settings.adapter_volume == "host_path":
+        volumes = [{"name": f"adapters-{i}", "source_kind": "hostPath", "source": {"path": root, "type": "Directory"}}
+                   for i, root in enumerate(roots)]
+        mounts = [{"name": f"adapters-{i}", "path": root, "read_only": True, "sub_path": None}
+                  for i, root in enumerate(roots)]
+        return volumes, mounts
+    claim = settings.adapter_claim or name(spec.name, "adapters")
+    volumes = [{"name": "adapters", "source_kind": "persistentVolumeClaim",
+                "source": {"claimName": claim, "readOnly": True}}]
+    mounts = [{"name": "adapters", "path": root, "read_only": True,
+               "sub_path": root.lstrip("/") if len(roots) > 1 else None} for root in roots]
+    return volumes, mounts
+
+
+def engine_deployment(spec: models.FleetSpec, server: models.Server, weights_gib: float | None,
+                      base_dir: pathlib.Path | None) -> dict:
+    launch = vllm_args.replica_launch(spec, server, 0, host="0.0.0.0", port=vllm_args.CONTAINER_PORT,
+                                      base_dir=base_dir)
+    env, argv = env_entries(spec, launch.env, launch.argv)
+    own = labels(spec, "engine", name(spec.name, server.name), "vllm")
+    volumes, mounts = _adapter_storage(spec, deploy.adapter_roots(spec, server, base_dir))
+    volumes += [{"name": "hf-cache", "source_kind": "emptyDir", "source": {}},
+                {"name": "shm", "source_kind": "emptyDir", "source": {"medium": "Memory"}}]
+    mounts += [{"name": "hf-cache", "path": deploy.HF_CACHE, "read_only": False, "sub_path": None},
+               {"name": "shm", "path": "/dev/shm", "read_only": False, "sub_path": None}]
+    gpus = str(server.gpus_per_replica)
+    # Host RAM: weights pass through it while loading, plus the CPU adapter cache; an estimate.
+    memory_gib = math.ceil((weights_gib or vllm_flags.STARTUP_DEFAULT_WEIGHTS_GIB) + 8)
+    return {
+        "name": name("vllm", server.name), "labels": own, "selector": _selector(own),
+        "replicas": server.replicas, "container": "vllm", "image": server.image or spec.runtime.default_image,
+        "command": argv, "args": [], "env": env, "port": vllm_args.CONTAINER_PORT,
+        "requests": [("cpu", str(2 * server.gpus_per_replica)), ("memory", f"{memory_gib}Gi"), ("nvidia.com/gpu", gpus)],
+        "limits": [("nvidia.com/gpu", gpus)] if spec.runtime.engine == "vllm" else [],
+        "probes": _probes(vllm_flags.startup_budget_seconds(weights_gib)),
+        "mounts": mounts, "volumes": volumes,
+    }
+
+
+def router_deployment(spec: models.FleetSpec) -> dict:
+    env, argv = env_entries(spec, deploy.router_env(spec), deploy.router_argv())
+    own = labels(spec, "router", name(spec.name, "router"), "fleetspec-router")
+    return {
+        "name": "router", "labels": own, "selector": _selector(own), "replicas": 1, "container": "router",
+        "image": deploy.router_image(spec), "command": argv, "args": [], "env": env,
+        "port": deploy.ROUTER_CONTAINER_PORT, "requests": [("cpu", "500m"), ("memory", "512Mi")], "limits": [],
+        "probes": _probes(30),
+        "mounts": [{"name": "config", "path": deploy.ROUTER_CONFIG_DIR, "read_only": True, "sub_path": None}],
+        "volumes": [{"name": "config", "source_kind": "configMap", "source": {"name": name(spec.name, "router")}}],
+    }
+
+
+def _service(deployment: dict, port: int) -> dict:
+    return {"name": deployment["name"], "labels": deployment["labels"], "selector": deployment["selector"],
+            "port": port}
+
+
+def namespace_of(spec: models.FleetSpec) -> str:
+    return spec.runtime.namespace or spec.name
+
+
+def routing_table(spec: models.FleetSpec, base_dir: pathlib.Path | None, cluster_maps: dict | None = None) -> dict:
+    """One upstream per server: its Service, which spreads requests over the server's pods."""
+    ns = namespace_of(spec)
+    upstreams = [router.upstream(s.name, 0, f"http://{name('vllm', s.name)}.{ns}.svc:{vllm_args.CONTAINER_PORT}")
+                 for s in spec.servers if s.replicas > 0]
+    return router.routing_table(spec, upstreams, base_dir, cluster_maps)
+
+
+def objects(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.Path | None,
+            cluster_maps: dict | None = None) -> list[tuple[str, str, dict, str, str]]:
+    """(file, template, context key → view, kind, object name) for every object, in apply order."""
+    weights = {s.server: s.weights_gib for s in placed}
+    out = [("namespace.yaml", "k8s/namespace.yaml.j2", {"labels": labels(spec, "namespace", spec.name, "fleetspec")},
+            "Namespace", namespace_of(spec))]
+    for server in spec.servers:
+        if server.replicas == 0:
+            continue
+        d = engine_deployment(spec, server, weights.get(server.name), base_dir)
+        out.append((f"{d['name']}-deployment.yaml", "k8s/deployment.yaml.j2", {"d": d}, "Deployment", d["name"]))
+        out.append((f"{d['name']}-service.yaml", "k8s/service.yaml.j2",
+                    {"s": _service(d, vllm_args.CONTAINER_PORT)}, "Service", d["name"]))
+    if spec.runtime.router.enabled:
+        out += _router_objects(spec, base_dir, cluster_maps)
+    return out
+
+
+def _router_objects(spec: models.FleetSpec, base_dir: pathlib.Path | None,
+                    cluster_maps: dict | None) -> list[tuple[str, str, dict, str, str]]:
+    d = router_deployment(spec)
+    config = {"name": name(spec.name, "router"), "labels": d["labels"],
+              "data": [(deploy.ROUTER_CONFIG_FILE, router.to_json(routing_table(spec, base_dir, cluster_maps)))]}
+    out = [("router-configmap.yaml", "k8s/configmap.yaml.j2", {"c": config}, "ConfigMap", config["name"]),
+           ("router-deployment.yaml", "k8s/deployment.yaml.j2", {"d": d}, "Deployment", d["name"]),
+           ("router-service.yaml", "k8s/service.yaml.j2", {"s": _service(d, deploy.ROUTER_CONTAINER_PORT)},
+            "Service", d["name"])]
+    settings = spec.runtime.kubernetes
+    if settings.ingress_host:
+        ingress = {"name": "router", "labels": d["labels"], "host": settings.ingress_host,
+                   "class_name": settings.ingress_class, "service": d["name"]}
+        out.append(("router-ingress.yaml", "k8s/ingress.yaml.j2", {"i": ingress}, "Ingress", "router"))
+    return out
+
+
+def compile_manifests(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.Path | None = None,
+                      templates: str | pathlib.Path | None = None, cluster_maps: dict | None = None) -> dict[str, str]:
+    """File name → text; every manifest parsed back and checked before return."""
+    ns = namespace_of(spec)
+    files: dict[str, str] = {}
+    for file, template, view, kind, object_name in objects(spec, placed, base_dir, cluster_maps):
+        text, document = templating.render_checked(template, {"namespace": ns, **view}, templates)
+        check(template, document, kind, object_name, view)
+        files[file] = text
+    text, document = templating.render_checked(
+        "k8s/kustomization.yaml.j2", {"fleet": spec.name, "namespace": ns, "resources": list(files)}, templates)
+    if not isinstance(document, dict) or document.get("resources") != list(files):
+        raise templating.TemplateError("the kustomization template does not list every manifest")
+    files[KUSTOMIZATION] = text
+    return files
+
+
+def check(template: str, document: object, kind: str, object_name: str, view: dict) -> None:
+    if not isinstance(document, dict) or document.get("kind") != kind:
+        raise templating.TemplateError(f"the template {template} did not produce a {kind}")
+    if (document.get("metadata") or {}).get("name") != object_name:
+        raise templating.TemplateError(f"the template {template} changed the name of {kind} {object_name}")
+    if kind == "Deployment":
+        d = view["d"]
+        container = document["spec"]["template"]["spec"]["containers"][0]
+        env = [{"name": e["name"], "value": e["value"]} if e["secret"] is None else
+               {"name": e["name"], "valueFrom": {"secretKeyRef": e["secret"]}} for e in d["env"]]
+        for field, value in (("command", d["command"]), ("image", d["image"]), ("env", env or None)):
+            if container.get(field) != value:
+                raise templating.TemplateError(
+                    f"the template {template} rendered the Deployment {object_name} with a different {field} "
+                    "than compiled; every value in a template must pass through the `q` filter")
+
+
+def unexpand(text: str) -> str:
+    """Inverse of `expand` for checking: `$$(` → `$(`, `$(VAR)` → `${VAR}`."""
+    return re.sub(r"\$\$\(|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$(" if m.group(1) is None else "${" + m.group(1) + "}", text)
+
