@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from fleetspec import errors
 from fleetspec.adapters import checks, paths
 from fleetspec.adapters import inspect as adapter_inspect
 from fleetspec.catalog import models as catalog_models
@@ -38,6 +39,16 @@ def survey(loaded: loading.LoadedFleet) -> Survey:
             if info is not None:
                 infos[(specialist.name, version)] = info
     return Survey(infos, found)
+
+
+def review(loaded: loading.LoadedFleet) -> Survey:
+    """Read every adapter of the fleet and check it against the base model and its servers:
+    what `fleetspec adapters check` reports, and what `fleetspec plan` adds to its findings."""
+    found = survey(loaded)
+    architecture, embedding_lora, notes = base_facts(loaded)
+    diagnostics = found.diagnostics + notes + checks.check_fleet(
+        loaded.spec, found.infos, architecture, embedding_lora, loaded.locate)
+    return Survey(found.infos, sorted(diagnostics, key=errors.sort_key))
 
 
 def _read_one(loaded, raw: str, where: tuple, cache: dict, found: list) -> adapter_inspect.AdapterInfo | None:

@@ -36,17 +36,12 @@ def inspect_command(path: str, output: str) -> int:
 @click.option("--format", "output", type=click.Choice(["human", "json"]), default="human", show_default=True)
 def check_command(file: str, output: str) -> int:
     """Check every adapter of a fleet file against its base model and servers. Exit 1 on any error."""
-    from fleetspec.adapters import checks, survey
+    from fleetspec.adapters import survey
     from fleetspec.spec import loading
 
     loaded = loading.load_path(file)
-    found = survey.survey(loaded)
-    architecture, embedding_lora, facts_notes = survey.base_facts(loaded)
-    diagnostics = sorted(
-        found.diagnostics + facts_notes
-        + checks.check_fleet(loaded.spec, found.infos, architecture, embedding_lora, loaded.locate),
-        key=errors.sort_key,
-    )
+    found = survey.review(loaded)
+    diagnostics = found.diagnostics
     if output == "json":
         click.echo(views.dump_json({
             "file": file,

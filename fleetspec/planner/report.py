@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
@@ -63,6 +63,9 @@ class LoraPlan:
             "seed_formula_gib": round(self.seed_formula_bytes / GIB, 2),
             "largest_adapter_gib": round(self.largest_adapter_bytes / GIB, 3),
             "cpu_cache_gib_per_replica": round(self.cpu_cache_bytes / GIB, 2),
+            # exact figures too: small adapters round to 0 GiB
+            "largest_adapter_bytes": self.largest_adapter_bytes,
+            "cpu_cache_bytes_per_replica": self.cpu_cache_bytes,
         }
 
 
@@ -122,11 +125,21 @@ class FleetPlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class InspectedAdapter:
+    """What reading an adapter's files told us (adapters.survey), in the planner's own terms."""
+
+    rank: int | None  # largest real rank over its modules
+    modules: tuple[str, ...] | None  # module suffixes it trains (q_proj, ...)
+    elements: int | None  # LoRA elements; host bytes = elements × lora dtype bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class _Adapters:
     """What the planner knows about the adapters one server hosts (every deployable version)."""
 
     ranks: tuple[int | None, ...]
     modules: tuple[tuple[str, ...] | None, ...]
+    elements: tuple[int | None, ...] = ()  # per adapter when its files were read, else None
 
     @property
     def largest_rank(self) -> int | None:
@@ -140,8 +153,12 @@ class _Adapters:
 
 
 def plan_fleet(spec: spec_models.FleetSpec, gpus_override: Sequence[spec_models.GpuGroup] | None = None,
-               locate: Callable[[tuple], Location | None] | None = None) -> FleetPlan:
-    """Plan every server replica of the fleet; `locate` maps finding paths to file positions."""
+               locate: Callable[[tuple], Location | None] | None = None,
+               inspected: Mapping[tuple[str, str], InspectedAdapter] | None = None) -> FleetPlan:
+    """Plan every server replica of the fleet; `locate` maps finding paths to file positions.
+
+    `inspected` ((specialist, version) → facts read from the adapter files) replaces declared ranks
+    and modules, and gives the CPU cache its real sizes."""
     found: list[Diagnostic] = []
     facts = catalog_models.resolve(spec.base_model)
     if facts is None:
@@ -150,7 +167,7 @@ def plan_fleet(spec: spec_models.FleetSpec, gpus_override: Sequence[spec_models.
         found.extend(findings.model_findings(spec, facts))
     slots, problems = placement.inventory(_gpu_groups(spec, gpus_override, found))
     found.extend(problems)
-    planner = _Planner(spec, facts, slots)
+    planner = _Planner(spec, facts, slots, inspected or {})
     assignments, shortages = placement.place(planner.demands(), slots, planner.prefer)
     found.extend(shortages)
     servers = tuple(planner.server_plan(i, assignments, found) for i in range(len(spec.servers)))
@@ -181,10 +198,10 @@ def _any_gpu(slots) -> catalog_gpus.GpuFacts:
 
 
 class _Planner:
-    def __init__(self, spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts | None, slots):
+    def __init__(self, spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts | None, slots, inspected):
         self.spec, self.facts, self.slots = spec, facts, slots
         self._budgets: dict[tuple, tuple[engine.EngineSettings, budget.GpuBudget]] = {}
-        self._adapters = _hosted_adapters(spec)
+        self._adapters = _hosted_adapters(spec, inspected)
 
     def demands(self) -> list[placement.Demand]:
         from fleetspec.spec import derived
@@ -251,11 +268,13 @@ class _Planner:
         lora, facts = server.lora, self.facts
         adapters = self._adapters[i]
         sizes = sorted(
-            # An adapter without declared target_modules trains what the server wraps (vLLM rejects
-            # adapters with other modules), else every linear projection.
-            (memory.adapter_bytes(facts, rank or lora.max_lora_rank, settings.lora_dtype_bytes,
+            # Read from the files when we could; otherwise an adapter without declared
+            # target_modules trains what the server wraps (vLLM rejects other modules), else every
+            # linear projection.
+            (elements * settings.lora_dtype_bytes if elements is not None else
+             memory.adapter_bytes(facts, rank or lora.max_lora_rank, settings.lora_dtype_bytes,
                                   modules or lora.target_modules)
-             for rank, modules in zip(adapters.ranks, adapters.modules, strict=True)),
+             for rank, modules, elements in zip(adapters.ranks, adapters.modules, adapters.elements, strict=True)),
             reverse=True,
         )
         cached = min(lora.max_cpu_loras or lora.max_loras, len(sizes))
@@ -286,19 +305,22 @@ class _Planner:
         return out
 
 
-def _hosted_adapters(spec: spec_models.FleetSpec) -> list[_Adapters]:
+def _hosted_adapters(spec: spec_models.FleetSpec, inspected: Mapping[tuple[str, str], InspectedAdapter],
+                     ) -> list[_Adapters]:
     index = {s.name: i for i, s in enumerate(spec.servers)}
     lora_servers = [i for i, s in enumerate(spec.servers) if s.lora is not None]
-    ranks: list[list[int | None]] = [[] for _ in spec.servers]
-    modules: list[list[tuple[str, ...] | None]] = [[] for _ in spec.servers]
+    per_server: list[list[tuple]] = [[] for _ in spec.servers]
     for specialist in spec.specialists:
         hosts = lora_servers if specialist.servers is None else [index[n] for n in specialist.servers if n in index]
         for version in specialist.all_versions:
             entry = specialist.version_entry(version)
+            declared = (entry.rank, tuple(entry.target_modules) if entry.target_modules else None, None)
+            read = inspected.get((specialist.name, version))
+            found = (read.rank or declared[0], read.modules or declared[1], read.elements) if read else declared
             for i in hosts:
-                ranks[i].append(entry.rank)
-                modules[i].append(tuple(entry.target_modules) if entry.target_modules else None)
-    return [_Adapters(tuple(r), tuple(m)) for r, m in zip(ranks, modules, strict=True)]
+                per_server[i].append(found)
+    return [_Adapters(*(tuple(column) for column in zip(*rows, strict=True))) if rows else _Adapters((), (), ())
+            for rows in per_server]
 
 
 ONCE_PER_FLEET = {"lora-preallocation"}  # the same explanation on every server is noise
@@ -334,7 +356,9 @@ def _locate(f: Diagnostic, locate) -> Diagnostic:
     return f
 
 
-def plan_loaded(loaded, gpus_override: Sequence[spec_models.GpuGroup] | None = None) -> FleetPlan:
+def plan_loaded(loaded, gpus_override: Sequence[spec_models.GpuGroup] | None = None,
+                inspected: Mapping[tuple[str, str], InspectedAdapter] | None = None,
+                extra: Sequence[Diagnostic] = ()) -> FleetPlan:
     """Cross-field checks and the memory plan of a loaded fleet file, as one list of findings.
 
     Where a check and the planner report the same problem (same code and path), the planner's
@@ -343,8 +367,8 @@ def plan_loaded(loaded, gpus_override: Sequence[spec_models.GpuGroup] | None = N
     from fleetspec import errors
     from fleetspec.spec import checks
 
-    checked = checks.check(loaded)
-    planned = plan_fleet(loaded.spec, gpus_override, locate=loaded.locate)
+    checked = list(checks.check(loaded)) + list(extra)
+    planned = plan_fleet(loaded.spec, gpus_override, locate=loaded.locate, inspected=inspected)
     seen = {(f.code, f.path) for f in planned.findings}
     merged = [d for d in checked if (d.code, d.path) not in seen] + list(planned.findings)
     return dataclasses.replace(planned, findings=tuple(sorted(merged, key=errors.sort_key)))

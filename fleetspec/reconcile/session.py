@@ -36,13 +36,38 @@ class Prepared:
 
 
 def memory_plan(fleet: loading.LoadedFleet) -> report.FleetPlan:
-    """Checks plus memory plan, asking NVML for the GPUs when the fleet says `discover: true`."""
+    """Checks, adapter files and memory plan; NVML is asked for the GPUs when the fleet says
+    `discover: true`. Adapters found on this machine are planned with their real ranks and sizes."""
+    from fleetspec.adapters import survey
+
     override = None
     if isinstance(fleet.spec.gpus, models.GpuDiscovery):
         from fleetspec.planner import discovery
 
         override = discovery.discover()
-    return report.plan_loaded(fleet, override)
+    reviewed = survey.review(fleet)
+    inspected = {key: report.InspectedAdapter(info.max_rank, info.target_modules_present or None,
+                                              sum(m.numel for m in info.modules) if info.tensors_known else None)
+                 for key, info in reviewed.infos.items()}
+    return report.plan_loaded(fleet, override, inspected, _absent_as_warnings(reviewed.diagnostics))
+
+
+def _absent_as_warnings(diagnostics: list[Diagnostic], listed: int = 3) -> list[Diagnostic]:
+    """Missing adapter directories become warnings, summarised when there are many.
+
+    Adapters usually live on the serving hosts, not where plans run (a CI job, a laptop): the plan
+    then uses the declared ranks, and apply reports the engine's own error if one is really missing.
+    """
+    missing = [d for d in diagnostics if d.code == "adapter-missing"]
+    others = [d for d in diagnostics if d.code != "adapter-missing"]
+    hint = "the plan uses the declared ranks for them; apply reports any that the engine cannot find"
+    if len(missing) <= listed:
+        return others + [dataclasses.replace(d, severity=errors.Severity.WARNING, hint=hint) for d in missing]
+    first = missing[0]
+    return others + [dataclasses.replace(
+        first, severity=errors.Severity.WARNING, path="specialists",
+        message=f"{len(missing)} adapter directories are not on this machine (first: {first.path})", hint=hint,
+    )]
 
 
 def prepare_loaded(fleet: loading.LoadedFleet, env: desired.Environment | None = None,
@@ -126,7 +151,8 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
     """Run the plan under the fleet's lock and record what was applied. Returns (result, stale-lock note)."""
     spec = prepared.fleet.spec
     with state.lock(prepared.file, spec.name, command) as stale_note:
-        _ensure_images(prepared, progress)
+        if reconcile_plan.of_kind(plan_mod.Kind.CREATE) or reconcile_plan.of_kind(plan_mod.Kind.REPLACE):
+            _ensure_images(prepared, progress)  # only new containers need it; adapter changes stay fast
         applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec)),
                                     progress=progress)
         result = applier.run(reconcile_plan)
