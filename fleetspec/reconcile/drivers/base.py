@@ -7,9 +7,12 @@ Status words follow Docker's (`created`, `running`, `restarting`, `paused`, `exi
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 from typing import Protocol
 
+from fleetspec import errors
 from fleetspec.reconcile import desired, labels
 
 RUNNING = "running"
@@ -60,6 +63,20 @@ def identity_from_labels(found: Mapping[str, str]) -> dict:
         "role": found.get(labels.ROLE),
         "labels": tuple(sorted(found.items())),
     }
+
+
+SECRET_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_secrets(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """Resolve `${VAR}` secrets from fleetspec's own environment: here, at the edge, and nowhere else."""
+    missing = sorted({m for v in env.values() for m in SECRET_REFERENCE.findall(v) if m not in os.environ})
+    if missing:
+        raise errors.PermanentError(
+            f"Engine {name} needs the environment variable(s) {', '.join(missing)}, which are not set. "
+            "Export them in the shell that runs fleetspec; their values never reach compiled files."
+        )
+    return {k: SECRET_REFERENCE.sub(lambda m: os.environ[m.group(1)], v) for k, v in env.items()}
 
 
 class Driver(Protocol):

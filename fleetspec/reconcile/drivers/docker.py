@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator
 
@@ -22,7 +21,6 @@ from fleetspec import errors
 from fleetspec.reconcile import desired, labels
 from fleetspec.reconcile.drivers import base
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _STOP_GRACE_S = 10  # SIGTERM → SIGKILL; vLLM shuts down in well under this
 
 
@@ -130,7 +128,7 @@ def container_config(spec: desired.ContainerSpec) -> dict:
         # (vllm/vllm-openai has `vllm serve` as its entrypoint; our sim image has none).
         "entrypoint": [spec.argv[0]],
         "command": list(spec.argv[1:]),
-        "environment": _expand_env(spec.env_dict, spec.name),
+        "environment": base.expand_secrets(spec.env_dict, spec.name),
         "labels": {**spec.label_dict, labels.SPEC_HASH: spec.spec_hash()},
         "ports": {f"{p.container_port}/tcp": (p.host_ip, p.host_port) for p in spec.ports},
         "mounts": [
@@ -148,17 +146,6 @@ def container_config(spec: desired.ContainerSpec) -> dict:
         ]
         kwargs["ipc_mode"] = "host"  # vLLM's docs: tensor-parallel workers share memory through /dev/shm
     return kwargs
-
-
-def _expand_env(env: dict[str, str], name: str) -> dict[str, str]:
-    """Resolve `${VAR}` secrets from fleetspec's own environment, here at the edge only."""
-    missing = sorted({m for v in env.values() for m in _ENV_REFERENCE.findall(v) if m not in os.environ})
-    if missing:
-        raise errors.PermanentError(
-            f"Container {name} needs the environment variable(s) {', '.join(missing)}, which are not set. "
-            "Export them in the shell that runs fleetspec; their values never reach compiled files."
-        )
-    return {k: _ENV_REFERENCE.sub(lambda m: os.environ[m.group(1)], v) for k, v in env.items()}
 
 
 def observed_from_inspect(attrs: dict) -> base.ObservedContainer:

@@ -40,7 +40,6 @@ IMAGE = "local"  # what observe() reports as the image: there is none
 _STOP_GRACE_S = 10.0  # SIGTERM → SIGKILL, as for Docker
 _KILL_WAIT_S = 5.0  # after SIGKILL the kernel needs moments, not seconds
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's container-name rule: safe as a file name
 _PROC = pathlib.Path("/proc")
 ALIVE, DEAD, REUSED = "alive", "dead", "reused"
@@ -257,21 +256,10 @@ def child_env(spec: desired.ContainerSpec) -> dict[str, str]:
     if own_bin and own_bin not in path.split(os.pathsep):
         env["PATH"] = os.pathsep.join([own_bin, path])
     env["PYTHONUNBUFFERED"] = "1"  # the log file is the only window into a local engine; keep it current
-    env.update(_expand_env(spec.env_dict, spec.name))
+    env.update(base.expand_secrets(spec.env_dict, spec.name))
     if spec.gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)
     return env
-
-
-def _expand_env(env: dict[str, str], name: str) -> dict[str, str]:
-    """Resolve `${VAR}` secrets from fleetspec's own environment, as the Docker driver does."""
-    missing = sorted({m for v in env.values() for m in _ENV_REFERENCE.findall(v) if m not in os.environ})
-    if missing:
-        raise errors.PermanentError(
-            f"Process {name} needs the environment variable(s) {', '.join(missing)}, which are not set. "
-            "Export them in the shell that runs fleetspec; their values never reach compiled files."
-        )
-    return {k: _ENV_REFERENCE.sub(lambda m: os.environ[m.group(1)], v) for k, v in env.items()}
 
 
 def _check_spec(spec: desired.ContainerSpec) -> None:
