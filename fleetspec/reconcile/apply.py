@@ -69,12 +69,15 @@ class Applier:
         self.progress = progress
         self.router_updater = router_updater
         self.unhealthy: dict[str, str] = {}  # replica target → why its adapters cannot be loaded
+        self.not_loaded: dict[str, set[str]] = {}  # replica target → adapter versions that failed to load
 
     def run(self, reconcile_plan: plan_mod.ReconcilePlan) -> ApplyResult:
         outcomes = []
         for action in reconcile_plan.actions:
             started = self.clock.monotonic()
             outcome = self._one(action)
+            if action.kind is Kind.LOAD_ADAPTER and outcome.status in (FAILED, SKIPPED):
+                self.not_loaded.setdefault(action.target, set()).add(action.adapter)
             outcomes.append(dataclasses.replace(outcome, seconds=self.clock.monotonic() - started))
         return ApplyResult(tuple(outcomes))
 
@@ -162,6 +165,12 @@ class Applier:
         return Outcome(action, OK if loaded else UNCHANGED, "loaded" if loaded else "already loaded")
 
     def _unload(self, action: Action) -> Outcome:
+        # The old version keeps serving until its successor has loaded (DESIGN §6).
+        specialist = _specialist_of(action.adapter)
+        failed = sorted(self.not_loaded.get(action.target, ()))
+        successor = next((name for name in failed if specialist and _specialist_of(name) == specialist), None)
+        if successor is not None:
+            return Outcome(action, SKIPPED, f"kept serving: its successor {successor} did not load")
         replica = self.want.replicas[(action.server, action.replica)]
         removed = vllm_admin.unload_adapter(self._url(replica), action.adapter, api_key=self.settings.api_key)
         return Outcome(action, OK if removed else UNCHANGED, "unloaded" if removed else "was not loaded")
@@ -173,6 +182,12 @@ class Applier:
 
     def _url(self, replica: desired_mod.DesiredReplica) -> str:
         return f"http://{self.settings.host}:{replica.port}"
+
+
+def _specialist_of(served_name: str) -> str | None:
+    """The specialist part of a served name `<specialist>--<version>` (vllm_args.served_adapter_name)."""
+    specialist, separator, _ = served_name.rpartition("--")
+    return specialist if separator else None
 
 
 def _message(exc: errors.FleetspecError) -> str:
