@@ -1,5 +1,5 @@
 import sys
 
-from fleetspec.cli import app
+from fleetspec.cli import entry
 
-sys.exit(app.main())
+sys.exit(entry.main())

@@ -37,16 +37,19 @@ def _print_warnings(prepared) -> None:
 def run_apply(prepared, driver, yes: bool, output: str, command: str) -> int:
     from fleetspec.reconcile import session
 
-    reconcile_plan, _ = session.live_plan(prepared, driver)
+    reconcile_plan, have = session.live_plan(prepared, driver)
     if output == "human":
         click.echo(reconcile_views.plan_text(reconcile_plan))
     if not reconcile_plan.has_changes:
+        session.remember_if_converged(prepared, driver, have)
         if output == "json":
             click.echo(views.dump_json({"plan": reconcile_plan.to_json(), "result": None}))
         return 0
     if output == "human":
         _confirm("Apply these changes?", yes)
     result, stale = session.apply(prepared, driver, reconcile_plan, progress=_progress, command=command)
+    if result.ok:
+        session.remember_if_converged(prepared, driver)
     if stale:
         click.echo(f"note: {stale}", err=True)
     if output == "json":
@@ -93,7 +96,7 @@ def status(file: str, output: str) -> int:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def destroy(file: str, yes: bool) -> int:
     """Stop and remove every server and the router of the fleet in FILE (adapter files are untouched)."""
-    from fleetspec.reconcile import desired, session
+    from fleetspec.reconcile import desired, fastpath, session
 
     prepared = session.prepare(file)
     driver = session.open_driver(prepared)
@@ -107,6 +110,7 @@ def destroy(file: str, yes: bool) -> int:
     empty = desired.DesiredState(prepared.fleet.spec.name, {})
     result, _ = session.apply(dataclasses.replace(prepared, desired=empty), driver, reconcile_plan,
                               progress=_progress, command="fleetspec destroy")
+    fastpath.forget(prepared.file)
     click.echo(reconcile_views.outcomes_text(result))
     return 0 if result.ok else 1
 

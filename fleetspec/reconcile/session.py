@@ -185,3 +185,33 @@ def destroy_plan(spec, have: observed.ObservedState) -> plan_mod.ReconcilePlan:
     actions = [plan_mod.Action(plan_mod.Kind.REMOVE, c.name, "the fleet is being destroyed", server=c.server,
                                replica=c.replica, container_id=c.id) for c in containers]
     return plan_mod.ReconcilePlan(spec.name, tuple(actions))
+
+
+def referenced_files(fleet: loading.LoadedFleet) -> list[str]:
+    """Files besides the fleet file whose content decides the desired state."""
+    found = []
+    for rule in fleet.spec.routing.rules:
+        if isinstance(rule, models.HashClusterRule) and rule.hash_clusters.map_file:
+            found.append(str(fleet.resolve_path(rule.hash_clusters.map_file)))
+    base_id = fleet.spec.base_model.id
+    if base_id.startswith((".", "/", "~")):
+        found.append(str(fleet.resolve_path(base_id) / "config.json"))
+    return found
+
+
+def remember_if_converged(prepared: Prepared, driver, have: observed.ObservedState | None = None) -> bool:
+    """Record the converged fleet for `fastpath` (Docker runtime), or forget a stale record."""
+    from fleetspec.reconcile import fastpath
+
+    spec = prepared.fleet.spec
+    if spec.runtime.target != "docker":
+        return False
+    have = have or observe(driver, spec)
+    if diff.diff(prepared.desired, have).has_changes or have.strays:
+        fastpath.forget(prepared.file)
+        return False
+    containers = [{"id": r.container.id, "port": r.container.host_port, "adapters": r.adapters or {}}
+                  for _, r in sorted(have.replicas.items())]
+    fastpath.write_record(prepared.file, spec.name, referenced_files(prepared.fleet), probe_host(spec),
+                          containers, have.router.id if have.router else None)
+    return True
