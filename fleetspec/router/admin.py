@@ -1,0 +1,338 @@
+"""The admin API: seed 000's operations (set one cluster mapping, bulk mappings, warm adapters,
+clear, stats), plus the state the reconciler reads to report runtime changes as drift.
+
+Off unless `runtime.router.admin_token` is set; every call needs `Authorization: Bearer <token>`.
+Seed 000's paths (`/admin/ensemble...`) answer too, so its runbook works unchanged (plus the token).
+
+Runtime changes live in this router's memory only: they survive config reloads (re-checked against
+the new table), are listed by `GET /admin/state`, and vanish on `POST /admin/clusters/clear` or a
+router restart. fleet.yaml stays the source of truth; `fleetspec plan` shows the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hmac
+import json
+import time
+import urllib.parse
+
+from fleetspec.router import httpio, table
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterOverride:
+    rule_index: int
+    rule: str
+    cluster: str
+    target: str
+    changed_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Warmed:
+    url: str
+    server: str
+    replica: int
+    served_name: str
+    specialist: str
+    version: str
+    at: float
+
+
+@dataclasses.dataclass
+class RuntimeState:
+    overrides: dict[tuple[int, str], ClusterOverride] = dataclasses.field(default_factory=dict)
+    warmed: dict[tuple[str, str], Warmed] = dataclasses.field(default_factory=dict)
+
+    def apply(self, base: table.RoutingTable) -> table.RoutingTable:
+        """The base table with the runtime cluster mappings laid over it."""
+        grouped: dict[int, dict[str, str]] = {}
+        for override in self.overrides.values():
+            grouped.setdefault(override.rule_index, {})[override.cluster] = override.target
+        return base.with_cluster_overrides(grouped) if grouped else base
+
+    def revalidate(self, base: table.RoutingTable) -> list[ClusterOverride]:
+        """Drop mappings a new config makes meaningless (rule gone, target undeclared); returns them."""
+        dropped = []
+        hash_rules = {ref.index: ref for ref in base.hash_rules()}
+        for key, override in list(self.overrides.items()):
+            ref = hash_rules.get(override.rule_index)
+            if ref is None or ref.name != override.rule or base.target(override.target) is None:
+                dropped.append(self.overrides.pop(key))
+        return dropped
+
+
+@dataclasses.dataclass
+class Stats:
+    """Seed 000's ensemble stats: how often prompts missed, and which clusters miss."""
+
+    requests: int = 0
+    fallbacks: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    routed: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # "name@version"
+    cluster_hits: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    cluster_misses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def record(self, decision: table.Decision) -> None:
+        self.requests += 1
+        if decision.specialist is None:
+            self.fallbacks[decision.fallback_reason or "explicit-base"] += 1
+        else:
+            self.routed[f"{decision.specialist}@{decision.version}"] += 1
+        if decision.cluster is not None:
+            bucket = self.cluster_misses if decision.fallback_reason == table.CLUSTER_UNMAPPED else self.cluster_hits
+            bucket[decision.cluster] += 1
+
+    def to_json(self) -> dict:
+        misses = sum(n for reason, n in self.fallbacks.items() if reason != "explicit-base")
+        return {
+            "requests": self.requests,
+            "miss_rate": round(misses / self.requests, 6) if self.requests else None,
+            "fallbacks": dict(self.fallbacks),
+            "routed": dict(self.routed.most_common()),
+            "clusters": {"hits": dict(self.cluster_hits.most_common(50)),
+                         "unmapped": dict(self.cluster_misses.most_common(50))},
+        }
+
+
+def authorized(token: str | None, header: str | None) -> bool:
+    if token is None or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
+
+
+async def handle(router, request: httpio.Request) -> tuple[int, dict]:
+    """(status, JSON body) for an /admin/ request."""
+    token = router.config.admin_token
+    if token is None:
+        return 404, _error("the admin API is off: set runtime.router.admin_token (as ${VAR}) and restart the router")
+    if not authorized(token, request.headers.get("authorization")):
+        return 401, _error("missing or wrong admin token: send `Authorization: Bearer <token>`")
+    operation = ROUTES.get((request.method, request.path))
+    if operation is None:
+        known = any(path == request.path for _, path in ROUTES)
+        return (405, _error("method not allowed")) if known else (404, _error(f"no admin route {request.path}"))
+    try:
+        return await operation(router, request)
+    except AdminError as exc:
+        return exc.status, _error(str(exc))
+
+
+def _error(message: str) -> dict:
+    return {"error": {"message": message}}
+
+
+# -- reading parameters ----------------------------------------------------------------------------
+
+
+def _params(request: httpio.Request):
+    """JSON body, or a form body / query string as seed 000's curl commands send them."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == "application/json" or request.body.lstrip()[:1] in (b"{", b"["):
+        try:
+            return json.loads(request.body)
+        except ValueError:
+            if content_type == "application/json":
+                raise AdminError(400, "the body is not valid JSON") from None
+    params = dict(request.query)
+    if request.body:
+        params.update(urllib.parse.parse_qsl(request.body.decode("utf-8", "replace")))
+    return params
+
+
+def _hash_rule(router, wanted) -> table.RuleRef:
+    rules = router.config.table.hash_rules()
+    if not rules:
+        raise AdminError(409, "this fleet has no hash_clusters rule, so there are no clusters to map; "
+                              "add one under routing.rules")
+    if wanted in (None, ""):
+        return rules[0]
+    for ref in rules:
+        if str(wanted) in (ref.name, str(ref.index)):
+            return ref
+    raise AdminError(400, f"no hash_clusters rule is named `{wanted}`; rules: "
+                          + ", ".join(r.name for r in rules))
+
+
+def _checked_mapping(router, ref: table.RuleRef, cluster, target) -> tuple[str, str]:
+    base = router.config.table
+    clusters = base.rules[ref.index].clusters
+    cluster, target = str(cluster or ""), str(target or "")
+    if not cluster.startswith(clusters.prefix) or not cluster[len(clusters.prefix):].isdigit() \
+            or int(cluster[len(clusters.prefix):]) >= clusters.num_clusters:
+        raise AdminError(400, f"`{cluster}` is not a cluster of rule `{ref.name}`: ids run from "
+                              f"{clusters.prefix}0 to {clusters.prefix}{clusters.num_clusters - 1}")
+    resolved = base.target(target) or base.aliases.get(target)
+    if resolved is None:
+        raise AdminError(400, f"`{target}` is not a specialist of this fleet; declared: "
+                              + ", ".join(sorted(base.specialists)))
+    return cluster, str(resolved)
+
+
+# -- operations ------------------------------------------------------------------------------------
+
+
+async def _set_cluster(router, request) -> tuple[int, dict]:
+    params = _params(request)
+    if not isinstance(params, dict):
+        raise AdminError(400, 'send {"cluster_id": "c17", "specialist": "name"}')
+    ref = _hash_rule(router, params.get("rule"))
+    cluster, target = _checked_mapping(router, ref, params.get("cluster_id") or params.get("cluster"),
+                                       params.get("specialist") or params.get("adapter_tag"))
+    router.set_cluster_overrides(ref, {cluster: target})
+    return 200, {"rule": ref.name, "cluster": cluster, "specialist": target}
+
+
+async def _bulk(router, request) -> tuple[int, dict]:
+    params = _params(request)
+    if isinstance(params, dict) and isinstance(params.get("map"), dict):
+        ref, entries = _hash_rule(router, params.get("rule")), params["map"]
+    elif isinstance(params, dict):
+        ref, entries = _hash_rule(router, None), params
+    else:
+        raise AdminError(400, 'send a JSON object of cluster → specialist, e.g. {"c10": "python"}')
+    checked = dict(_checked_mapping(router, ref, c, t) for c, t in entries.items())
+    router.set_cluster_overrides(ref, checked)
+    return 200, {"rule": ref.name, "mapped": checked}
+
+
+async def _clear_clusters(router, request) -> tuple[int, dict]:
+    cleared = router.clear_cluster_overrides()
+    return 200, {"cleared": cleared}
+
+
+async def _state(router, request) -> tuple[int, dict]:
+    return 200, state(router)
+
+
+def state(router) -> dict:
+    """What runs differently from fleet.yaml because of admin calls (the reconciler's drift input)."""
+    base = router.config.table
+    clusters = []
+    for override in sorted(router.runtime.overrides.values(), key=lambda o: (o.rule_index, o.cluster)):
+        declared = base.cluster_map(override.rule_index).get(override.cluster)
+        clusters.append({"rule": override.rule, "rule_index": override.rule_index, "cluster": override.cluster,
+                         "specialist": override.target, "declared": declared, "changed_at": override.changed_at})
+    warmed = [dataclasses.asdict(w) for w in sorted(router.runtime.warmed.values(), key=lambda w: (w.url, w.served_name))]
+    return {"fleet": router.config.spec.name, "config_hash": router.config.hash, "config_loaded_at": router.loaded_at,
+            "drift": bool(clusters or warmed), "clusters": clusters, "warmed": warmed}
+
+
+async def _stats(router, request) -> tuple[int, dict]:
+    out = router.stats.to_json()
+    p50, p99 = (router.metrics.decisions.quantile(q) for q in (0.5, 0.99))
+    out["decision_seconds"] = {"p50_at_most": p50, "p99_at_most": p99}
+    out["runtime_mappings"] = len(router.runtime.overrides)
+    out["upstreams"] = [r.to_json() for r in router.upstreams.replicas.values()]
+    return 200, out
+
+
+async def _reload(router, request) -> tuple[int, dict]:
+    ok, message = await router.reload(force=True)
+    return (200 if ok else 500), {"reloaded": ok, "message": message, "config_hash": router.config.hash}
+
+
+async def _warm(router, request) -> tuple[int, dict]:
+    """Load adapters onto every healthy replica that should hold them and does not yet."""
+    params = _params(request)
+    names = params.get("specialists") if isinstance(params, dict) else params
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise AdminError(400, 'send a JSON list of specialists, e.g. ["python", "sql@1.1.0"]')
+    jobs = []
+    for name in names:
+        for specialist, version in _versions_to_warm(router, name):
+            served = router.config.table.served[(specialist, version)]
+            path = router.config.adapter_path(specialist, version)
+            for replica in router.upstreams.replicas.values():
+                if replica.server in router.config.hosts(specialist) and replica.healthy is not False:
+                    jobs.append(_load_one(router, replica, specialist, version, served, path))
+    results = await asyncio.gather(*jobs)
+    failed = [r for r in results if r["result"] == "failed"]
+    return (502 if failed else 200), {"results": results}
+
+
+def _versions_to_warm(router, name: str) -> list[tuple[str, str]]:
+    base = router.config.table
+    target = base.target(name) or base.aliases.get(name)
+    if target is None:
+        raise AdminError(400, f"`{name}` is not a specialist of this fleet; declared: " + ", ".join(sorted(base.specialists)))
+    if target.version is not None:
+        return [(target.specialist, target.version)]
+    split = base.splits.get(target.specialist)
+    versions = [v for _, v in split.ranges] if split else [base.specialists[target.specialist].version]
+    return [(target.specialist, v) for v in versions]
+
+
+async def _load_one(router, replica, specialist: str, version: str, served: str, path: str) -> dict:
+    row = {"url": replica.upstream.url, "server": replica.server, "replica": replica.upstream.replica,
+           "served_name": served}
+    if served in replica.models:
+        return {**row, "result": "already-loaded"}
+    body = json.dumps({"lora_name": served, "lora_path": path}).encode()
+    try:
+        status, answer = await httpio.fetch(router.pool, replica.upstream.url, "POST", "/v1/load_lora_adapter", body,
+                                             [("Content-Type", "application/json")], timeout=120)
+    except (TimeoutError, OSError, httpio.ProtocolError) as exc:
+        return {**row, "result": "failed", "error": f"{exc.__class__.__name__}: {exc}"}
+    if status != 200:
+        return {**row, "result": "failed", "error": _engine_message(answer, status)}
+    replica.models = replica.models | {served}
+    router.runtime.warmed[(replica.upstream.url, served)] = Warmed(
+        replica.upstream.url, replica.server, replica.upstream.replica, served, specialist, version, time.time())
+    return {**row, "result": "loaded"}
+
+
+async def _clear_cache(router, request) -> tuple[int, dict]:
+    """Unload what this router warmed (and only that: the reconciler owns everything else)."""
+    results = []
+    for key, warmed in list(router.runtime.warmed.items()):
+        body = json.dumps({"lora_name": warmed.served_name}).encode()
+        row = {"url": warmed.url, "served_name": warmed.served_name}
+        try:
+            status, answer = await httpio.fetch(router.pool, warmed.url, "POST", "/v1/unload_lora_adapter", body,
+                                                [("Content-Type", "application/json")], timeout=30)
+        except (TimeoutError, OSError, httpio.ProtocolError) as exc:
+            results.append({**row, "result": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
+            continue
+        if status not in (200, 404):
+            results.append({**row, "result": "failed", "error": _engine_message(answer, status)})
+            continue
+        del router.runtime.warmed[key]
+        replica = router.upstreams.replicas.get(warmed.url)
+        if replica is not None:
+            replica.models = replica.models - {warmed.served_name}
+        results.append({**row, "result": "unloaded"})
+    failed = any(r["result"] == "failed" for r in results)
+    return (502 if failed else 200), {"results": results}
+
+
+def _engine_message(answer: bytes, status: int) -> str:
+    try:
+        return f"{status}: {json.loads(answer)['error']['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{status}: {answer[:300].decode('utf-8', 'replace')}"
+
+
+ROUTES = {
+    ("GET", "/admin/state"): _state,
+    ("GET", "/admin/stats"): _stats,
+    ("GET", "/admin/ensemble/stats"): _stats,
+    ("POST", "/admin/clusters"): _set_cluster,
+    ("POST", "/admin/ensemble"): _set_cluster,
+    ("POST", "/admin/clusters/bulk"): _bulk,
+    ("POST", "/admin/ensemble/bulk"): _bulk,
+    ("POST", "/admin/clusters/clear"): _clear_clusters,
+    ("POST", "/admin/warm"): _warm,
+    ("POST", "/admin/ensemble/cache/warm"): _warm,
+    ("POST", "/admin/cache/clear"): _clear_cache,
+    ("POST", "/admin/ensemble/cache/clear"): _clear_cache,
+    ("POST", "/admin/reload"): _reload,
+}

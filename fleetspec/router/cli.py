@@ -1,0 +1,55 @@
+"""The router process: parse arguments, load the config, serve until SIGTERM or SIGINT.
+
+Exit statuses: 0 after a signal, 1 when the config cannot be loaded or the port cannot be bound,
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from fleetspec import errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fleetspec.router")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible router")
+    serve.add_argument("--config", required=True, help="router config file (fleetspec compile --target router)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 inside a container)")
+    serve.add_argument("--port", type=int, help="port to listen on; runtime.router.port of the fleet by default")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s fleetspec.router: %(message)s")
+    from fleetspec.router import server
+
+    router = server.Router(args.config)
+    try:
+        router.load()
+    except errors.FleetspecError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    port = args.port or router.config.spec.runtime.router.port
+    try:
+        asyncio.run(_run(router, args.host, port))
+    except OSError as exc:
+        sys.stderr.write(f"error: the router cannot listen on {args.host}:{port} ({exc.strerror or exc}); "
+                         "free the port or pass another with --port\n")
+        return 1
+    return 0
+
+
+async def _run(router, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(router.serve(host, port))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger("fleetspec.router").info("router stopped")

@@ -1,0 +1,125 @@
+"""Prometheus text exposition for the router, without a client library.
+
+The router is one asyncio thread, so counters are plain dicts. Label values are escaped as the
+exposition format requires; histograms are cumulative with `le` buckets, `_sum` and `_count`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+BASE_LABEL = "_base"  # specialist label of base-model requests ("_" cannot start a specialist name)
+
+DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+@dataclasses.dataclass
+class Counter:
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    kind: str = "counter"
+    values: dict[tuple[str, ...], float] = dataclasses.field(default_factory=dict)
+
+    def inc(self, *label_values: str, amount: float = 1.0) -> None:
+        self.values[label_values] = self.values.get(label_values, 0.0) + amount
+
+    def set(self, *label_values: str, value: float) -> None:
+        self.values[label_values] = value
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for key in sorted(self.values):
+            yield f"{self.name}{_labels(self.labels, key)} {_number(self.values[key])}"
+
+
+@dataclasses.dataclass
+class Histogram:
+    name: str
+    help: str
+    buckets: tuple[float, ...]
+    labels: tuple[str, ...] = ()
+    series: dict[tuple[str, ...], list] = dataclasses.field(default_factory=dict)  # [counts..., sum, count]
+
+    def observe(self, value: float, *label_values: str) -> None:
+        row = self.series.get(label_values)
+        if row is None:
+            row = self.series[label_values] = [0] * len(self.buckets) + [0.0, 0]
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.buckets):
+            row[index] += 1
+        row[-2] += value
+        row[-1] += 1
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for key in sorted(self.series):
+            row = self.series[key]
+            running = 0
+            for bound, count in zip(self.buckets, row, strict=False):
+                running += count
+                le = 'le="' + _number(bound) + '"'
+                yield f"{self.name}_bucket{_labels(self.labels, key, le)} {running}"
+            inf = 'le="+Inf"'
+            yield f"{self.name}_bucket{_labels(self.labels, key, inf)} {row[-1]}"
+            yield f"{self.name}_sum{_labels(self.labels, key)} {_number(row[-2])}"
+            yield f"{self.name}_count{_labels(self.labels, key)} {row[-1]}"
+
+    def quantile(self, q: float, *label_values: str) -> float | None:
+        """Upper bound of the bucket holding the q-quantile (for /admin/stats); None when empty."""
+        row = self.series.get(label_values)
+        if not row or not row[-1]:
+            return None
+        target, running = q * row[-1], 0
+        for bound, count in zip(self.buckets, row, strict=False):
+            running += count
+            if running >= target:
+                return bound
+        return float("inf")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.requests = Counter("fleetspec_router_requests_total",
+                                "Requests proxied, by specialist, version and HTTP status.",
+                                ("specialist", "version", "code"))
+        self.latency = Histogram("fleetspec_router_request_duration_seconds",
+                                 "Time from request to the last byte of the answer.", LATENCY_BUCKETS,
+                                 ("specialist", "version"))
+        self.fallbacks = Counter("fleetspec_router_fallbacks_total",
+                                 "Prompts no specialist took (seed 000's ensemble misses), by reason.", ("reason",))
+        self.decisions = Histogram("fleetspec_router_decision_seconds",
+                                   "Time to pick a specialist and version for one request.", DECISION_BUCKETS)
+        self.upstream_errors = Counter("fleetspec_router_upstream_errors_total",
+                                       "Failed exchanges with engines, by replica and kind.",
+                                       ("server", "replica", "kind"))
+        self.upstream_up = Counter("fleetspec_router_upstream_healthy",
+                                   "1 when the engine replica answered its last health check.",
+                                   ("server", "replica", "url"), kind="gauge")
+        self.reloads = Counter("fleetspec_router_config_reloads_total",
+                               "Config reloads, by result.", ("result",))
+
+    def render(self) -> str:
+        families = (self.requests, self.latency, self.fallbacks, self.decisions, self.upstream_errors,
+                    self.upstream_up, self.reloads)
+        return "\n".join(line for family in families for line in family.render()) + "\n"

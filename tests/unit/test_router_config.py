@@ -1,0 +1,94 @@
+"""The router config document: built from a fleet, read back into the same routing table."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from fleetspec import errors
+from fleetspec.router import config
+from fleetspec.spec import loading
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+UPSTREAMS = [config.Upstream("main", 0, "http://127.0.0.1:8001"), config.Upstream("main", 1, "http://127.0.0.1:8002")]
+
+
+@pytest.mark.parametrize("example", ["examples/001-hi-moe-awq.yaml", "examples/large-mixed-gpus.yaml", "fleet.yaml"])
+def test_document_round_trips_to_the_same_decisions(example):
+    fleet = loading.load_path(ROOT / example)
+    doc = json.loads(config.dumps(config.document(fleet.spec, UPSTREAMS)))
+    loaded = config.parse(doc, env={"FLEETSPEC_ADMIN_TOKEN": "t"})
+    assert loaded.spec == fleet.spec
+    assert loaded.upstreams == tuple(UPSTREAMS)
+    from fleetspec.router import table
+
+    direct = table.RoutingTable.from_spec(fleet.spec)
+    for prompt in ("pytest fails in app.py", "Traceback (most recent call last):", "hello", "summarize a.ipynb"):
+        assert loaded.table.decide(prompt, sticky_key="u1") == direct.decide(prompt, sticky_key="u1")
+
+
+def test_document_is_deterministic_and_hash_matches_reconcile_formula():
+    spec = loading.load_path(ROOT / "fleet.yaml").spec
+    first = config.dumps(config.document(spec, UPSTREAMS, cluster_maps={0: {"b": "x", "a": "y"}}))
+    assert first == config.dumps(config.document(spec, UPSTREAMS, cluster_maps={0: {"a": "y", "b": "x"}}))
+    doc = json.loads(first)
+    import hashlib
+
+    expected = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert config.parse(doc).hash == expected
+
+
+def test_admin_token_is_resolved_from_the_environment():
+    spec = loading.load_path(ROOT / "examples/large-mixed-gpus.yaml").spec  # admin_token: ${FLEETSPEC_ADMIN_TOKEN}
+    doc = config.document(spec, UPSTREAMS)
+    assert config.parse(doc, env={"FLEETSPEC_ADMIN_TOKEN": "s3cret"}).admin_token == "s3cret"
+    with pytest.raises(errors.PermanentError, match=r"\$\{FLEETSPEC_ADMIN_TOKEN\}.*not set"):
+        config.parse(doc, env={})
+    assert config.parse(config.document(loading.load_path(ROOT / "fleet.yaml").spec, UPSTREAMS)).admin_token is None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"format": "other"}, "not a fleetspec router config"),
+    ({"format": config.FORMAT, "fleet": {"name": "x"}}, "the fleet inside router config is invalid"),
+])
+def test_bad_documents_say_how_to_fix_them(data, message):
+    with pytest.raises(errors.PermanentError, match=message):
+        config.parse(data)
+
+
+def test_upstream_without_url_is_refused():
+    doc = config.document(loading.load_path(ROOT / "fleet.yaml").spec, [{"server": "main"}])
+    with pytest.raises(errors.PermanentError, match="upstream without `server` and `url`"):
+        config.parse(doc)
+
+
+MAP_FLEET = """\
+name: ensemble
+base_model: {id: org/base}
+gpus: "1x T4"
+servers: [{name: api, lora: {max_loras: 2, max_lora_rank: 16}}]
+specialists: [{name: a, version: "1", path: /a}]
+routing:
+  rules:
+    - hash_clusters: {num_clusters: 10, map_file: clusters.yaml}
+"""
+
+
+def test_map_file_is_read_relative_to_the_fleet(tmp_path):
+    (tmp_path / "fleet.yaml").write_text(MAP_FLEET)
+    (tmp_path / "clusters.yaml").write_text("c3: a\nc4: a@1\n")
+    fleet = loading.load_path(tmp_path / "fleet.yaml")
+    assert config.load_cluster_maps(fleet) == {0: {"c3": "a", "c4": "a@1"}}
+
+
+@pytest.mark.parametrize("content, code", [(None, "map-file-unreadable"), ("- c3\n", "map-file-shape")])
+def test_map_file_problems_are_located(tmp_path, content, code):
+    (tmp_path / "fleet.yaml").write_text(MAP_FLEET)
+    if content is not None:
+        (tmp_path / "clusters.yaml").write_text(content)
+    with pytest.raises(errors.SpecError) as caught:
+        config.load_cluster_maps(loading.load_path(tmp_path / "fleet.yaml"))
+    (problem,) = caught.value.diagnostics
+    assert (problem.code, problem.path, problem.location.line) == (code, "routing.rules[0].hash_clusters.map_file", 8)

@@ -1,0 +1,70 @@
+"""Replica choice and prompt extraction: the proxy's pure decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetspec.router import config, httpio, openai, upstreams
+
+
+def pool(*specs) -> upstreams.Upstreams:
+    """specs: (server, healthy, models, inflight) per replica on consecutive ports."""
+    ups = upstreams.Upstreams(httpio.Pool())
+    ups.configure([config.Upstream(s[0], i, f"http://127.0.0.1:{9000 + i}") for i, s in enumerate(specs)])
+    for replica, (_, healthy, models, inflight) in zip(ups.replicas.values(), specs, strict=True):
+        replica.healthy, replica.models, replica.inflight = healthy, frozenset(models), inflight
+    return ups
+
+
+def port(replica) -> int:
+    return replica.address[1]
+
+
+def test_prefers_a_healthy_replica_that_holds_the_adapter():
+    ups = pool(("a", True, [], 0), ("a", False, ["x"], 0), ("a", True, ["x"], 5))
+    assert port(ups.choose("x", frozenset({"a"}))) == 9002
+
+
+def test_least_busy_among_holders_then_round_robin():
+    ups = pool(("a", True, ["x"], 3), ("a", True, ["x"], 1), ("a", True, ["x"], 1))
+    assert [port(ups.choose("x", frozenset({"a"}))) for _ in range(4)] == [9001, 9002, 9001, 9002]
+
+
+def test_only_hosting_servers_and_not_excluded():
+    ups = pool(("a", True, ["x"], 0), ("b", True, ["x"], 0), ("b", True, [], 0))
+    first = ups.choose("x", frozenset({"b"}))
+    assert port(first) == 9001
+    assert port(ups.choose("x", frozenset({"b"}), exclude=[first])) == 9002
+    assert ups.choose("x", frozenset({"c"})) is None
+
+
+def test_unchecked_replicas_are_used_only_when_none_is_known_healthy():
+    assert port(pool(("a", None, [], 0), ("a", False, [], 0)).choose("x", frozenset({"a"}))) == 9000
+    assert pool(("a", False, [], 0)).choose("x", frozenset({"a"})) is None
+
+
+def test_reconfigure_keeps_what_is_known_about_a_replica():
+    ups = pool(("a", True, ["x"], 0))
+    ups.configure([config.Upstream("a", 0, "http://127.0.0.1:9000"), config.Upstream("a", 1, "http://127.0.0.1:9001")])
+    known, fresh = ups.replicas.values()
+    assert (known.healthy, known.models) == (True, frozenset({"x"}))
+    assert fresh.healthy is None
+
+
+PROMPTS = {
+    "completion string": ({"prompt": "hi"}, False, "hi"),
+    "completion list": ({"prompt": ["a", "b"]}, False, "a\nb"),
+    "completion token ids": ({"prompt": [1, 2, 3]}, False, ""),
+    "chat user turns only": ({"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "q1"},
+                                           {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]},
+                             True, "q1\nq2"),
+    "chat content parts": ({"messages": [{"role": "user", "content": [{"type": "text", "text": "look"},
+                                                                      {"type": "image_url", "image_url": {}}]}]},
+                           True, "look"),
+    "chat without user turns": ({"messages": [{"role": "system", "content": "only"}]}, True, "only"),
+}
+
+
+@pytest.mark.parametrize("body, chat, expected", PROMPTS.values(), ids=PROMPTS.keys())
+def test_prompt_text(body, chat, expected):
+    assert openai.prompt_text(body, chat) == expected
