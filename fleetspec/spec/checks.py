@@ -28,6 +28,10 @@ def check(fleet) -> list[Diagnostic]:
     for checker in (_unique_names, _lora_limits, _hosting, _versions, _routing_targets, _splits,
                     _gpu_inventory, _ports, _env_secrets, _quantization, _engine_refusals):
         found.extend(checker(fleet))
+    if not any(d.is_error for d in found):  # routing analysis assumes every target resolves
+        from fleetspec.router import checks as router_checks
+
+        found.extend(router_checks.check(fleet))
     return found
 
 
