@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 from fleetspec.compile import deploy, vllm_args
 from fleetspec.reconcile import labels
 from fleetspec.spec import derived
+
+_SECRET_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ContainerSpec:
     ports: tuple[PortBinding, ...] = ()
     volumes: tuple[Mount, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    network_mode: str | None = None  # "host": share the host's network (the router reaching engines)
 
     def __post_init__(self) -> None:
         # Accept dicts and lists at the call site; store one canonical, hashable form.
@@ -72,6 +76,8 @@ class ContainerSpec:
             "ports": [dataclasses.asdict(p) for p in self.ports],
             "volumes": [dataclasses.asdict(m) for m in self.volumes],
             "labels": dict(self.labels),
+            # only when set, so every hash from before the field existed stays the same
+            **({"network_mode": self.network_mode} if self.network_mode else {}),
         }
 
     @classmethod
@@ -136,8 +142,10 @@ class Environment:
     """Where the fleet runs: the facts desired state depends on that the spec does not hold."""
 
     target: str  # "docker" or "local"
-    sim_image: str = "fleetspec/sim:latest"  # docker + sim engine
-    python: str = "python3"  # local + sim engine: the interpreter that runs fleetspec.sim
+    sim_image: str = "fleetspec/sim:latest"  # docker: the offline-built image with fleetspec (sim engine, router)
+    python: str = "python3"  # local: the interpreter that runs fleetspec.sim and the router
+    router_config_path: str | None = None  # where apply writes the router's config; None: no router
+    cluster_maps: Mapping | None = None  # hash-cluster map_file entries by rule index, read at the edge
 
 
 def container_name(fleet: str, server: str, replica: int) -> str:
@@ -158,7 +166,53 @@ def build(spec, slots, env: Environment, base_dir=None) -> DesiredState:
         })
         adapters = {a.served_name: a.path for a in vllm_args.served_adapters(spec, server, base_dir)}
         replicas[(slot.server, slot.replica)] = DesiredReplica(server.name, slot.replica, container, adapters, port)
-    return DesiredState(spec.name, replicas)
+    router, router_config = _router(spec, replicas, env, base_dir)
+    return DesiredState(spec.name, replicas, router, router_config)
+
+
+def reachable_host(spec) -> str:
+    """Where fleetspec and the router reach published engine ports on this host."""
+    bind = spec.runtime.bind_address
+    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+
+
+def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[ContainerSpec | None, dict | None]:
+    """The router process or container, and the config document it should serve.
+
+    The config lives in a file the apply writes (`env.router_config_path`); the router re-reads it
+    when it changes, so a routing or version change never restarts the router. On Docker the router
+    shares the host's network: it reaches engines on the same published ports fleetspec uses.
+    """
+    if not spec.runtime.router.enabled or env.router_config_path is None:
+        return None, None
+    from fleetspec.router import config as router_config
+
+    host = reachable_host(spec)
+    upstreams = [router_config.Upstream(r.server, r.replica, f"http://{host}:{r.port}")
+                 for _, r in sorted(replicas.items())]
+    adapter_paths = {name: path for r in replicas.values() for name, path in r.adapters.items()}
+    document = router_config.document(spec, upstreams, cluster_maps=env.cluster_maps, adapter_paths=adapter_paths)
+    path = env.router_config_path
+    serve = ["-m", "fleetspec.router", "serve", "--config", path, "--host", spec.runtime.bind_address,
+             "--port", str(spec.runtime.router.port)]
+    token = spec.runtime.router.admin_token
+    secrets = {ref: f"${{{ref}}}" for ref in _secret_names(token)} if token else {}
+    labels_ = {labels.FLEET: spec.name, labels.ROLE: labels.ROLE_ROUTER}
+    name = f"{spec.name}-router"
+    if env.target == "docker":
+        directory = path.rsplit("/", 1)[0]
+        container = ContainerSpec(name=name, image=spec.runtime.router.image or env.sim_image,
+                                  argv=["python3", *serve], env=secrets, labels=labels_, network_mode="host",
+                                  volumes=[Mount(directory, directory, True)])
+    else:
+        container = ContainerSpec(name=name, image="local", argv=[env.python, *serve], env=secrets, labels=labels_,
+                                  ports=[PortBinding(spec.runtime.router.port, spec.runtime.router.port,
+                                                     spec.runtime.bind_address)])
+    return container, document
+
+
+def _secret_names(text: str) -> list[str]:
+    return _SECRET_NAME.findall(text)
 
 
 def _engine_container(spec, server, slot, port: int, env: Environment, base_dir) -> ContainerSpec:

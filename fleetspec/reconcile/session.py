@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import pathlib
 import sys
+import time
+import urllib.request
 
 from fleetspec import errors
 from fleetspec.compile import slots as slots_mod
@@ -76,7 +79,7 @@ def prepare_loaded(fleet: loading.LoadedFleet, env: desired.Environment | None =
     memory = memory or memory_plan(fleet)
     if not memory.fits:
         raise errors.SpecError(list(memory.findings))
-    env = env or environment_for(fleet.spec)
+    env = env or environment_for(fleet.spec, fleet)
     want = desired.build(fleet.spec, slots_mod.from_plan(memory), env, base_dir=fleet.base_dir)
     return Prepared(fleet, memory, want, tuple(d for d in memory.findings if not d.is_error))
 
@@ -85,7 +88,8 @@ def prepare(path: str | pathlib.Path, env: desired.Environment | None = None) ->
     return prepare_loaded(loading.load_path(path), env)
 
 
-def environment_for(spec) -> desired.Environment:
+def environment_for(spec, fleet: loading.LoadedFleet | None = None) -> desired.Environment:
+    """Where this fleet runs; with the loaded file, also where its router's config goes."""
     target = spec.runtime.target
     if target == "k8s":
         raise errors.FleetspecError(
@@ -95,8 +99,16 @@ def environment_for(spec) -> desired.Environment:
     if target == "docker":
         from fleetspec.images import build as images_build
 
-        return desired.Environment("docker", sim_image=images_build.sim_tag())
-    return desired.Environment("local", python=sys.executable)
+        env = desired.Environment("docker", sim_image=images_build.sim_tag())
+    else:
+        env = desired.Environment("local", python=sys.executable)
+    if fleet is None or not spec.runtime.router.enabled:
+        return env
+    from fleetspec.reconcile import drivers
+    from fleetspec.router import config as router_config
+
+    path = drivers.run_dir(pathlib.Path(fleet.file), spec.name).resolve() / "router.json"
+    return dataclasses.replace(env, router_config_path=str(path), cluster_maps=router_config.load_cluster_maps(fleet))
 
 
 def open_driver(prepared: Prepared):
@@ -105,9 +117,7 @@ def open_driver(prepared: Prepared):
     return drivers.for_runtime(prepared.fleet.spec.runtime.target, prepared.file, prepared.fleet.spec.name)
 
 
-def probe_host(spec) -> str:
-    bind = spec.runtime.bind_address
-    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+probe_host = desired.reachable_host
 
 
 def observe(driver, spec) -> observed.ObservedState:
@@ -129,7 +139,48 @@ def observe(driver, spec) -> observed.ObservedState:
     running = [c for c in containers if c.running and c.role != "router"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(running) or 1)) as pool:
         answers = dict(zip([c.id for c in running], pool.map(probe, running), strict=True))
-    return observed.assemble(spec.name, containers, lambda c: answers.get(c.id, (None, False, None)))
+    have = observed.assemble(spec.name, containers, lambda c: answers.get(c.id, (None, False, None)))
+    if have.router is not None and have.router.running:
+        have = dataclasses.replace(have, router_config_hash=router_config_hash(router_url(spec)))
+    return have
+
+
+def router_url(spec) -> str:
+    return f"http://{probe_host(spec)}:{spec.runtime.router.port}"
+
+
+def router_config_hash(url: str) -> str | None:
+    """The hash of the config the running router serves (its /health says), or None."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:  # noqa: S310 - our own router
+            return json.loads(response.read()).get("config_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def update_router(driver, prepared: Prepared, progress=lambda _: None) -> str:
+    """Write the router's config, (re)start the router if its container changed, and wait until it
+    serves the new config. The router re-reads its file itself: routes move without a restart."""
+    from fleetspec.router import config as router_config
+
+    spec, want = prepared.fleet.spec, prepared.desired
+    config_path = pathlib.Path(want.router.argv[want.router.argv.index("--config") + 1])
+    state.write_atomic(config_path, router_config.dumps(want.router_config))
+    current = [c for c in driver.observe(spec.name) if c.role == "router"]
+    fresh = [c for c in current if c.running and c.spec_hash == want.router.spec_hash()]
+    if not fresh:
+        for old in current:
+            driver.remove(old.id)
+        progress("Starting the router")
+        driver.wait_running(driver.create(want.router), timeout_s=30.0)
+    expected, url = want.router_config_hash(), router_url(spec)
+    deadline = time.monotonic() + 15.0
+    while router_config_hash(url) != expected:
+        if time.monotonic() > deadline:
+            raise errors.TemporaryError(f"the router at {url} did not pick up its new config within 15 s; "
+                                        f"its config file is {config_path}")
+        time.sleep(0.05)
+    return f"router serves config {expected[:12]} at {url}" + ("" if fresh else " (started)")
 
 
 def last_applied_containers(fleet_state: state.FleetState) -> dict[tuple[str, int], desired.ContainerSpec]:
@@ -151,10 +202,12 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
     """Run the plan under the fleet's lock and record what was applied. Returns (result, stale-lock note)."""
     spec = prepared.fleet.spec
     with state.lock(prepared.file, spec.name, command) as stale_note:
-        if reconcile_plan.of_kind(plan_mod.Kind.CREATE) or reconcile_plan.of_kind(plan_mod.Kind.REPLACE):
+        starts = (plan_mod.Kind.CREATE, plan_mod.Kind.REPLACE, plan_mod.Kind.UPDATE_ROUTER)
+        if any(reconcile_plan.of_kind(kind) for kind in starts):
             _ensure_images(prepared, progress)  # only new containers need it; adapter changes stay fast
         applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec)),
-                                    progress=progress)
+                                    progress=progress,
+                                    router_updater=lambda _want: update_router(driver, prepared, progress))
         result = applier.run(reconcile_plan)
         fleet_state = state.load(prepared.file, spec.name)
         for name in sorted({a for r in prepared.desired.replicas.values() for a in r.adapters}):
@@ -168,12 +221,13 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
 
 def _ensure_images(prepared: Prepared, progress) -> None:
     spec = prepared.fleet.spec
-    if spec.runtime.target != "docker" or spec.runtime.engine != "sim":
+    router_needs_it = prepared.desired.router is not None and not spec.runtime.router.image
+    if spec.runtime.target != "docker" or (spec.runtime.engine != "sim" and not router_needs_it):
         return
     from fleetspec.images import build as images_build
     from fleetspec.reconcile.drivers import docker as docker_driver
 
-    progress("Making sure the sim engine image is built (first time: about a minute)")
+    progress("Making sure fleetspec's image (sim engine, router) is built (first time: about a minute)")
     images_build.ensure_sim_image(docker_driver.connect())
 
 

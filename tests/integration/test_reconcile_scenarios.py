@@ -118,10 +118,13 @@ class Fleet:
         self.name = name
         self.dir = directory
         self.file = directory / "fleet.yaml"
-        self.base_port = free_base_port(2)
+        self.base_port = free_base_port(3)  # two engine replicas, then the router
         self.capsys = capsys
         self.docker_client = docker_client
         self.servers_env: dict[str, str] = {}
+        self.router = False  # the router scenarios turn it on; the rest assert engine actions only
+        self.routing: dict | None = None
+        self.other_versions: dict[str, list[str]] = {}  # specialist → versions kept beside the active one
         self.adapter("python", "1.0.0")
 
     # -- the fleet file and its adapters ------------------------------------------------------
@@ -140,11 +143,21 @@ class Fleet:
             "base_model": {"id": MODEL, "max_model_len": max_model_len},
             "gpus": [{"type": "sim", "count": 1}],
             "servers": [server],
-            "specialists": [{"name": n, "version": v, "path": f"./adapters/{n}/{v}"} for n, v in specialists],
+            "specialists": [self._specialist(n, v) for n, v in specialists],
             "runtime": {"target": self.runtime, "engine": "sim", "base_port": self.base_port,
-                        "adapter_roots": [str(self.dir / "adapters")]},
+                        "adapter_roots": [str(self.dir / "adapters")],
+                        "router": {"port": self.base_port + 2} if self.router else {"enabled": False}},
         }
+        if self.routing is not None:
+            document["routing"] = self.routing
         self.file.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def _specialist(self, name: str, version: str) -> dict:
+        entry = {"name": name, "version": version, "path": f"./adapters/{name}/{version}", "keywords": [name]}
+        others = self.other_versions.get(name)
+        if others:
+            entry["versions"] = [{"version": v, "path": f"./adapters/{name}/{v}"} for v in others]
+        return entry
 
     def served_path(self, name: str, version: str) -> str:
         return str(self.dir / "adapters" / name / version)
@@ -592,3 +605,67 @@ def test_state_file_records_adapter_ids_that_are_never_reused(fleet):
     recorded = state.load(fleet.file, fleet.name)
     assert recorded.lora_ids == {"python--1.0.0": 1, "python--1.1.0": 2} and recorded.next_lora_id == 3
     assert recorded.last_applied_text == fleet.file.read_text()
+
+
+# --- the router as part of the fleet ------------------------------------------------------------
+
+
+def ask_router(fleet, prompt: str, session_key: str | None = None) -> tuple[dict, str]:
+    """(response headers, completion text) of an `auto` request through the fleet's router."""
+    headers = {"Content-Type": "application/json"}
+    if session_key:
+        headers["x-session-id"] = session_key
+    request = urllib.request.Request(f"http://127.0.0.1:{fleet.base_port + 2}/v1/completions",
+                                     json.dumps({"model": "auto", "prompt": prompt}).encode(), headers)
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own router
+        return {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())["choices"][0]["text"]
+
+
+def router_container(fleet):
+    (router,) = [c for c in fleet.containers() if c.role == labels.ROLE_ROUTER]
+    return router
+
+
+def test_the_router_routes_by_rule_and_follows_a_version_bump_without_restarting(fleet):
+    fleet.router = True
+    fleet.adapter("sql", "1.0.0")
+    fleet.write(specialists=[("python", "1.0.0"), ("sql", "1.0.0")])
+    fleet.converged()
+    started = router_container(fleet)
+
+    headers, text = ask_router(fleet, "why does my python import fail")
+    assert (headers["x-fleetspec-specialist"], headers["x-fleetspec-version"]) == ("python", "1.0.0")
+    assert "adapter=python--1.0.0" in text
+
+    fleet.adapter("python", "1.1.0")
+    fleet.write(specialists=[("python", "1.1.0"), ("sql", "1.0.0")])
+    result = fleet.converged()
+
+    assert result.kinds() == [("load-adapter", "main/0", "python--1.1.0"), ("update-router", "router", None),
+                              ("unload-adapter", "main/0", "python--1.0.0")]
+    assert router_container(fleet) == started  # same id, same start: the router re-read its config
+    headers, text = ask_router(fleet, "why does my python import fail")
+    assert headers["x-fleetspec-version"] == "1.1.0" and "adapter=python--1.1.0" in text
+    assert ask_router(fleet, "hello there")[0]["x-fleetspec-rule"] == "fallback"
+
+
+def test_a_split_rollout_moves_traffic_through_fleet_file_edits(fleet):
+    fleet.router = True
+    fleet.adapter("python", "1.1.0")
+    fleet.other_versions = {"python": ["1.1.0"]}
+    fleet.routing = {"splits": [{"specialist": "python", "weights": {"1.0.0": 90, "1.1.0": 10}}]}
+    fleet.write()
+    fleet.converged()
+    engines = {k: v for k, v in fleet.snapshot().items() if not k.endswith("-router")}
+
+    versions = [ask_router(fleet, "python question", f"user-{i}")[0]["x-fleetspec-version"] for i in range(200)]
+    assert 5 <= versions.count("1.1.0") <= 40  # 10 % of 200, give or take hashing
+    assert {ask_router(fleet, "python again", "user-7")[0]["x-fleetspec-version"] for _ in range(5)} == {versions[7]}
+
+    fleet.routing = {"splits": [{"specialist": "python", "weights": {"1.0.0": 0, "1.1.0": 100}}]}
+    fleet.write()
+    result = fleet.converged()
+
+    assert ("update-router", "router", None) in result.kinds()
+    assert {ask_router(fleet, "python question", f"user-{i}")[0]["x-fleetspec-version"] for i in range(50)} == {"1.1.0"}
+    assert {k: v for k, v in fleet.snapshot().items() if not k.endswith("-router")} == engines

@@ -140,6 +140,10 @@ def container_config(spec: desired.ContainerSpec) -> dict:
         "init": True,
         "detach": True,
     }
+    if spec.network_mode:
+        kwargs["network_mode"] = spec.network_mode
+        if spec.network_mode == "host":
+            kwargs.pop("ports")  # the process binds the host's ports itself
     if spec.gpu_ids:
         kwargs["device_requests"] = [
             docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])
