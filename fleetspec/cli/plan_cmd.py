@@ -8,6 +8,7 @@ nothing running: what would this pull request restart?).
 from __future__ import annotations
 
 import json
+import pathlib
 
 import click
 
@@ -32,26 +33,34 @@ def reconcile_plan(loaded, fleet_plan, against: str | None):
 
     if not fleet_plan.fits:
         return None, "the fleet file has errors or does not fit, so apply would refuse it"
+    new = session.prepare_loaded(loaded, memory=fleet_plan)
+    if against is not None:
+        old = _prepare_other(against, loaded.base_dir)
+        last = {key: replica.container for key, replica in old.desired.replicas.items()}
+        return diff.diff(new.desired, observed.from_desired(old.desired), last), None
     try:
-        new = session.prepare_loaded(loaded, memory=fleet_plan)
-        if against is not None:
-            _, old_plan = build_plan(against)
-            old = session.prepare_loaded(_loaded(against), memory=old_plan)
-            last = {key: replica.container for key, replica in old.desired.replicas.items()}
-            return diff.diff(new.desired, observed.from_desired(old.desired), last), None
-        driver = session.open_driver(new)
-        return session.live_plan(new, driver)[0], None
-    except errors.SpecError as exc:
-        raise errors.FleetspecError(f"{against} is not a valid, fitting fleet file; fix it first "
-                                    f"({len(exc.diagnostics)} problem(s): run `fleetspec plan {against}`)") from None
+        return session.live_plan(new, session.open_driver(new))[0], None
     except errors.FleetspecError as exc:
         return None, f"live state is unavailable ({exc}); showing the memory plan only"
 
 
-def _loaded(path: str):
+def _prepare_other(path: str, base_dir: pathlib.Path):
+    """The --against file, its relative paths read as if it lived next to the planned file (a base
+    branch checked out elsewhere), so only real differences show up."""
+    from fleetspec import errors
+    from fleetspec.reconcile import session
     from fleetspec.spec import loading
 
-    return loading.load_path(path)
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.FleetspecError(f"cannot read {path} to compare against ({exc.__class__.__name__}); "
+                                    "check the path") from None
+    try:
+        return session.prepare_loaded(loading.load_text(text, path, base_dir=base_dir))
+    except errors.SpecError as exc:
+        raise errors.FleetspecError(f"{path} is not a valid, fitting fleet file; fix it first "
+                                    f"({len(exc.diagnostics)} problem(s): run `fleetspec plan {path}`)") from None
 
 
 @click.command()

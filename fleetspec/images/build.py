@@ -26,7 +26,7 @@ from fleetspec.images import payload, rootfs
 from fleetspec.reconcile import labels
 
 BASE_REPOSITORY = "fleetspec/base"
-SIM_REPOSITORY = "fleetspec/sim"
+SIM_REPOSITORY = payload.SIM_REPOSITORY
 KIND_BASE = "base"
 KIND_SIM = "sim"
 _LOCK_TIMEOUT_S = 900

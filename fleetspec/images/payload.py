@@ -22,6 +22,8 @@ import tomllib
 import fleetspec
 from fleetspec import errors
 
+SIM_REPOSITORY = "fleetspec/sim"  # the offline-built image with fleetspec: sim engine and router
+
 IMAGE_PYTHON = (3, 11)  # python3 of rootfs.SUITE
 SITE_PACKAGES = f"/usr/local/lib/python{IMAGE_PYTHON[0]}.{IMAGE_PYTHON[1]}/dist-packages"
 PACKAGE_DIR = pathlib.Path(fleetspec.__file__).resolve().parent

@@ -87,4 +87,10 @@ def from_desired(want) -> ObservedState:
             spec_hash=replica.container.spec_hash(), role="engine",
         )
         replicas[key] = ObservedReplica(container, None, True, dict(replica.adapters))
-    return ObservedState(want.fleet, replicas)
+    router = None
+    if want.router is not None:
+        router = base.ObservedContainer(
+            id=f"planned:{want.router.name}", name=want.router.name, image=want.router.image, status=base.RUNNING,
+            health=None, fleet=want.fleet, server=None, replica=None, spec_hash=want.router.spec_hash(), role="router",
+        )
+    return ObservedState(want.fleet, replicas, router=router, router_config_hash=want.router_config_hash())

@@ -89,17 +89,14 @@ def prepare(path: str | pathlib.Path, env: desired.Environment | None = None) ->
 
 
 def environment_for(spec, fleet: loading.LoadedFleet | None = None) -> desired.Environment:
-    """Where this fleet runs; with the loaded file, also where its router's config goes."""
-    target = spec.runtime.target
-    if target == "k8s":
-        raise errors.FleetspecError(
-            "this fleet targets Kubernetes; fleetspec does not reconcile clusters itself. Compile it with "
-            "`fleetspec compile FILE --target k8s -o DIR` and apply the manifests with kubectl or Argo CD"
-        )
-    if target == "docker":
-        from fleetspec.images import build as images_build
+    """Where this fleet runs; with the loaded file, also where its router's config goes.
 
-        env = desired.Environment("docker", sim_image=images_build.sim_tag())
+    Kubernetes fleets get container-shaped desired state too: fleetspec does not run them, but
+    `plan --against` diffs two of them to say what a change would restart."""
+    if spec.runtime.target in ("docker", "k8s"):
+        from fleetspec.images import payload
+
+        env = desired.Environment("docker", sim_image=f"{payload.SIM_REPOSITORY}:{payload.project_version()}")
     else:
         env = desired.Environment("local", python=sys.executable)
     if fleet is None or not spec.runtime.router.enabled:
@@ -107,12 +104,20 @@ def environment_for(spec, fleet: loading.LoadedFleet | None = None) -> desired.E
     from fleetspec.reconcile import drivers
     from fleetspec.router import config as router_config
 
-    path = drivers.run_dir(pathlib.Path(fleet.file), spec.name).resolve() / "router.json"
+    # From base_dir, not the file's own path: `plan --against` reads the other file as if it lived here.
+    path = drivers.run_dir(fleet.base_dir / pathlib.Path(fleet.file).name, spec.name).resolve() / "router.json"
     return dataclasses.replace(env, router_config_path=str(path), cluster_maps=router_config.load_cluster_maps(fleet))
 
 
 def open_driver(prepared: Prepared):
+    """The runtime driver; Kubernetes has none (PermanentError saying to compile and kubectl apply)."""
     from fleetspec.reconcile import drivers
+
+    if prepared.fleet.spec.runtime.target == "k8s":
+        raise errors.PermanentError(
+            "this fleet targets Kubernetes; fleetspec does not reconcile clusters itself. Compile it with "
+            "`fleetspec compile FILE --target k8s -o DIR` and apply the manifests with kubectl or Argo CD"
+        )
 
     return drivers.for_runtime(prepared.fleet.spec.runtime.target, prepared.file, prepared.fleet.spec.name)
 

@@ -46,6 +46,7 @@ def test_an_adapter_version_bump_is_hot_and_exits_two(tmp_path, capsys):
     actions = [(a["kind"], a["target"], a.get("adapter"), a["disruption"]) for a in out["reconcile"]["actions"]]
     assert actions == [
         ("load-adapter", "chat/0", "sql--1.1.0", "hot"), ("load-adapter", "chat/1", "sql--1.1.0", "hot"),
+        ("update-router", "router", None, "hot"),
         ("unload-adapter", "chat/0", "sql--1.0.0", "hot"), ("unload-adapter", "chat/1", "sql--1.0.0", "hot"),
     ]
     assert out["reconcile"]["restarts"] == 0
@@ -77,3 +78,17 @@ def test_an_invalid_against_file_is_a_clear_error(tmp_path, capsys):
     new, old = write(tmp_path, "new.yaml", FLEET), write(tmp_path, "old.yaml", broken)
     assert app.main(["plan", new, "--against", old]) == 1
     assert "is not a valid, fitting fleet file" in capsys.readouterr().err
+
+
+def test_relative_paths_of_a_file_checked_out_elsewhere_mean_the_same(tmp_path, capsys):
+    relative = copy.deepcopy(FLEET)
+    relative["specialists"][0]["path"] = "./adapters/sql/1.0.0"
+    (tmp_path / "base").mkdir()
+    new, old = write(tmp_path, "new.yaml", relative), write(tmp_path / "base", "fleet.yaml", relative)
+    code, out = plan_json(capsys, new, "--against", old)
+    assert code == 0 and out["reconcile"]["actions"] == []
+
+
+def test_a_missing_against_file_is_a_clear_error(tmp_path, capsys):
+    assert app.main(["plan", write(tmp_path, "new.yaml", FLEET), "--against", str(tmp_path / "nope.yaml")]) == 1
+    assert "nope.yaml" in capsys.readouterr().err
