@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "schema": "fleetspec.cli.validate_cmd:schema",
     "status": "fleetspec.cli.apply_cmd:status",
     "validate": "fleetspec.cli.validate_cmd:validate",
+    "watch": "fleetspec.cli.watch_cmd:watch",
 }
 
 EXIT_OK = 0

@@ -80,14 +80,17 @@ def status(file: str, output: str) -> int:
     from fleetspec.reconcile import session
 
     prepared = session.prepare(file)
-    have = session.observe(session.open_driver(prepared), prepared.fleet.spec)
+    spec = prepared.fleet.spec
+    have = session.observe(session.open_driver(prepared), spec)
     rows = reconcile_views.status_rows(prepared.desired, have)
+    drift = session.router_drift(spec) if have.router is not None else []
+    router = reconcile_views.router_row(prepared.desired, have, session.router_url(spec), drift)
+    in_sync = all(not r["drift"] for r in rows) and not have.strays and not (router and router["drift"])
     if output == "json":
-        click.echo(views.dump_json({"fleet": prepared.fleet.spec.name, "replicas": rows,
-                                    "strays": [c.to_json() for c in have.strays],
-                                    "in_sync": all(not r["drift"] for r in rows) and not have.strays}))
+        click.echo(views.dump_json({"fleet": spec.name, "replicas": rows, "router": router,
+                                    "strays": [c.to_json() for c in have.strays], "in_sync": in_sync}))
     else:
-        click.echo(reconcile_views.status_text(prepared.fleet.spec.name, rows, len(have.strays)))
+        click.echo(reconcile_views.status_text(spec.name, rows, len(have.strays), router))
     return 0
 
 

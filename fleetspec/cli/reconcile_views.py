@@ -9,13 +9,14 @@ from fleetspec.reconcile import plan as plan_mod
 
 
 def plan_text(reconcile_plan: plan_mod.ReconcilePlan, subject: str = "the running fleet") -> str:
+    notes = [f"drift: {note}" for note in reconcile_plan.notes]
     if not reconcile_plan.has_changes:
-        return f"No changes. {subject[0].upper() + subject[1:]} matches the fleet file."
+        return "\n".join([f"No changes. {subject[0].upper() + subject[1:]} matches the fleet file.", *notes])
     lines = ["fleetspec will perform the following actions:", ""]
     for action in reconcile_plan.actions:
         lines.append(f"  {action.describe()}")
         lines.extend(f"      {change}" for change in action.changes)
-    lines += ["", reconcile_plan.summary(), _disruption_line(reconcile_plan)]
+    lines += ["", reconcile_plan.summary(), _disruption_line(reconcile_plan), *notes]
     return "\n".join(lines)
 
 
@@ -27,14 +28,15 @@ def _disruption_line(reconcile_plan: plan_mod.ReconcilePlan) -> str:
 
 
 def plan_markdown(reconcile_plan: plan_mod.ReconcilePlan) -> str:
+    notes = "".join(f"\n- drift: {note}" for note in reconcile_plan.notes)
     if not reconcile_plan.has_changes:
-        return "**No changes.** The fleet matches the fleet file."
+        return "**No changes.** The fleet matches the fleet file." + notes
     rows = ["| | action | target | adapter | disruption | reason |", "|---|---|---|---|---|---|"]
     for a in reconcile_plan.actions:
         reason = "; ".join((a.reason, *a.changes)).replace("|", "\\|")
         rows.append(f"| `{a.symbol}` | {a.kind.value} | `{a.target}` | {f'`{a.adapter}`' if a.adapter else ''} "
                     f"| {a.disruption.value} | {reason} |")
-    return "\n".join([*rows, "", f"**{reconcile_plan.summary()}** {_disruption_line(reconcile_plan)}"])
+    return "\n".join([*rows, "", f"**{reconcile_plan.summary()}** {_disruption_line(reconcile_plan)}"]) + notes
 
 
 def outcomes_text(result: apply_mod.ApplyResult) -> str:
@@ -83,8 +85,24 @@ def status_rows(want: desired_mod.DesiredState, have: observed_mod.ObservedState
     return rows
 
 
-def status_text(fleet: str, rows: list[dict], strays: int) -> str:
-    if not rows:
+def router_row(want: desired_mod.DesiredState, have: observed_mod.ObservedState, url: str,
+               drift: list[str]) -> dict | None:
+    if want.router is None and have.router is None:
+        return None
+    problems = list(drift)
+    if want.router is None:
+        problems.append("not declared (will be removed)")
+    elif have.router is None or not have.router.running:
+        problems.append("not running")
+    elif have.router_config_hash != want.router_config_hash():
+        problems.append("serves an older routing config (the next apply updates it)")
+    return {"container": have.router.name if have.router else None,
+            "status": have.router.status if have.router else "absent", "url": url,
+            "config_hash": have.router_config_hash, "drift": problems}
+
+
+def status_text(fleet: str, rows: list[dict], strays: int, router: dict | None = None) -> str:
+    if not rows and router is None:
         return f"Fleet {fleet} has no servers running and none declared."
     lines = [f"Fleet {fleet}:"]
     for row in rows:
@@ -96,8 +114,11 @@ def status_text(fleet: str, rows: list[dict], strays: int) -> str:
         lines.append(f"  {row['server']}/{row['replica']}  {health:<14} {row['url'] or '-':<24} "
                      f"GPUs {','.join(row['gpus']) or '-':<6} adapters: {adapters}")
         lines.extend(f"      drift: {d}" for d in row["drift"])
+    if router is not None:
+        lines.append(f"  router  {router['status']:<14} {router['url']}")
+        lines.extend(f"      drift: {d}" for d in router["drift"])
     if strays:
         lines.append(f"  {strays} leftover container(s) of this fleet will be removed by the next apply.")
-    in_sync = all(not r["drift"] for r in rows) and not strays
+    in_sync = all(not r["drift"] for r in rows) and not strays and not (router and router["drift"])
     lines.append("In sync with the fleet file." if in_sync else "Out of sync: run `fleetspec apply` to converge.")
     return "\n".join(lines)

@@ -196,7 +196,7 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
     serve = ["-m", "fleetspec.router", "serve", "--config", path, "--host", spec.runtime.bind_address,
              "--port", str(spec.runtime.router.port)]
     token = spec.runtime.router.admin_token
-    secrets = {ref: f"${{{ref}}}" for ref in _secret_names(token)} if token else {}
+    secrets = {ref: f"${{{ref}}}" for ref in secret_names(token)} if token else {}
     labels_ = {labels.FLEET: spec.name, labels.ROLE: labels.ROLE_ROUTER}
     name = f"{spec.name}-router"
     if env.target == "docker":
@@ -211,7 +211,7 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
     return container, document
 
 
-def _secret_names(text: str) -> list[str]:
+def secret_names(text: str) -> list[str]:
     return _SECRET_NAME.findall(text)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -109,15 +110,20 @@ def environment_for(spec, fleet: loading.LoadedFleet | None = None) -> desired.E
     return dataclasses.replace(env, router_config_path=str(path), cluster_maps=router_config.load_cluster_maps(fleet))
 
 
-def open_driver(prepared: Prepared):
-    """The runtime driver; Kubernetes has none (PermanentError saying to compile and kubectl apply)."""
-    from fleetspec.reconcile import drivers
-
-    if prepared.fleet.spec.runtime.target == "k8s":
+def refuse_unmanaged(spec) -> None:
+    """Raise the sentence that says what to do for a fleet fleetspec does not run itself."""
+    if spec.runtime.target == "k8s":
         raise errors.PermanentError(
             "this fleet targets Kubernetes; fleetspec does not reconcile clusters itself. Compile it with "
             "`fleetspec compile FILE --target k8s -o DIR` and apply the manifests with kubectl or Argo CD"
         )
+
+
+def open_driver(prepared: Prepared):
+    """The runtime driver; Kubernetes has none (PermanentError saying to compile and kubectl apply)."""
+    from fleetspec.reconcile import drivers
+
+    refuse_unmanaged(prepared.fleet.spec)
 
     return drivers.for_runtime(prepared.fleet.spec.runtime.target, prepared.file, prepared.fleet.spec.name)
 
@@ -163,6 +169,34 @@ def router_config_hash(url: str) -> str | None:
         return None
 
 
+def router_drift(spec) -> list[str]:
+    """Sentences for what the running router changed at runtime through its admin API (cluster
+    mappings, warmed adapters): drift from the fleet file, reported, never silently kept.
+
+    Needs the admin token (runtime.router.admin_token, resolved from this environment); without
+    one the admin API is off and there can be no such drift."""
+    token = spec.runtime.router.admin_token
+    if not token:
+        return []
+    names = desired.secret_names(token)
+    if any(name not in os.environ for name in names):
+        return [f"cannot check the router for runtime changes: export {', '.join(names)} (its admin token)"]
+    for name in names:
+        token = token.replace(f"${{{name}}}", os.environ[name])
+    request = urllib.request.Request(f"{router_url(spec)}/admin/state", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as response:  # noqa: S310 - our own router
+            state_ = json.loads(response.read())
+    except (OSError, ValueError):
+        return []  # no router answering: the plan already says it will start one
+    found = [f"the router maps cluster {c['cluster']} to {c['specialist']} at runtime (fleet.yaml says "
+             f"{c.get('declared') or 'nothing'}); put it in the fleet file or clear it (POST /admin/clusters/clear)"
+             for c in state_.get("clusters", [])]
+    found += [f"the router warmed {w['served_name']} on {w['server']}/{w['replica']} at runtime; "
+              "the next apply unloads it unless the fleet file declares it" for w in state_.get("warmed", [])]
+    return found
+
+
 def update_router(driver, prepared: Prepared, progress=lambda _: None) -> str:
     """Write the router's config, (re)start the router if its container changed, and wait until it
     serves the new config. The router re-reads its file itself: routes move without a restart."""
@@ -199,7 +233,9 @@ def last_applied_containers(fleet_state: state.FleetState) -> dict[tuple[str, in
 def live_plan(prepared: Prepared, driver) -> tuple[plan_mod.ReconcilePlan, observed.ObservedState]:
     have = observe(driver, prepared.fleet.spec)
     fleet_state = state.load(prepared.file, prepared.fleet.spec.name)
-    return diff.diff(prepared.desired, have, last_applied_containers(fleet_state)), have
+    reconcile_plan = diff.diff(prepared.desired, have, last_applied_containers(fleet_state))
+    notes = router_drift(prepared.fleet.spec) if have.router is not None else []
+    return dataclasses.replace(reconcile_plan, notes=tuple(notes)), have
 
 
 def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, progress=lambda _: None,
