@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import pathlib
 import sys
@@ -98,22 +97,26 @@ def status(file: str, output: str) -> int:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def destroy(file: str, yes: bool) -> int:
-    """Stop and remove every server and the router of the fleet in FILE (adapter files are untouched)."""
-    from fleetspec.reconcile import desired, fastpath, session
+    """Stop and remove every server and the router of the fleet in FILE (adapter files are untouched).
 
-    prepared = session.prepare(file)
-    driver = session.open_driver(prepared)
-    have = session.observe(driver, prepared.fleet.spec)
-    reconcile_plan = session.destroy_plan(prepared.fleet.spec, have)
+    Works even while FILE is invalid, as long as it still names the fleet."""
+    from fleetspec.reconcile import drivers, session
+
+    name, target, problems = session.fleet_identity(file)
+    if problems:
+        views.print_diagnostics(problems)
+        click.echo(f"note: {file} has errors; destroying fleet {name} by the name it gives.", err=True)
+    if target == "k8s":
+        raise errors.FleetspecError(f"fleet {name} runs on Kubernetes; delete it with `kubectl delete -k DIR` "
+                                    "on the manifests `fleetspec compile --target k8s` wrote")
+    driver = drivers.for_runtime(target, pathlib.Path(file), name)
+    reconcile_plan = session.destroy_plan(name, driver.observe(name))
     if not reconcile_plan.has_changes:
-        click.echo(f"Nothing to destroy: fleet {prepared.fleet.spec.name} has no containers.")
+        click.echo(f"Nothing to destroy: fleet {name} has no containers.")
         return 0
     click.echo(reconcile_views.plan_text(reconcile_plan))
-    _confirm(f"Destroy fleet {prepared.fleet.spec.name}?", yes)
-    empty = desired.DesiredState(prepared.fleet.spec.name, {})
-    result, _ = session.apply(dataclasses.replace(prepared, desired=empty), driver, reconcile_plan,
-                              progress=_progress, command="fleetspec destroy")
-    fastpath.forget(prepared.file)
+    _confirm(f"Destroy fleet {name}?", yes)
+    result = session.destroy(pathlib.Path(file), name, driver, reconcile_plan, progress=_progress)
     click.echo(reconcile_views.outcomes_text(result))
     return 0 if result.ok else 1
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 import urllib.request
@@ -272,14 +273,59 @@ def _ensure_images(prepared: Prepared, progress) -> None:
     images_build.ensure_sim_image(docker_driver.connect())
 
 
-def destroy_plan(spec, have: observed.ObservedState) -> plan_mod.ReconcilePlan:
-    """Remove every container of the fleet (engines, router, strays)."""
-    containers = [r.container for _, r in sorted(have.replicas.items())] + list(have.strays)
-    if have.router is not None:
-        containers.append(have.router)
+def destroy_plan(fleet: str, containers) -> plan_mod.ReconcilePlan:
+    """Remove every container of the fleet (engines, router, strays), engines first."""
+    ordered = sorted(containers, key=lambda c: (c.role == "router", c.server or "", c.replica or 0, c.name))
     actions = [plan_mod.Action(plan_mod.Kind.REMOVE, c.name, "the fleet is being destroyed", server=c.server,
-                               replica=c.replica, container_id=c.id) for c in containers]
-    return plan_mod.ReconcilePlan(spec.name, tuple(actions))
+                               replica=c.replica, container_id=c.id) for c in ordered]
+    return plan_mod.ReconcilePlan(fleet, tuple(actions))
+
+
+def destroy(fleet_file: pathlib.Path, fleet: str, driver, reconcile_plan: plan_mod.ReconcilePlan,
+            progress=lambda _: None) -> apply_mod.ApplyResult:
+    """Run a destroy plan under the fleet's lock. Needs no valid fleet file: only its name."""
+    from fleetspec.reconcile import fastpath
+
+    with state.lock(fleet_file, fleet, "fleetspec destroy"):
+        result = apply_mod.Applier(driver, desired.DesiredState(fleet, {}), progress=progress).run(reconcile_plan)
+    fastpath.forget(fleet_file)
+    return result
+
+
+_NAME_LINE = re.compile(r"^name:\s*[\"']?([a-z0-9-]+)[\"']?\s*(?:#.*)?$", re.MULTILINE)
+_TARGET_LINE = re.compile(r"^\s+target:\s*[\"']?(local|docker|k8s)[\"']?\s*(?:#.*)?$", re.MULTILINE)
+
+
+def _identity_lines(text: str) -> dict:
+    name, target = _NAME_LINE.search(text), _TARGET_LINE.search(text)
+    return {"name": name.group(1) if name else None, "runtime": {"target": target.group(1) if target else "local"}}
+
+
+def fleet_identity(path: str | pathlib.Path) -> tuple[str, str, list[Diagnostic]]:
+    """(fleet name, runtime target, diagnostics) from a fleet file, even a broken one: an operator
+    must be able to tear a fleet down while its file is half-edited. Raises SpecError only when the
+    file does not even say its name."""
+    try:
+        spec = loading.load_path(path).spec
+        return spec.name, spec.runtime.target, []
+    except errors.SpecError as exc:
+        broken = exc
+    from fleetspec.spec import yaml_source
+
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise broken from None
+    try:
+        raw, _ = yaml_source.parse(text, str(path))
+    except yaml_source.YamlProblem:
+        raw = _identity_lines(text)  # half-written YAML: the top-level lines that name the fleet
+    runtime = raw.get("runtime") if isinstance(raw, dict) and isinstance(raw.get("runtime"), dict) else {}
+    name = raw.get("name") if isinstance(raw, dict) else None
+    target = runtime.get("target", "local")
+    if not isinstance(name, str) or not re.fullmatch(models.NAME_PATTERN, name) or target not in ("local", "docker", "k8s"):
+        raise broken
+    return name, target, broken.diagnostics
 
 
 def referenced_files(fleet: loading.LoadedFleet) -> list[str]:

@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Callable
 
 from fleetspec.reconcile import apply as apply_mod
-from fleetspec.reconcile import desired, observed, session
+from fleetspec.reconcile import observed, session
 from fleetspec.reconcile import plan as plan_mod
 from fleetspec.reconcile.plan import Kind
 
@@ -51,13 +51,8 @@ class SessionReconciler:
         return result
 
     def destroy(self, prepared: session.Prepared) -> apply_mod.ApplyResult:
-        driver = self.driver(prepared)
-        have = session.observe(driver, prepared.fleet.spec)
-        teardown = session.destroy_plan(prepared.fleet.spec, have)
-        empty = desired.DesiredState(prepared.fleet.spec.name, {})
-        result, _ = session.apply(dataclasses.replace(prepared, desired=empty), driver, teardown,
-                                  command=f"{COMMAND} --down-on-exit")
-        return result
+        driver, name = self.driver(prepared), prepared.fleet.spec.name
+        return session.destroy(prepared.file, name, driver, session.destroy_plan(name, driver.observe(name)))
 
 
 def defer_unanswered_loads(reconcile_plan: plan_mod.ReconcilePlan,

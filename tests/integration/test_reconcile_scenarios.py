@@ -669,3 +669,17 @@ def test_a_split_rollout_moves_traffic_through_fleet_file_edits(fleet):
     assert ("update-router", "router", None) in result.kinds()
     assert {ask_router(fleet, "python question", f"user-{i}")[0]["x-fleetspec-version"] for i in range(50)} == {"1.1.0"}
     assert {k: v for k, v in fleet.snapshot().items() if not k.endswith("-router")} == engines
+
+
+@pytest.mark.parametrize("breakage", [("max_loras: 2", "max_loras: [oops"), ("max_loras: 2", "max_loras: many")],
+                         ids=["yaml-syntax", "bad-value"])
+def test_destroy_works_while_the_fleet_file_is_broken(fleet, breakage):
+    fleet.write()
+    fleet.converged()
+    fleet.file.write_text(fleet.file.read_text().replace(*breakage))
+
+    result = fleet.cli("destroy", str(fleet.file), "--yes")
+
+    assert result.code == 0, result.err
+    assert f"destroying fleet {fleet.name} by the name it gives" in result.err
+    assert fleet.containers() == []
