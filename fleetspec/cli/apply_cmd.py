@@ -125,7 +125,9 @@ def destroy(file: str, yes: bool) -> int:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def rollback(file: str, yes: bool) -> int:
-    """Re-apply the fleet file as it was before the last successful apply (engines, adapters, routes)."""
+    """Re-apply the fleet file as it was before the last successful apply (engines, adapters, routes).
+
+    Running it again goes forward to the newer one, like `cd -`."""
     from fleetspec.reconcile import session, state
     from fleetspec.spec import loading
 

@@ -683,3 +683,29 @@ def test_destroy_works_while_the_fleet_file_is_broken(fleet, breakage):
     assert result.code == 0, result.err
     assert f"destroying fleet {fleet.name} by the name it gives" in result.err
     assert fleet.containers() == []
+
+
+def test_rollback_reapplies_the_fleet_file_applied_before_the_last_one(fleet):
+    fleet.write()
+    fleet.converged()
+    before = fleet.snapshot()
+    fleet.adapter("python", "1.1.0")
+    fleet.write(specialists=[("python", "1.1.0")])
+    fleet.converged()
+
+    result = fleet.cli("rollback", str(fleet.file), "--yes")
+
+    assert result.code == 0, result.err
+    assert fleet.served() == {"python--1.0.0": fleet.served_path("python", "1.0.0")}
+    assert fleet.snapshot() == before  # adapters moved back hot; no engine restarted
+    assert "still holds the newer version" in result.err
+    again = fleet.cli("rollback", str(fleet.file), "--yes")  # back to the newer one: rollback toggles
+    assert again.code == 0 and fleet.served() == {"python--1.1.0": fleet.served_path("python", "1.1.0")}
+
+
+def test_rollback_without_history_says_so(fleet):
+    fleet.write()
+    fleet.converged()
+    result = fleet.cli("rollback", str(fleet.file), "--yes")
+    assert result.code == 1
+    assert "nothing to roll back to" in result.err
