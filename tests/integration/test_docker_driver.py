@@ -9,6 +9,7 @@ import urllib.request
 
 import docker.errors
 import pytest
+from netkit import get
 
 from fleetspec import errors
 from fleetspec.reconcile import desired, labels
@@ -17,12 +18,6 @@ from fleetspec.reconcile.drivers import docker as docker_driver
 MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 
 
-def get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def wait_http_ok(url: str, timeout_s: float) -> float:

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from netkit import free_port, get
 
 from fleetspec import errors
 from fleetspec.reconcile import desired, labels
@@ -46,12 +47,6 @@ def wait_for(condition, timeout_s: float, what: str):
     pytest.fail(f"{what} did not happen within {timeout_s} s")
 
 
-def get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def http_ok(url: str):
@@ -63,10 +58,6 @@ def http_ok(url: str):
     return check
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def proc_state(pid: int) -> str | None:

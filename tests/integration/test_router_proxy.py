@@ -19,6 +19,7 @@ import time
 
 import httpx
 import pytest
+from netkit import free_port
 
 from fleetspec.router import config
 from fleetspec.spec import models
@@ -62,10 +63,6 @@ FLEET = textwrap.dedent("""\
     """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 20.0, what: str = "condition"):

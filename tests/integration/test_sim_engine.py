@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import urllib.request
 
 import adapter_factory
 import pytest
+from netkit import free_port
 
 from fleetspec import errors
 from fleetspec.catalog import models as catalog
@@ -73,10 +73,6 @@ class Sim:
         return self.process.wait(timeout)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

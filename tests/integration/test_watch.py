@@ -14,7 +14,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from netkit import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ADAPTERS = ("python", "sql", "shell")
@@ -43,10 +43,6 @@ def wait_for(condition, timeout_s: float, what: str, log=None):
     pytest.fail(f"{what} did not happen within {timeout_s} s" + (f"; watch printed:\n{tail}" if tail else ""))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fleet_text(name: str, target: str, port: int, router_port: int, adapters=("python", "sql"), rank: int = 8,

@@ -1,0 +1,23 @@
+"""Small network helpers the integration tests share: free ports, plain HTTP GETs."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick), on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; HTTP errors are answers too, not exceptions."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - local test servers
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
