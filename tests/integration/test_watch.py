@@ -252,8 +252,10 @@ def test_a_killed_container_is_restored_with_its_adapters(fleet):
     # second of the first start, the replace waits out that second as a crash-loop guard.)
     woken = "container {}-main-0 died (exit 137)" if fleet.target == "docker" else "process {}-main-0 exited"
     assert f"woken by {woken.format(fleet.name)}: " in fleet.watcher.cycles(mark)[0]
-    [line] = [line for line in fleet.watcher.changing_cycles(mark) if "replaced main/0" in line]
-    assert "replaced main/0; loaded python--1.0.0 on main/0; loaded sql--1.0.0 on main/0" in line
+    cycles = fleet.watcher.changing_cycles(mark)
+    restoring = [line for line in cycles if "replaced main/0" in line or "created main/0" in line]
+    assert len(restoring) == 1, cycles
+    assert "main/0; loaded python--1.0.0 on main/0; loaded sql--1.0.0 on main/0" in restoring[0], cycles
 
 
 test_a_killed_container_is_restored_with_its_adapters.watch_interval = 60
