@@ -248,14 +248,18 @@ def test_a_killed_container_is_restored_with_its_adapters(fleet):
                       and models(fleet.port) == served("python", "sql")),
              # Generous: on Docker a replace first rebuilds the sim image if fleetspec's source changed.
              120, "the restored engine", fleet.watcher)
+    def restoring():  # a cycle's line is printed when the cycle ends, a moment after the engine is back
+        return [line for line in fleet.watcher.changing_cycles(mark)
+                if "replaced main/0" in line or "created main/0" in line]
+
+    wait_for(restoring, 30, "the cycle line of the restore", fleet.watcher)
+    cycles = fleet.watcher.changing_cycles(mark)
+    assert len(restoring()) == 1, cycles
     # Woken by the runtime's own news: the periodic check is 60 s away. (If the kill came within a
     # second of the first start, the replace waits out that second as a crash-loop guard.)
     woken = "container {}-main-0 died (exit 137)" if fleet.target == "docker" else "process {}-main-0 exited"
     assert f"woken by {woken.format(fleet.name)}: " in fleet.watcher.cycles(mark)[0]
-    cycles = fleet.watcher.changing_cycles(mark)
-    restoring = [line for line in cycles if "replaced main/0" in line or "created main/0" in line]
-    assert len(restoring) == 1, cycles
-    assert "main/0; loaded python--1.0.0 on main/0; loaded sql--1.0.0 on main/0" in restoring[0], cycles
+    assert "main/0; loaded python--1.0.0 on main/0; loaded sql--1.0.0 on main/0" in restoring()[0], cycles
 
 
 test_a_killed_container_is_restored_with_its_adapters.watch_interval = 60
