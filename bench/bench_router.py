@@ -12,7 +12,18 @@
    and through the router, interleaved in rounds; the overhead is the difference of medians at each
    concurrency. The sim answers in about a millisecond, so the router's share is visible.
 
-Usage: .venv/bin/python bench/bench_router.py [--part decision|proxy|all] [--specialists 1000]
+3. Shared state in Redis (`--part redis`, needs redis-server on PATH). How long a cluster mapping
+   written through one router's store takes to reach another's (two `RedisState`s in one process,
+   each with its own connections, following one redis-server on loopback), how long the write
+   itself takes, and the proxy overhead of a router following Redis next to one keeping mappings
+   in memory (requests never wait on Redis, so the two should match).
+
+4. Embedding tier (`--part embedding`, needs the `embedding` extra). Per-call decision time for
+   prompts no rule matches (so the tier runs), rules only (`decide(..., embed=False)`) side by side
+   with rules + embedding, on the 1,000-specialist table of part 1 and on a 3-specialist fleet with
+   examples; prompts of English words from the repository's docs, 100 B, 1 KB and 32 KB.
+
+Usage: .venv/bin/python bench/bench_router.py [--part decision|proxy|redis|embedding|all] [--specialists 1000]
        [--keywords 20] [--requests 400] [--concurrency 1,8,32]
 Figures go to docs/benchmarks.md, section "Router".
 """
@@ -223,7 +234,7 @@ def start_engine(engine: str, port: int, env: dict) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def bench_proxy(engine: str, requests: int, levels: list[int]) -> list[dict]:
+def bench_proxy(engine: str, requests: int, levels: list[int], redis_url: str | None = None) -> list[dict]:
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-router-"))
     sim_port, router_port = free_port(), free_port()
     env = {**os.environ, "FLEETSPEC_SIM_STARTUP_SECONDS": "0"}
@@ -236,6 +247,7 @@ def bench_proxy(engine: str, requests: int, levels: list[int]) -> list[dict]:
             "name": "bench", "base_model": {"id": BASE}, "gpus": [{"type": "sim", "count": 1}],
             "servers": [{"name": "main", "lora": {"max_loras": 2, "max_lora_rank": 8}}],
             "specialists": [{"name": "python", "version": "1.0.0", "path": str(adapter), "keywords": ["pytest"]}],
+            "runtime": {"router": {"redis_url": redis_url}},
         })
         path = work / "router.json"
         path.write_text(config.dumps(config.document(spec, [config.Upstream("main", 0, f"http://127.0.0.1:{sim_port}")])))
@@ -252,7 +264,8 @@ def bench_proxy(engine: str, requests: int, levels: list[int]) -> list[dict]:
                 proxied += client_round(router_port, "auto", requests // 8, level)
                 proxied += client_round(router_port, "auto", requests // 8, level)
                 direct += client_round(sim_port, "python--1.0.0", requests // 8, level)
-            rows.append({"engine": engine, "concurrency": level, "direct": percentiles(direct),
+            rows.append({"engine": engine + (" (router on Redis)" if redis_url else ""), "concurrency": level,
+                         "direct": percentiles(direct),
                          "router": percentiles(proxied)})
         return rows
     finally:
@@ -260,6 +273,171 @@ def bench_proxy(engine: str, requests: int, levels: list[int]) -> list[dict]:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+# -- shared state in Redis ---------------------------------------------------------------------------
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("redis-server did not answer PING within 15 s")
+
+
+async def propagation(port: int, rounds: int) -> dict:
+    """Per round: write one mapping through store A; time until store B has re-read the map."""
+    import asyncio
+
+    from fleetspec.router import resp, runtime_state
+
+    address = resp.Address("127.0.0.1", port)
+    changed = asyncio.Event()
+    # Re-reading only every 60 s: what arrives sooner came by PUBLISH.
+    writer = runtime_state.RedisState(address, "bench-spread", resync_seconds=60)
+    reader = runtime_state.RedisState(address, "bench-spread", resync_seconds=60)
+    await writer.start(lambda: None)
+    await reader.start(changed.set)
+    writes, arrivals = [], []
+    try:
+        for n in range(rounds):
+            changed.clear()
+            override = runtime_state.ClusterOverride(0, "ensemble", f"c{n % 1000}", f"spec-{n}", time.time())
+            t0 = time.perf_counter()
+            await writer.set_overrides([override])
+            t1 = time.perf_counter()
+            async with asyncio.timeout(5):
+                await changed.wait()
+            t2 = time.perf_counter()
+            writes.append((t1 - t0) * 1000)
+            arrivals.append((t2 - t0) * 1000)
+    finally:
+        await writer.stop()
+        await reader.stop()
+    return {"write": percentiles(writes), "arrival": percentiles(arrivals), "mappings": len(reader.overrides)}
+
+
+def bench_redis(rounds: int, requests: int, levels: list[int]) -> tuple[dict, list[dict]]:
+    import asyncio
+
+    port = free_port()
+    redis = start_redis(port)
+    try:
+        spread = asyncio.run(propagation(port, rounds))
+        proxy = []
+        for level in levels:
+            proxy += bench_proxy("stub", requests, [level])
+            proxy += bench_proxy("stub", requests, [level], redis_url=f"redis://127.0.0.1:{port}/0")
+        return spread, proxy
+    finally:
+        redis.kill()
+        redis.wait(timeout=10)
+
+
+def redis_table(spread: dict) -> str:
+    lines = [f"Mappings in the hash by the end: {spread['mappings']}.", "",
+             "| step | p50 ms | p25–p75 ms | p99 ms | min–max ms | rounds |", "|---|---:|---:|---:|---:|---:|"]
+    for name, key in (("write through store A (MULTI, HSET, PUBLISH, EXEC)", "write"),
+                      ("write until store B has the new map", "arrival")):
+        p = spread[key]
+        lines.append(f"| {name} | {p['p50']:.3f} | {p['p25']:.3f}–{p['p75']:.3f} | {p['p99']:.3f} | "
+                     f"{p['min']:.3f}–{p['max']:.3f} | {p['n']} |")
+    return "\n".join(lines)
+
+
+# -- embedding tier ---------------------------------------------------------------------------------
+
+SMALL_FLEET = {
+    "name": "bench-small", "base_model": {"id": BASE}, "gpus": "1x H100-80GB",
+    "servers": [{"name": "main", "lora": {"max_loras": 4, "max_lora_rank": 64}}],
+    "specialists": [
+        {"name": "python", "version": "1.0.0", "path": "/a/p", "domains": ["python", "debugging", "testing"],
+         "keywords": ["pytest", "pip", "django"],
+         "examples": ["Why does my list comprehension raise a TypeError?", "How do I mock a function in my unit tests?"]},
+        {"name": "sql", "version": "1.0.0", "path": "/a/s", "domains": ["databases"], "keywords": ["sql", "postgres"],
+         "examples": ["Why is my JOIN returning duplicate rows?", "How do I add an index to speed up this lookup?"]},
+        {"name": "k8s", "version": "1.0.0", "path": "/a/k", "domains": ["kubernetes", "deployment"],
+         "keywords": ["kubectl", "helm", "pod"],
+         "examples": ["My container keeps restarting with CrashLoopBackOff", "How do I roll back a deployment?"]},
+    ],
+    "routing": {"rules": [{"name": "signals", "specialist_signals": True}]},
+}
+
+
+def english_words(specs) -> list[str]:
+    """Words of the repository's docs that are no keyword or domain of these fleets."""
+    import re
+
+    text = " ".join(p.read_text(encoding="utf-8") for p in (ROOT / "README.md", ROOT / "docs/spec.md") if p.exists())
+    taken = {t.lower() for spec in specs for s in spec.specialists for t in (*s.keywords, *s.domains)}
+    return sorted(set(re.findall(r"\b[a-z]{3,12}\b", text.lower())) - taken)
+
+
+def silent_prompts(rng: random.Random, words: list[str], size: int, count: int, routing) -> list[str]:
+    """Prompts of `size` bytes on which no rule of `routing` fires, so the embedding tier runs."""
+    out = []
+    while len(out) < count:
+        picked = []
+        while sum(len(w) + 1 for w in picked) < size:
+            picked.append(rng.choice(words))
+        prompt = " ".join(picked)[:size]
+        if routing.decide(prompt, explain=False, embed=False).rule is table.FALLBACK:
+            out.append(prompt)
+    return out
+
+
+def bench_embedding(specialists: int, keywords: int, runs: int) -> list[dict]:
+    from fleetspec.router import embedding
+
+    started = time.perf_counter()
+    embedding.encoder()
+    loaded = time.perf_counter()
+    print(f"model load {loaded - started:.2f} s", file=sys.stderr)
+    rng = random.Random(9)
+    big, _ = big_fleet(specialists, keywords, rng)
+    fleets, specs = {}, (big, models.FleetSpec.model_validate(SMALL_FLEET))
+    for label, spec in zip((f"{specialists} specialists", "3 specialists with examples"), specs, strict=True):
+        spec = spec.model_copy(update={"routing": spec.routing.model_copy(update={
+            "embedding": models.EmbeddingTier(enabled=True)})})
+        t0 = time.perf_counter()
+        fleets[label] = config.routing_table(spec)
+        print(f"{label}: index of {fleets[label].embedding.vectors.shape[0]} texts built in "
+              f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    words, rows = english_words(specs), []
+    for label, routing in fleets.items():
+        for size in (100, 1024, 32 * 1024):
+            rules, tiered = [], []
+            for prompt in silent_prompts(rng, words, size, runs, routing):
+                t0 = time.perf_counter_ns()
+                routing.decide(prompt, explain=False, embed=False)
+                t1 = time.perf_counter_ns()
+                routing.decide(prompt, explain=False)
+                t2 = time.perf_counter_ns()
+                rules.append((t1 - t0) / 1000)
+                tiered.append((t2 - t1) / 1000)
+            rows.append({"fleet": label, "prompt": f"{size} B" if size < 1024 else f"{size // 1024} KB",
+                         "rules": percentiles(rules), "embedding": percentiles(tiered)})
+    return rows
+
+
+def embedding_table(rows: list[dict]) -> str:
+    lines = ["| fleet | prompt | rules only p50 µs | p99 µs | rules + embedding p50 ms | p99 ms | added at p50 ms | runs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        rules, tiered = row["rules"], row["embedding"]
+        lines.append(f"| {row['fleet']} | {row['prompt']} | {rules['p50']:.1f} | {rules['p99']:.1f} | "
+                     f"{tiered['p50'] / 1000:.2f} | {tiered['p99'] / 1000:.2f} | "
+                     f"**{(tiered['p50'] - rules['p50']) / 1000:.2f}** | {tiered['n']} |")
+    return "\n".join(lines)
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -293,7 +471,9 @@ def proxy_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["decision", "proxy", "all"], default="all")
+    parser.add_argument("--part", choices=["decision", "proxy", "redis", "embedding", "all"], default="all")
+    parser.add_argument("--embedding-runs", type=int, default=300, help="prompts per size for --part embedding")
+    parser.add_argument("--rounds", type=int, default=500, help="mapping writes timed by --part redis")
     parser.add_argument("--specialists", type=int, default=1000)
     parser.add_argument("--keywords", type=int, default=20)
     parser.add_argument("--runs", type=int, default=2000, help="1 KB prompts (32 KB: a tenth)")
@@ -314,6 +494,15 @@ def main() -> None:
         levels = {"stub": args.concurrency, "sim": args.sim_concurrency}
         print(proxy_table([row for engine in args.engines.split(",")
                            for row in bench_proxy(engine, args.requests, [int(c) for c in levels[engine].split(",")])]))
+        print()
+    if args.part in ("redis", "all"):
+        spread, proxy = bench_redis(args.rounds, args.requests, [int(c) for c in args.concurrency.split(",")])
+        print(redis_table(spread))
+        print()
+        print(proxy_table(proxy))
+        print()
+    if args.part in ("embedding", "all"):
+        print(embedding_table(bench_embedding(args.specialists, args.keywords, args.embedding_runs)))
 
 
 if __name__ == "__main__":

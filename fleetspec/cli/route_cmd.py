@@ -26,14 +26,14 @@ def route(file: str, prompt: str, extensions: tuple[str, ...], model: str | None
     PROMPT "-" reads the prompt from standard input.
     """
     from fleetspec.cli import validate_cmd
-    from fleetspec.router import config, table
+    from fleetspec.router import config
 
     fleet, diagnostics = validate_cmd.load_and_check(file)
     if fleet is None or any(d.is_error for d in diagnostics):
         raise errors.SpecError(diagnostics)
     if prompt == "-":
         prompt = sys.stdin.read()
-    routing = table.RoutingTable.from_spec(fleet.spec, config.load_cluster_maps(fleet))
+    routing = config.routing_table(fleet.spec, config.load_cluster_maps(fleet))
     started = time.perf_counter()
     decision = routing.decide(prompt, extensions=extensions, explicit_model=model, sticky_key=key)
     elapsed = time.perf_counter() - started
@@ -55,6 +55,8 @@ def render(decision, routing, elapsed: float | None = None) -> str:
         lines.append(f"  rule:      {rule.kind}")
     if decision.cluster is not None:
         lines.append(f"  cluster:   {decision.cluster}")
+    if decision.similarity is not None:
+        lines.append(f"  embedding: similarity {decision.similarity:.3f} (threshold {routing.embedding.threshold})")
     if decision.bucket is not None:
         split = routing.splits[decision.specialist]
         lower, parts = 0, []
@@ -92,4 +94,6 @@ def _runner_up(candidate) -> str:
         return "none"
     version = f"@{candidate.version}" if candidate.version else ""
     matched = f", matched {', '.join(candidate.matched)}" if candidate.matched else ""
+    if candidate.similarity is not None:
+        matched = f", similarity {candidate.similarity:.3f}"
     return f"{candidate.specialist}{version} via {candidate.rule.name}{matched}"

@@ -4,9 +4,11 @@ clear, stats), plus the state the reconciler reads to report runtime changes as 
 Off unless `runtime.router.admin_token` is set; every call needs `Authorization: Bearer <token>`.
 Seed 000's paths (`/admin/ensemble...`) answer too, so its runbook works unchanged (plus the token).
 
-Runtime changes live in this router's memory only: they survive config reloads (re-checked against
-the new table), are listed by `GET /admin/state`, and vanish on `POST /admin/clusters/clear` or a
-router restart. fleet.yaml stays the source of truth; `fleetspec plan` shows the difference.
+Cluster mappings live where `runtime_state` keeps them: in this router's memory, or in Redis when
+the fleet sets runtime.router.redis_url, so that every replica routes alike. They survive config
+reloads (re-checked against each new table), are listed by `GET /admin/state`, and vanish on
+`POST /admin/clusters/clear` (or, in memory, a router restart). Adapters warmed through this router
+are its own record. fleet.yaml stays the source of truth; `fleetspec plan` shows the difference.
 """
 
 from __future__ import annotations
@@ -19,22 +21,13 @@ import json
 import time
 import urllib.parse
 
-from fleetspec.router import httpio, table
+from fleetspec.router import httpio, runtime_state, table
 
 
 class AdminError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterOverride:
-    rule_index: int
-    rule: str
-    cluster: str
-    target: str
-    changed_at: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,29 +39,6 @@ class Warmed:
     specialist: str
     version: str
     at: float
-
-
-@dataclasses.dataclass
-class RuntimeState:
-    overrides: dict[tuple[int, str], ClusterOverride] = dataclasses.field(default_factory=dict)
-    warmed: dict[tuple[str, str], Warmed] = dataclasses.field(default_factory=dict)
-
-    def apply(self, base: table.RoutingTable) -> table.RoutingTable:
-        """The base table with the runtime cluster mappings laid over it."""
-        grouped: dict[int, dict[str, str]] = {}
-        for override in self.overrides.values():
-            grouped.setdefault(override.rule_index, {})[override.cluster] = override.target
-        return base.with_cluster_overrides(grouped) if grouped else base
-
-    def revalidate(self, base: table.RoutingTable) -> list[ClusterOverride]:
-        """Drop mappings a new config makes meaningless (rule gone, target undeclared); returns them."""
-        dropped = []
-        hash_rules = {ref.index: ref for ref in base.hash_rules()}
-        for key, override in list(self.overrides.items()):
-            ref = hash_rules.get(override.rule_index)
-            if ref is None or ref.name != override.rule or base.target(override.target) is None:
-                dropped.append(self.overrides.pop(key))
-        return dropped
 
 
 @dataclasses.dataclass
@@ -187,7 +157,7 @@ async def _set_cluster(router, request) -> tuple[int, dict]:
     ref = _hash_rule(router, params.get("rule"))
     cluster, target = _checked_mapping(router, ref, params.get("cluster_id") or params.get("cluster"),
                                        params.get("specialist") or params.get("adapter_tag"))
-    router.set_cluster_overrides(ref, {cluster: target})
+    await _store(router.set_cluster_overrides(ref, {cluster: target}))
     return 200, {"rule": ref.name, "cluster": cluster, "specialist": target}
 
 
@@ -200,13 +170,24 @@ async def _bulk(router, request) -> tuple[int, dict]:
     else:
         raise AdminError(400, 'send a JSON object of cluster → specialist, e.g. {"c10": "python"}')
     checked = dict(_checked_mapping(router, ref, c, t) for c, t in entries.items())
-    router.set_cluster_overrides(ref, checked)
+    await _store(router.set_cluster_overrides(ref, checked))
     return 200, {"rule": ref.name, "mapped": checked}
 
 
 async def _clear_clusters(router, request) -> tuple[int, dict]:
-    cleared = router.clear_cluster_overrides()
+    cleared = await _store(router.clear_cluster_overrides())
     return 200, {"cleared": cleared}
+
+
+async def _store(change):
+    """Await a change of the runtime store; a shared store that cannot take it is a 503, and no
+    replica (this one included) has changed."""
+    try:
+        return await change
+    except runtime_state.Unavailable as exc:
+        raise AdminError(503, f"the shared runtime state is unavailable, so no router changed ({exc}); "
+                              "routing goes on with the last mappings read. Retry once /health shows "
+                              "runtime_state.healthy: true") from None
 
 
 async def _state(router, request) -> tuple[int, dict]:
@@ -216,21 +197,27 @@ async def _state(router, request) -> tuple[int, dict]:
 def state(router) -> dict:
     """What runs differently from fleet.yaml because of admin calls (the reconciler's drift input)."""
     base = router.config.table
-    clusters = []
+    ignored = {o.key: why for o, why in router.ignored}
+    clusters, unused = [], []
     for override in sorted(router.runtime.overrides.values(), key=lambda o: (o.rule_index, o.cluster)):
-        declared = base.cluster_map(override.rule_index).get(override.cluster)
-        clusters.append({"rule": override.rule, "rule_index": override.rule_index, "cluster": override.cluster,
-                         "specialist": override.target, "declared": declared, "changed_at": override.changed_at})
+        row = {"rule": override.rule, "rule_index": override.rule_index, "cluster": override.cluster,
+               "specialist": override.target, "changed_at": override.changed_at}
+        if override.key in ignored:
+            unused.append({**row, "reason": ignored[override.key]})
+        else:
+            clusters.append({**row, "declared": base.cluster_map(override.rule_index).get(override.cluster)})
     warmed = [dataclasses.asdict(w) for w in sorted(router.runtime.warmed.values(), key=lambda w: (w.url, w.served_name))]
     return {"fleet": router.config.spec.name, "config_hash": router.config.hash, "config_loaded_at": router.loaded_at,
-            "drift": bool(clusters or warmed), "clusters": clusters, "warmed": warmed}
+            "drift": bool(clusters or warmed), "clusters": clusters, "warmed": warmed, "ignored": unused,
+            "runtime_state": router.runtime.health()}
 
 
 async def _stats(router, request) -> tuple[int, dict]:
     out = router.stats.to_json()
     p50, p99 = (router.metrics.decisions.quantile(q) for q in (0.5, 0.99))
     out["decision_seconds"] = {"p50_at_most": p50, "p99_at_most": p99}
-    out["runtime_mappings"] = len(router.runtime.overrides)
+    out["runtime_mappings"] = len(router.runtime.overrides) - len(router.ignored)
+    out["runtime_state"] = router.runtime.health()
     out["upstreams"] = [r.to_json() for r in router.upstreams.replicas.values()]
     return 200, out
 

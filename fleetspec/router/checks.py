@@ -25,7 +25,7 @@ ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
 def check(fleet) -> list[Diagnostic]:
     """Routing problems of a loaded fleet (`spec.loading.LoadedFleet`)."""
-    return [*_shadowed(fleet), *_unhosted(fleet), *_clusters_never_hashed(fleet)]
+    return [*_shadowed(fleet), *_unhosted(fleet), *_clusters_never_hashed(fleet), *_embedding_blind(fleet)]
 
 
 def _declared(spec: models.FleetSpec, target: str) -> bool:
@@ -192,6 +192,25 @@ def _clusters_never_hashed(fleet) -> Iterator[Diagnostic]:
                     f"{clusters.prefix}{clusters.num_clusters - 1}",
                     "fix the cluster id, or raise num_clusters to match how clusters were mined",
                 )
+
+
+def _embedding_blind(fleet) -> Iterator[Diagnostic]:
+    """The embedding tier compares prompts with domains, keywords and examples: a specialist with
+    none of them can never be its answer."""
+    spec = fleet.spec
+    if not spec.routing.embedding.enabled or not spec.specialists:
+        return
+    blind = [s.name for s in spec.specialists if not (s.domains or s.keywords or s.examples)]
+    if not blind:
+        return
+    everyone = len(blind) == len(spec.specialists)
+    subject = "no specialist declares" if everyone else f"{_names(blind)} declare{'s' if len(blind) == 1 else ''} no"
+    yield fleet.diagnostic(
+        WARNING, "embedding-nothing-to-compare", ("routing", "embedding", "enabled"),
+        f"routing.embedding is on, but {subject} domains, keywords or examples, so the tier can never send "
+        f"prompts to {'any of them' if everyone else 'it' if len(blind) == 1 else 'them'}",
+        "add a few `examples` (prompts they serve well) to those specialists, or turn routing.embedding off",
+    )
 
 
 def _name(rule, index: int) -> str:

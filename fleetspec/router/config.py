@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 
 import pydantic
@@ -32,12 +33,14 @@ import yaml
 
 from fleetspec import errors
 from fleetspec.errors import Diagnostic, Severity
+from fleetspec.router import resp
 from fleetspec.router import table as table_mod
 from fleetspec.spec import models
 
 FORMAT = "fleetspec-router/1"
 DEFAULT_REFRESH_SECONDS = 2.0
 _SECRET = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_SECRET_ANYWHERE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,7 @@ class RouterConfig:
     upstreams: tuple[Upstream, ...]
     adapter_paths: Mapping[str, str]  # served adapter name → path as the engines see it
     admin_token: str | None  # resolved; None: the admin API is off
+    redis: resp.Address | None  # resolved runtime.router.redis_url; None: runtime state in memory
     refresh_seconds: float
     hash: str  # sha256 of the canonical document, as reconcile.desired computes it
 
@@ -130,13 +134,26 @@ def parse(data, env: Mapping[str, str] | None = None, source: str = "router conf
     cluster_maps = _cluster_maps(data.get("cluster_maps") or {}, source)
     return RouterConfig(
         spec=spec,
-        table=table_mod.RoutingTable.from_spec(spec, cluster_maps),
+        table=routing_table(spec, cluster_maps),
         upstreams=tuple(_upstream(u, source) for u in data.get("upstreams") or []),
         adapter_paths={str(k): str(v) for k, v in (data.get("adapter_paths") or {}).items()},
         admin_token=resolve_secret(spec.runtime.router.admin_token, os.environ if env is None else env),
+        redis=redis_address(spec.runtime.router.redis_url, os.environ if env is None else env),
         refresh_seconds=float(data.get("refresh_seconds") or DEFAULT_REFRESH_SECONDS),
         hash=config_hash(data),
     )
+
+
+def routing_table(spec: models.FleetSpec, cluster_maps: Mapping[int, Mapping[str, str]] | None = None
+                  ) -> table_mod.RoutingTable:
+    """The spec's routing table, with the embedding tier when routing.embedding is enabled (which
+    loads the model: the only path that imports the embedding extra)."""
+    index = None
+    if spec.routing.embedding.enabled:
+        from fleetspec.router import embedding
+
+        index = embedding.index_for(spec)
+    return table_mod.RoutingTable.from_spec(spec, cluster_maps, embedding=index)
 
 
 def resolve_secret(value: str | None, env: Mapping[str, str]) -> str | None:
@@ -153,6 +170,28 @@ def resolve_secret(value: str | None, env: Mapping[str, str]) -> str | None:
             f"router's environment; export {match.group(1)} where the router starts, or remove admin_token "
             "to run without the admin API")
     return resolved
+
+
+def redis_address(url: str | None, env: Mapping[str, str]) -> resp.Address | None:
+    """runtime.router.redis_url with every `${VAR}` in it replaced from the environment (values are
+    percent-encoded on the way in, so a password may hold `@`, `:` or `/`)."""
+    if url is None:
+        return None
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if not env.get(name):
+            raise errors.PermanentError(
+                f"runtime.router.redis_url refers to ${{{name}}}, but {name} is not set in the router's environment; "
+                f"export {name} where the router starts, or remove redis_url to keep runtime mappings in memory")
+        return urllib.parse.quote(env[name], safe="")
+
+    expanded = _SECRET_ANYWHERE.sub(value, url)
+    try:
+        return resp.parse_url(expanded)
+    except ValueError as exc:
+        raise errors.PermanentError(f"runtime.router.redis_url cannot be used: {exc}; write it like "
+                                    "redis://:${REDIS_PASSWORD}@redis-host:6379/0") from None
 
 
 def _upstream(item, source: str) -> Upstream:

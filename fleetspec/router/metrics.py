@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 BASE_LABEL = "_base"  # specialist label of base-model requests ("_" cannot start a specialist name)
 
 DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
+EMBEDDING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -110,6 +111,8 @@ class RouterMetrics:
                                  "Prompts no specialist took (seed 000's ensemble misses), by reason.", ("reason",))
         self.decisions = Histogram("fleetspec_router_decision_seconds",
                                    "Time to pick a specialist and version for one request.", DECISION_BUCKETS)
+        self.embeddings = Histogram("fleetspec_router_embedding_seconds",
+                                    "Time the embedding tier took for a prompt no rule matched.", EMBEDDING_BUCKETS)
         self.upstream_errors = Counter("fleetspec_router_upstream_errors_total",
                                        "Failed exchanges with engines, by replica and kind.",
                                        ("server", "replica", "kind"))
@@ -118,8 +121,25 @@ class RouterMetrics:
                                    ("server", "replica", "url"), kind="gauge")
         self.reloads = Counter("fleetspec_router_config_reloads_total",
                                "Config reloads, by result.", ("result",))
+        self.state_up = Counter("fleetspec_router_runtime_state_healthy",
+                                "1 when the runtime cluster-map store answered its last read (memory: always).",
+                                ("backend",), kind="gauge")
+        self.state_mappings = Counter("fleetspec_router_runtime_mappings",
+                                      "Runtime cluster mappings known to this router: in effect, or ignored "
+                                      "because the config does not allow them.", ("status",), kind="gauge")
+        self.state_syncs = Counter("fleetspec_router_runtime_state_syncs_total",
+                                   "Reads of the shared runtime state (Redis), by result.", ("result",))
+
+    def runtime_state(self, health: dict, active: int, ignored: int, syncs: dict | None) -> None:
+        """Copy the runtime store's standing into the gauges, just before they are rendered."""
+        self.state_up.values.clear()
+        self.state_up.set(health["backend"], value=1.0 if health["healthy"] else 0.0)
+        self.state_mappings.set("active", value=active)
+        self.state_mappings.set("ignored", value=ignored)
+        for result, count in (syncs or {}).items():
+            self.state_syncs.set(result, value=count)
 
     def render(self) -> str:
-        families = (self.requests, self.latency, self.fallbacks, self.decisions, self.upstream_errors,
-                    self.upstream_up, self.reloads)
+        families = (self.requests, self.latency, self.fallbacks, self.decisions, self.embeddings, self.upstream_errors,
+                    self.upstream_up, self.reloads, self.state_up, self.state_mappings, self.state_syncs)
         return "\n".join(line for family in families for line in family.render()) + "\n"

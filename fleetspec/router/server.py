@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Mapping
 
 from fleetspec import errors
-from fleetspec.router import admin, httpio, metrics, openai, table, upstreams
+from fleetspec.router import admin, httpio, metrics, openai, runtime_state, table, upstreams
 from fleetspec.router import config as config_mod
 
 log = logging.getLogger("fleetspec.router")
@@ -50,12 +50,14 @@ class Router:
         self.metrics = metrics.RouterMetrics()
         self.pool = httpio.Pool()
         self.upstreams = upstreams.Upstreams(self.pool, on_health=self._health_changed)
-        self.runtime = admin.RuntimeState()
+        self.runtime: runtime_state.MemoryState = runtime_state.MemoryState()  # replaced by load()
+        self.ignored: list[tuple[runtime_state.ClusterOverride, str]] = []  # mappings the config does not allow
         self.stats = admin.Stats()
         self.config: config_mod.RouterConfig | None = None
         self.table: table.RoutingTable | None = None
         self.loaded_at: float | None = None
         self._stamp: tuple | None = None
+        self._serving = False
 
     # -- config ------------------------------------------------------------------------------------
 
@@ -69,7 +71,9 @@ class Router:
     def load(self) -> None:
         """The first load: raises FleetspecError when the config is unusable."""
         self._stamp = self._file_stamp()
-        self._install(config_mod.load(self.config_path, self.env))
+        fresh = config_mod.load(self.config_path, self.env)
+        self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds)
+        self._install(fresh)
 
     async def reload(self, force: bool = False) -> tuple[bool, str]:
         """Re-read the config when the file changed (always with force). A bad file is reported and
@@ -84,30 +88,50 @@ class Router:
             self.metrics.reloads.inc("error")
             log.error("keeping the running router config: %s", exc)
             return False, str(exc)
+        if not runtime_state.same_store(self.runtime, fresh.redis, fresh.spec.name):
+            await self._switch_store(fresh)
         self._install(fresh)
         self.metrics.reloads.inc("ok")
         log.info("router config loaded from %s (%s)", self.config_path, fresh.hash[:12])
         return True, "loaded"
 
     def _install(self, fresh: config_mod.RouterConfig) -> None:
-        for dropped in self.runtime.revalidate(fresh.table):
-            log.warning("dropping runtime mapping %s → %s of rule %s: the new config no longer allows it",
-                        dropped.cluster, dropped.target, dropped.rule)
-        self.config, self.table = fresh, self.runtime.apply(fresh.table)
+        self.config = fresh
+        self._runtime_changed()
         self.upstreams.configure(fresh.upstreams)
         self.loaded_at = time.time()
 
-    def set_cluster_overrides(self, ref: table.RuleRef, entries: Mapping[str, str]) -> None:
-        now = time.time()
-        for cluster, target in entries.items():
-            self.runtime.overrides[(ref.index, cluster)] = admin.ClusterOverride(ref.index, ref.name, cluster, target, now)
-        self.table = self.runtime.apply(self.config.table)
+    async def _switch_store(self, fresh: config_mod.RouterConfig) -> None:
+        """The config now names another store (or none): follow that one from here on."""
+        old = self.runtime
+        self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds)
+        self.runtime.warmed = old.warmed
+        await old.stop()
+        if self._serving:
+            await self.runtime.start(self._runtime_changed)
+        log.info("runtime cluster mappings now live in %s", fresh.redis.display() if fresh.redis else "memory")
 
-    def clear_cluster_overrides(self) -> int:
-        count = len(self.runtime.overrides)
-        self.runtime.overrides.clear()
-        self.table = self.config.table
-        return count
+    def _runtime_changed(self) -> None:
+        """Lay the runtime mappings over the config's table (after an admin call, a change another
+        replica published, or a config reload)."""
+        routing, ignored = runtime_state.effective(self.config.table, self.runtime.overrides.values())
+        known = {o.key for o, _ in self.ignored}
+        fresh = [(o, why) for o, why in ignored if o.key not in known]
+        for override, why in fresh[:5]:
+            log.warning("ignoring runtime mapping %s → %s of rule %s: %s", override.cluster, override.target,
+                        override.rule, why)
+        if len(fresh) > 5:
+            log.warning("ignoring %d more runtime mappings; GET /admin/state lists them all", len(fresh) - 5)
+        self.table, self.ignored = routing, ignored
+
+    async def set_cluster_overrides(self, ref: table.RuleRef, entries: Mapping[str, str]) -> None:
+        """Raises runtime_state.Unavailable when the shared store cannot take the change."""
+        now = time.time()
+        await self.runtime.set_overrides(
+            runtime_state.ClusterOverride(ref.index, ref.name, cluster, target, now) for cluster, target in entries.items())
+
+    async def clear_cluster_overrides(self) -> int:
+        return await self.runtime.clear_overrides()
 
     def _health_changed(self, replica: upstreams.Replica) -> None:
         up = replica.upstream
@@ -118,7 +142,8 @@ class Router:
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
         if self.config is None:
             self.load()
-        await self.upstreams.refresh()
+        self._serving = True
+        await asyncio.gather(self.upstreams.refresh(), self.runtime.start(self._runtime_changed))
         server = await asyncio.start_server(self._connection, host, port, limit=httpio.MAX_HEAD_BYTES, backlog=1024)
         tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._refresh_loop())]
         log.info("fleetspec router for fleet %s listening on http://%s:%d", self.config.spec.name, host, port)
@@ -130,6 +155,8 @@ class Router:
         finally:
             for task in tasks:
                 task.cancel()
+            self._serving = False
+            await self.runtime.stop()
             self.pool.close()
 
     async def _watch(self) -> None:
@@ -172,10 +199,14 @@ class Router:
             return await _send_json(writer, 200, self._models(), keep_alive=keep)
         if request.method == "GET" and path == "/health":
             healthy = sum(1 for r in self.upstreams.replicas.values() if r.healthy)
+            # Still 200 when Redis is down: the router routes on with what it last read.
             return await _send_json(writer, 200, {"status": "ok", "fleet": self.config.spec.name,
                                                   "config_hash": self.config.hash, "healthy_upstreams": healthy,
-                                                  "upstreams": len(self.upstreams.replicas)}, keep_alive=keep)
+                                                  "upstreams": len(self.upstreams.replicas),
+                                                  "runtime_state": self.runtime.health()}, keep_alive=keep)
         if request.method == "GET" and path == "/metrics":
+            self.metrics.runtime_state(self.runtime.health(), len(self.runtime.overrides) - len(self.ignored),
+                                       len(self.ignored), getattr(self.runtime, "syncs", None))
             data = self.metrics.render().encode()
             writer.write(httpio.response_head(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                                                     ("Content-Length", str(len(data)))]) + data)
@@ -211,10 +242,16 @@ class Router:
         sticky = request.headers.get(routing.sticky_key.lower()) if routing.sticky_key else None
         extensions = [e.strip() for e in request.headers.get(EXTENSIONS_HEADER, "").split(",") if e.strip()]
         model = body.get("model") if isinstance(body.get("model"), str) else None
+        prompt = openai.prompt_text(body, chat)
         ticked = time.perf_counter()
-        decision = routing.decide(openai.prompt_text(body, chat), extensions=extensions, explicit_model=model,
-                                  sticky_key=sticky, explain=False)
+        decision = routing.decide(prompt, extensions=extensions, explicit_model=model, sticky_key=sticky,
+                                  explain=False, embed=False)
         self.metrics.decisions.observe(time.perf_counter() - ticked)
+        if routing.wants_embedding(decision):
+            # Milliseconds of model time: in a worker thread (torch releases the GIL), never on the loop.
+            ticked = time.perf_counter()
+            decision = await asyncio.to_thread(routing.by_embedding, decision, prompt, sticky)
+            self.metrics.embeddings.observe(time.perf_counter() - ticked)
         if decision.rejected:
             return await self._reject(writer, decision, request.keep_alive)
         hosts = config.hosts(decision.specialist)

@@ -8,6 +8,11 @@ specialist happens per request.
 
 Decisions name the rule that fired and, when asked to explain, the runner-up: the best candidate
 for another specialist that the same walk would have picked next.
+
+When no rule matched and the fleet enables routing.embedding, the nearest specialist by sentence
+embedding takes the prompt if its similarity reaches the threshold (rule kind "embedding"). The
+index is built outside (`router.embedding`, heavy and optional) and handed in, so this module stays
+free of numpy and torch.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ UNKNOWN_MODEL = "unknown-model"  # the request named a model the fleet does not 
 class RuleRef:
     name: str
     index: int | None  # position in routing.rules; None for explicit requests and fallbacks
-    kind: str  # a models.RULE_KINDS entry, "explicit" or "fallback"
+    kind: str  # a models.RULE_KINDS entry, "explicit", "embedding" or "fallback"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -39,6 +44,7 @@ class RuleRef:
 
 EXPLICIT = RuleRef("explicit", None, "explicit")
 FALLBACK = RuleRef("fallback", None, "fallback")
+EMBEDDING = RuleRef("embedding", None, "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +63,11 @@ class Candidate:
     rule: RuleRef
     matched: tuple[str, ...] = ()  # the keywords, extensions, cluster id or regex text that matched
     score: int | None = None  # specialist_signals: distinct terms matched
+    similarity: float | None = None  # embedding: cosine similarity to the prompt
 
     def to_json(self) -> dict:
         return {"specialist": self.specialist, "version": self.version, "rule": self.rule.to_json(),
-                "matched": list(self.matched), "score": self.score}
+                "matched": list(self.matched), "score": self.score, "similarity": self.similarity}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +82,8 @@ class Decision:
     matched: tuple[str, ...] = ()
     cluster: str | None = None  # the hash cluster the prompt fell into, when a hash rule looked
     bucket: int | None = None  # split bucket 0..99, when a split chose the version
+    # The embedding tier's best similarity: the winner's, or the nearest one below the threshold.
+    similarity: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -82,7 +91,7 @@ class Decision:
             "rule": self.rule.to_json(), "matched": list(self.matched),
             "runner_up": self.runner_up.to_json() if self.runner_up else None,
             "fallback_reason": self.fallback_reason, "rejected": self.rejected,
-            "cluster": self.cluster, "bucket": self.bucket,
+            "cluster": self.cluster, "bucket": self.bucket, "similarity": self.similarity,
         }
 
 
@@ -137,14 +146,16 @@ class RoutingTable:
     _extension_rules: Mapping[str, tuple[int, ...]]
     _always: tuple[int, ...]  # regex, hash-cluster and signals rules: looked at for every prompt
     _signals: _SignalIndex | None
+    embedding: object | None = None  # router.embedding.Index: rank(prompt) and threshold
 
     # -- compiling ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_spec(cls, spec: models.FleetSpec,
-                  cluster_maps: Mapping[int, Mapping[str, str]] | None = None) -> RoutingTable:
+    def from_spec(cls, spec: models.FleetSpec, cluster_maps: Mapping[int, Mapping[str, str]] | None = None,
+                  embedding: object | None = None) -> RoutingTable:
         """Compile the spec's routing. `cluster_maps` holds the entries of each hash rule's
-        `map_file` (read by the caller), keyed by rule index; the inline `map` wins over them."""
+        `map_file` (read by the caller), keyed by rule index; the inline `map` wins over them.
+        `embedding` is the specialists' embedding index when routing.embedding is enabled."""
         specialists = {s.name: s for s in spec.specialists}
         served = {(s.name, v): vllm_args.served_adapter_name(s.name, v) for s in spec.specialists for v in s.all_versions}
         rules = tuple(_compile_rule(i, rule, specialists, (cluster_maps or {}).get(i, {}))
@@ -163,6 +174,7 @@ class RoutingTable:
             _always=tuple(r.ref.index for r in rules if r.clusters is not None or r.regex is not None
                           or r.ref.kind == "specialist_signals"),
             _signals=signals,
+            embedding=embedding,
         )
 
     def target(self, text: str) -> Target | None:
@@ -195,10 +207,11 @@ class RoutingTable:
     # -- deciding ----------------------------------------------------------------------------------
 
     def decide(self, prompt: str, *, extensions: Iterable[str] = (), explicit_model: str | None = None,
-               sticky_key: str | None = None, explain: bool = True) -> Decision:
+               sticky_key: str | None = None, explain: bool = True, embed: bool = True) -> Decision:
         """Where a prompt goes. `extensions` come from request metadata; `explicit_model` is the
         request's `model` (routed by the table when "auto" or the fleet's name); `sticky_key` is
-        the value of the sticky header. `explain=False` skips finding the runner-up."""
+        the value of the sticky header. `explain=False` skips finding the runner-up. `embed=False`
+        stops before the embedding tier (the proxy runs it off its event loop: `by_embedding`)."""
         if explicit_model and explicit_model != AUTO and explicit_model != self.fleet:
             return self._explicit(explicit_model, prompt, sticky_key)
         folded = matchers.fold(prompt)
@@ -209,7 +222,8 @@ class RoutingTable:
         found = self._candidates(probe)
         winner = next(found, None)
         if winner is None:
-            return self._fallback(probe)
+            fallback = self._fallback(probe)
+            return self.by_embedding(fallback, prompt, sticky_key) if embed else fallback
         runner_up = next((c for c in found if c.specialist != winner.specialist), None) if explain else None
         return self._resolve(winner, sticky_key or prompt, runner_up, probe.cluster)
 
@@ -260,6 +274,26 @@ class RoutingTable:
         if self.fallback == "reject":
             return Decision(None, None, None, FALLBACK, fallback_reason=reason, rejected=True, cluster=probe.cluster)
         return Decision(None, None, self.base_served_name, FALLBACK, fallback_reason=reason, cluster=probe.cluster)
+
+    def wants_embedding(self, decision: Decision) -> bool:
+        """Whether the embedding tier would look at this decision: no rule matched, and it is on."""
+        return self.embedding is not None and decision.rule is FALLBACK
+
+    def by_embedding(self, fallback: Decision, prompt: str, sticky_key: str | None = None) -> Decision:
+        """The embedding tier for a prompt no rule matched: the nearest specialist when its
+        similarity reaches the threshold, else `fallback` with the nearest similarity noted."""
+        if not self.wants_embedding(fallback):
+            return fallback
+        ranked = self.embedding.rank(prompt)
+        if not ranked:
+            return fallback
+        (name, similarity), rest = ranked[0], ranked[1:]
+        if similarity < self.embedding.threshold:
+            return dataclasses.replace(fallback, similarity=similarity)
+        runner_up = Candidate(rest[0][0], None, EMBEDDING, similarity=rest[0][1]) if rest else None
+        chosen = Candidate(name, None, EMBEDDING, (f"similarity {similarity:.3f}",), similarity=similarity)
+        decision = self._resolve(chosen, sticky_key or prompt, runner_up, fallback.cluster)
+        return dataclasses.replace(decision, similarity=similarity)
 
     def _explicit(self, model: str, prompt: str, sticky_key: str | None) -> Decision:
         if model not in self.aliases:

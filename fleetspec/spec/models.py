@@ -259,6 +259,10 @@ class Specialist(Strict):
     domains: list[str] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list, description="Whole words that route prompts here.")
     extensions: list[str] = Field(default_factory=list, description="File extensions (.py) that route here.")
+    examples: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Prompts it serves well; the embedding tier (routing.embedding) compares "
+        "prompts that no rule matched with these, its domains and its keywords.",
+    )
     priority: int = Field(0, description="Breaks ties when several specialists match a prompt.")
     preload: bool = Field(True, description="Load onto its servers ahead of traffic.")
     pinned: bool = Field(False, description="Keep resident: never unloaded to make room for others.")
@@ -387,6 +391,21 @@ class Split(Strict):
     weights: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(description="version → percent; sums to 100.")
 
 
+class EmbeddingTier(Strict):
+    """Seed 001's third tier: when no rule matched, the specialist whose domains, keywords and
+    examples are nearest to the prompt by sentence embedding, if it is near enough."""
+
+    enabled: bool = Field(False, description="Needs the embedding extra: pip install 'fleetspec[embedding]'.")
+    threshold: float = Field(
+        0.3, ge=-1, le=1, description="Lowest cosine similarity that routes; a prompt below it falls back. "
+        "0.3 suits all-MiniLM-L6-v2: off-topic prompts score under 0.15 against code specialists.",
+    )
+    model: str = Field(
+        "all-MiniLM-L6-v2", min_length=1,
+        description="all-MiniLM-L6-v2 (shipped inside the extra, runs offline) or a local sentence-transformers directory.",
+    )
+
+
 class Routing(Strict):
     fallback: Literal["base", "reject"] = Field("base", description="What a prompt nothing matches gets.")
     sticky_key: str | None = Field(
@@ -397,6 +416,7 @@ class Routing(Strict):
         description="Tried in order; the first rule that matches decides.",
     )
     splits: list[Split] = Field(default_factory=list)
+    embedding: EmbeddingTier = Field(default_factory=EmbeddingTier)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +428,18 @@ class RouterSettings(Strict):
     port: Port = 8080
     admin_token: str | None = Field(None, description="Enables the admin API; write it as ${VAR}.")
     image: str | None = Field(None, description="Router container image; fleetspec/router:<fleetspec version> by default.")
+    redis_url: str | None = Field(
+        None, description="Keep runtime cluster mappings in this Redis, shared by every router replica "
+        "(redis://[user:${PASSWORD}@]host[:port][/db], rediss:// for TLS); each router's memory when absent.",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^rediss?://[^/\s]", value):
+            raise SpecValueError("redis_url must be a redis:// or rediss:// URL",
+                                 "e.g. redis://:${REDIS_PASSWORD}@redis:6379/0")
+        return value
 
 
 class KubernetesSettings(Strict):

@@ -303,4 +303,5 @@ def test_decision_json_shape(routing):
         "specialist": "sql", "version": "1.0.0", "served_name": "sql--1.0.0",
         "rule": {"name": "sql-files", "index": 1, "kind": "extensions"}, "matched": [".sql"],
         "runner_up": None, "fallback_reason": None, "rejected": False, "cluster": None, "bucket": None,
+        "similarity": None,
     }
