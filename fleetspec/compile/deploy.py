@@ -35,12 +35,18 @@ def router_argv() -> list[str]:
             "--host", "0.0.0.0", "--port", str(ROUTER_CONTAINER_PORT)]
 
 
+def secret_names(text: str | None) -> list[str]:
+    """The VAR of every `${VAR}` in a value."""
+    return vllm_args.SECRET_REF.findall(text or "")
+
+
 def router_env(spec: models.FleetSpec) -> dict[str, str]:
-    """The router resolves an admin token written as `${VAR}` from its own environment, so VAR must
-    reach the container as a reference (compose: the operator's env; Kubernetes: the Secret)."""
-    token = spec.runtime.router.admin_token or ""
-    match = vllm_args.SECRET_REF.fullmatch(token)
-    return {match.group(1): token} if match else {}
+    """The router resolves `${VAR}` in its admin token and Redis URL from its own environment, so each
+    VAR must reach it as a reference (compose: the operator's env; Kubernetes: the Secret; the
+    reconciler: fleetspec's own environment at start)."""
+    router = spec.runtime.router
+    names = secret_names(router.admin_token) + secret_names(router.redis_url)
+    return {name: f"${{{name}}}" for name in sorted(set(names))}
 
 
 def adapter_paths(spec: models.FleetSpec, server: models.Server, base_dir: pathlib.Path | None) -> list[str]:

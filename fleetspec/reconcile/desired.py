@@ -10,14 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping
 
 from fleetspec.compile import deploy, vllm_args
 from fleetspec.reconcile import labels
 from fleetspec.spec import derived
-
-_SECRET_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +192,7 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
     path = env.router_config_path
     serve = ["-m", "fleetspec.router", "serve", "--config", path, "--host", spec.runtime.bind_address,
              "--port", str(spec.runtime.router.port)]
-    token = spec.runtime.router.admin_token
-    secrets = {ref: f"${{{ref}}}" for ref in secret_names(token)} if token else {}
+    secrets = deploy.router_env(spec)
     labels_ = {labels.FLEET: spec.name, labels.ROLE: labels.ROLE_ROUTER}
     name = f"{spec.name}-router"
     if env.target == "docker":
@@ -210,9 +206,6 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
                                                      spec.runtime.bind_address)])
     return container, document
 
-
-def secret_names(text: str) -> list[str]:
-    return _SECRET_NAME.findall(text)
 
 
 def _engine_container(spec, server, slot, port: int, env: Environment, base_dir) -> ContainerSpec:

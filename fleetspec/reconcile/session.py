@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 from fleetspec import errors
+from fleetspec.compile import deploy
 from fleetspec.compile import slots as slots_mod
 from fleetspec.errors import Diagnostic
 from fleetspec.planner import report
@@ -179,7 +180,7 @@ def router_drift(spec) -> list[str]:
     token = spec.runtime.router.admin_token
     if not token:
         return []
-    names = desired.secret_names(token)
+    names = deploy.secret_names(token)
     if any(name not in os.environ for name in names):
         return [f"cannot check the router for runtime changes: export {', '.join(names)} (its admin token)"]
     for name in names:
