@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fleetspec.reconcile import desired
 from fleetspec.reconcile.drivers import base
 
 Key = tuple[str, int]  # (server, replica)
@@ -50,8 +51,10 @@ class ObservedState:
 def assemble(fleet: str, containers: list[base.ObservedContainer], probe) -> ObservedState:
     """Group containers into replica slots; `probe(container) -> (base_url, healthy, adapters)`.
 
-    When two containers claim one slot (a crash mid-replace), the running, newest one wins and the
-    other becomes a stray that the plan removes.
+    When two containers claim one slot (a crash mid-replace, one started by hand), the one with the
+    slot's own name wins, then a running one, then the newest; the others become strays that the plan
+    removes. Preferring the own name matters: a replace re-creates that name, so it must be the one
+    the replace removes first.
     """
     slots: dict[Key, list[base.ObservedContainer]] = {}
     strays: list[base.ObservedContainer] = []
@@ -68,7 +71,8 @@ def assemble(fleet: str, containers: list[base.ObservedContainer], probe) -> Obs
             slots.setdefault((container.server, container.replica), []).append(container)
     replicas: dict[Key, ObservedReplica] = {}
     for key, candidates in sorted(slots.items()):
-        candidates.sort(key=lambda c: (c.running, c.started_at or ""), reverse=True)
+        own_name = desired.container_name(fleet, *key)
+        candidates.sort(key=lambda c: (c.name == own_name, c.running, c.started_at or ""), reverse=True)
         chosen, *rest = candidates
         strays.extend(rest)
         base_url, healthy, adapters = probe(chosen) if chosen.running else (None, False, None)

@@ -128,3 +128,13 @@ def test_plan_summary_counts_every_kind():
                      have({MAIN0: (H, {"code--1": "/a/code/1"}, "running"), ("main", 1): (H, {}, "running")}))
     assert plan.summary() == "Plan: 0 to create, 1 to replace, 1 to remove, 1 adapter to load, 0 to unload."
     assert plan.to_json()["restarts"] == 2
+
+
+def test_the_container_with_the_slots_own_name_wins_over_a_newer_duplicate():
+    own = dataclasses.replace(container(MAIN0, "old-hash", cid="own", started="2026-01-01"), name="demo-main-0")
+    duplicate = dataclasses.replace(container(MAIN0, H, cid="dup", started="2026-02-01"), name="demo-main-0-by-hand")
+    have = observed.assemble("demo", [duplicate, own], lambda c: ("http://x", True, {}))
+    assert have.replicas[MAIN0].container.id == "own"  # the replace removes it, then re-creates its name
+    assert [s.id for s in have.strays] == ["dup"]
+    plan = diff.diff(want({MAIN0: (spec(), {})}), have)
+    assert [(a.kind, a.container_id) for a in plan.actions] == [(Kind.REPLACE, "own"), (Kind.REMOVE, "dup")]
