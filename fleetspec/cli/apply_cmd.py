@@ -76,14 +76,14 @@ def apply(file: str, yes: bool, output: str) -> int:
 @click.option("--format", "output", type=FORMATS, default="human", show_default=True)
 def status(file: str, output: str) -> int:
     """Show servers, health, GPUs and loaded adapters per replica, and drift from FILE."""
-    from fleetspec.reconcile import session
+    from fleetspec.reconcile import router_edge, session
 
     prepared = session.prepare(file)
     spec = prepared.fleet.spec
     have = session.observe(session.open_driver(prepared), spec)
     rows = reconcile_views.status_rows(prepared.desired, have)
-    drift = session.router_drift(spec) if have.router is not None else []
-    router = reconcile_views.router_row(prepared.desired, have, session.router_url(spec), drift)
+    drift = router_edge.router_drift(spec) if have.router is not None else []
+    router = reconcile_views.router_row(prepared.desired, have, router_edge.router_url(spec), drift)
     in_sync = all(not r["drift"] for r in rows) and not have.strays and not (router and router["drift"])
     if output == "json":
         click.echo(views.dump_json({"fleet": spec.name, "replicas": rows, "router": router,

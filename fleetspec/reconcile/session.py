@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
-import os
 import pathlib
 import re
 import sys
-import time
-import urllib.request
 
 from fleetspec import errors
-from fleetspec.compile import deploy
 from fleetspec.compile import slots as slots_mod
 from fleetspec.errors import Diagnostic
 from fleetspec.planner import report
 from fleetspec.reconcile import apply as apply_mod
-from fleetspec.reconcile import desired, diff, observed, state, vllm_admin
+from fleetspec.reconcile import desired, diff, observed, router_edge, state, vllm_admin
 from fleetspec.reconcile import plan as plan_mod
 from fleetspec.spec import loading, models
 
@@ -154,74 +149,16 @@ def observe(driver, spec) -> observed.ObservedState:
         answers = dict(zip([c.id for c in running], pool.map(probe, running), strict=True))
     have = observed.assemble(spec.name, containers, lambda c: answers.get(c.id, (None, False, None)))
     if have.router is not None and have.router.running:
-        have = dataclasses.replace(have, router_config_hash=router_config_hash(router_url(spec)))
+        have = dataclasses.replace(have, router_config_hash=router_edge.router_config_hash(router_edge.router_url(spec)))
     return have
 
 
-def router_url(spec) -> str:
-    return f"http://{probe_host(spec)}:{spec.runtime.router.port}"
 
 
-def router_config_hash(url: str) -> str | None:
-    """The hash of the config the running router serves (its /health says), or None."""
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:  # noqa: S310 - our own router
-            return json.loads(response.read()).get("config_hash")
-    except (OSError, ValueError):
-        return None
 
 
-def router_drift(spec) -> list[str]:
-    """Sentences for what the running router changed at runtime through its admin API (cluster
-    mappings, warmed adapters): drift from the fleet file, reported, never silently kept.
-
-    Needs the admin token (runtime.router.admin_token, resolved from this environment); without
-    one the admin API is off and there can be no such drift."""
-    token = spec.runtime.router.admin_token
-    if not token:
-        return []
-    names = deploy.secret_names(token)
-    if any(name not in os.environ for name in names):
-        return [f"cannot check the router for runtime changes: export {', '.join(names)} (its admin token)"]
-    for name in names:
-        token = token.replace(f"${{{name}}}", os.environ[name])
-    request = urllib.request.Request(f"{router_url(spec)}/admin/state", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=2.0) as response:  # noqa: S310 - our own router
-            state_ = json.loads(response.read())
-    except (OSError, ValueError):
-        return []  # no router answering: the plan already says it will start one
-    found = [f"the router maps cluster {c['cluster']} to {c['specialist']} at runtime (fleet.yaml says "
-             f"{c.get('declared') or 'nothing'}); put it in the fleet file or clear it (POST /admin/clusters/clear)"
-             for c in state_.get("clusters", [])]
-    found += [f"the router warmed {w['served_name']} on {w['server']}/{w['replica']} at runtime; "
-              "the next apply unloads it unless the fleet file declares it" for w in state_.get("warmed", [])]
-    return found
 
 
-def update_router(driver, prepared: Prepared, progress=lambda _: None) -> str:
-    """Write the router's config, (re)start the router if its container changed, and wait until it
-    serves the new config. The router re-reads its file itself: routes move without a restart."""
-    from fleetspec.router import config as router_config
-
-    spec, want = prepared.fleet.spec, prepared.desired
-    config_path = pathlib.Path(want.router.argv[want.router.argv.index("--config") + 1])
-    state.write_atomic(config_path, router_config.dumps(want.router_config))
-    current = [c for c in driver.observe(spec.name) if c.role == "router"]
-    fresh = [c for c in current if c.running and c.spec_hash == want.router.spec_hash()]
-    if not fresh:
-        for old in current:
-            driver.remove(old.id)
-        progress("Starting the router")
-        driver.wait_running(driver.create(want.router), timeout_s=30.0)
-    expected, url = want.router_config_hash(), router_url(spec)
-    deadline = time.monotonic() + 15.0
-    while router_config_hash(url) != expected:
-        if time.monotonic() > deadline:
-            raise errors.TemporaryError(f"the router at {url} did not pick up its new config within 15 s; "
-                                        f"its config file is {config_path}")
-        time.sleep(0.05)
-    return f"router serves config {expected[:12]} at {url}" + ("" if fresh else " (started)")
 
 
 def last_applied_containers(fleet_state: state.FleetState) -> dict[tuple[str, int], desired.ContainerSpec]:
@@ -236,7 +173,7 @@ def live_plan(prepared: Prepared, driver) -> tuple[plan_mod.ReconcilePlan, obser
     have = observe(driver, prepared.fleet.spec)
     fleet_state = state.load(prepared.file, prepared.fleet.spec.name)
     reconcile_plan = diff.diff(prepared.desired, have, last_applied_containers(fleet_state))
-    notes = router_drift(prepared.fleet.spec) if have.router is not None else []
+    notes = router_edge.router_drift(prepared.fleet.spec) if have.router is not None else []
     return dataclasses.replace(reconcile_plan, notes=tuple(notes)), have
 
 
@@ -250,7 +187,7 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
             _ensure_images(prepared, progress)  # only new containers need it; adapter changes stay fast
         applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec)),
                                     progress=progress,
-                                    router_updater=lambda _want: update_router(driver, prepared, progress))
+                                    router_updater=lambda _want: router_edge.update_router(driver, prepared, progress))
         result = applier.run(reconcile_plan)
         fleet_state = state.load(prepared.file, spec.name)
         for name in sorted({a for r in prepared.desired.replicas.values() for a in r.adapters}):
