@@ -40,15 +40,13 @@ def run_apply(prepared, driver, yes: bool, output: str, command: str) -> int:
     if output == "human":
         click.echo(reconcile_views.plan_text(reconcile_plan))
     if not reconcile_plan.has_changes:
-        session.remember_if_converged(prepared, driver, have)
+        session.converged(prepared, driver, have)  # remembered, so the next no-op apply is instant
         if output == "json":
             click.echo(views.dump_json({"plan": reconcile_plan.to_json(), "result": None}))
         return 0
     if output == "human":
         _confirm("Apply these changes?", yes)
     result, stale = session.apply(prepared, driver, reconcile_plan, progress=_progress, command=command)
-    if result.ok:
-        session.remember_if_converged(prepared, driver)
     if stale:
         click.echo(f"note: {stale}", err=True)
     if output == "json":

@@ -192,7 +192,9 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
         fleet_state = state.load(prepared.file, spec.name)
         for name in sorted({a for r in prepared.desired.replicas.values() for a in r.adapters}):
             fleet_state.lora_id(name)
-        if result.ok:
+        # History (for rollback) records a file only once the fleet really matches it: a partial
+        # apply (a failed action, or a watch cycle that held actions back) is not a rollback point.
+        if result.ok and converged(prepared, driver):
             containers = {f"{k[0]}/{k[1]}": r.container.to_json() for k, r in prepared.desired.replicas.items()}
             fleet_state.record_applied(prepared.fleet.text, containers)
         state.save(prepared.file, fleet_state)
@@ -278,19 +280,18 @@ def referenced_files(fleet: loading.LoadedFleet) -> list[str]:
     return found
 
 
-def remember_if_converged(prepared: Prepared, driver, have: observed.ObservedState | None = None) -> bool:
-    """Record the converged fleet for `fastpath` (Docker runtime), or forget a stale record."""
+def converged(prepared: Prepared, driver, have: observed.ObservedState | None = None) -> bool:
+    """Whether the live fleet matches the file now; on Docker, also remember it for `fastpath`."""
     from fleetspec.reconcile import fastpath
 
     spec = prepared.fleet.spec
-    if spec.runtime.target != "docker":
-        return False
     have = have or observe(driver, spec)
     if diff.diff(prepared.desired, have).has_changes or have.strays:
         fastpath.forget(prepared.file)
         return False
-    containers = [{"id": r.container.id, "port": r.container.host_port, "adapters": r.adapters or {}}
-                  for _, r in sorted(have.replicas.items())]
-    fastpath.write_record(prepared.file, spec.name, referenced_files(prepared.fleet), probe_host(spec),
-                          containers, have.router.id if have.router else None)
+    if spec.runtime.target == "docker":
+        containers = [{"id": r.container.id, "port": r.container.host_port, "adapters": r.adapters or {}}
+                      for _, r in sorted(have.replicas.items())]
+        fastpath.write_record(prepared.file, spec.name, referenced_files(prepared.fleet), probe_host(spec),
+                              containers, have.router.id if have.router else None)
     return True
