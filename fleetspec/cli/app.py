@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        # click exits 2 on usage errors; here 2 means "changes pending" (plan --detailed-exitcode),
+        # so a typo in a CI script must not read as a pending change.
+        return EXIT_ERROR
     except errors.SpecError as exc:
         from fleetspec.cli import views
 

@@ -92,3 +92,9 @@ def test_relative_paths_of_a_file_checked_out_elsewhere_mean_the_same(tmp_path, 
 def test_a_missing_against_file_is_a_clear_error(tmp_path, capsys):
     assert app.main(["plan", write(tmp_path, "new.yaml", FLEET), "--against", str(tmp_path / "nope.yaml")]) == 1
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_a_usage_error_exits_one_never_two(capsys):
+    # 2 means "changes pending" to CI scripts using --detailed-exitcode; a typo must not look like that.
+    assert app.main(["plan", "--detailed-exitcode", "--bogus", "fleet.yaml"]) == 1
+    assert "No such option" in capsys.readouterr().err
