@@ -183,6 +183,8 @@ class Router:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, _BrokenBody):
             pass  # the client left, or the engine broke an answer already under way: drop the connection
+        except asyncio.CancelledError:
+            pass  # shutting down: asyncio's stream callback would log a cancelled handler as an error
         finally:
             writer.close()
 
