@@ -127,6 +127,17 @@ def _adapter_storage(spec: models.FleetSpec, roots: list[str]) -> tuple[list[dic
     return volumes, mounts
 
 
+def _adapter_claim(spec: models.FleetSpec, base_dir: pathlib.Path | None) -> dict | None:
+    """The adapters' PersistentVolumeClaim, when the fleet asks fleetspec to create it."""
+    settings = spec.runtime.kubernetes
+    hosts_adapters = any(deploy.adapter_roots(spec, s, base_dir) for s in spec.servers)
+    if settings.adapter_volume != "pvc" or settings.adapter_claim_size is None or not hosts_adapters:
+        return None
+    claim = settings.adapter_claim or name(spec.name, "adapters")
+    return {"name": claim, "labels": labels(spec, "adapters", claim, "fleetspec"),
+            "size": settings.adapter_claim_size, "storage_class": settings.adapter_storage_class}
+
+
 def engine_deployment(spec: models.FleetSpec, server: models.Server, weights_gib: float | None,
                       base_dir: pathlib.Path | None) -> dict:
     launch = vllm_args.replica_launch(spec, server, 0, host="0.0.0.0", port=vllm_args.CONTAINER_PORT,
@@ -188,6 +199,9 @@ def objects(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.
     weights = {s.server: s.weights_gib for s in placed}
     out = [("namespace.yaml", "k8s/namespace.yaml.j2", {"labels": labels(spec, "namespace", spec.name, "fleetspec")},
             "Namespace", namespace_of(spec))]
+    claim = _adapter_claim(spec, base_dir)
+    if claim is not None:
+        out.append((f"{claim['name']}-pvc.yaml", "k8s/pvc.yaml.j2", {"c": claim}, "PersistentVolumeClaim", claim["name"]))
     for server in spec.servers:
         if server.replicas == 0:
             continue

@@ -42,6 +42,7 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # DNS label: becomes con
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # vLLM served name, no '@' or '/'
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$"  # a Kubernetes storage quantity
 SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Lower-case DNS label (a-z, 0-9, -).")]
@@ -449,6 +450,11 @@ class KubernetesSettings(Strict):
         "pvc", description="Where pods find adapters: a PersistentVolumeClaim, or (opt-in) the node's own directory."
     )
     adapter_claim: Name | None = Field(None, description="PersistentVolumeClaim with the adapters; <fleet>-adapters by default.")
+    adapter_claim_size: str | None = Field(
+        None, pattern=QUANTITY_PATTERN,
+        description="Also create that claim (ReadWriteMany, this size, e.g. 20Gi); absent: it must exist already.",
+    )
+    adapter_storage_class: str | None = Field(None, description="storageClassName of the created claim.")
     ingress_host: str | None = Field(None, description="Publish the router through an Ingress for this host name.")
     ingress_class: str | None = Field(None, description="ingressClassName of that Ingress (cluster default when absent).")
 

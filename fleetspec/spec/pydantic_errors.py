@@ -28,6 +28,7 @@ _PATTERN_WORDS = {
     models.ADAPTER_NAME_PATTERN: ("a name of letters, digits, `.`, `_` and `-`", "e.g. `python-lora`"),
     models.VERSION_PATTERN: ("a version of letters, digits, `.`, `_`, `+` and `-`", "e.g. `1.2.0`"),
     models.ENV_NAME_PATTERN: ("an environment variable name", "e.g. `HF_TOKEN`"),
+    models.QUANTITY_PATTERN: ("a storage size in Kubernetes units", "e.g. `20Gi` (binary units: Ki, Mi, Gi, Ti)"),
 }
 
 
