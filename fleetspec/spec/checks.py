@@ -26,7 +26,7 @@ def check(fleet) -> list[Diagnostic]:
     """Every cross-field problem of the fleet (errors and warnings)."""
     found: list[Diagnostic] = []
     for checker in (_unique_names, _lora_limits, _hosting, _versions, _routing_targets, _splits,
-                    _gpu_inventory, _ports, _env_secrets, _quantization, _engine_refusals):
+                    _pinned, _gpu_inventory, _ports, _env_secrets, _quantization, _engine_refusals):
         found.extend(checker(fleet))
     if not any(d.is_error for d in found):  # routing analysis assumes every target resolves
         from fleetspec.router import checks as router_checks
@@ -106,6 +106,27 @@ def _ranks_fit(fleet, index: int, specialist: models.Specialist, hosts) -> Itera
                 f"{server.lora.max_lora_rank} of server `{server.name}`; vLLM will refuse to load it",
                 f"raise servers[{fleet.spec.servers.index(server)}].lora.max_lora_rank to "
                 f"{derived.rank_ceiling(entry.rank)}",
+            )
+
+
+def _pinned(fleet) -> Iterator[Diagnostic]:
+    """Pinned specialists must all fit the GPU slots of every server hosting them, preloaded."""
+    spec = fleet.spec
+    for i, specialist in enumerate(spec.specialists):
+        if specialist.pinned and not specialist.preload:
+            yield fleet.diagnostic(ERROR, "pinned-not-preloaded", ("specialists", i, "preload"),
+                                   f"`{specialist.name}` is pinned but not preloaded, so it would not be resident",
+                                   "remove `preload: false`, or unpin it")
+    for j, server in enumerate(spec.servers):
+        if server.lora is None:
+            continue
+        pinned = [s.name for s in spec.specialists if s.pinned and server in spec.hosts_of(s)]
+        if len(pinned) > server.lora.max_loras:
+            yield fleet.diagnostic(
+                ERROR, "pinned-above-max-loras", ("servers", j, "lora", "max_loras"),
+                f"server `{server.name}` hosts {len(pinned)} pinned specialists ({', '.join(pinned)}) but has "
+                f"{server.lora.max_loras} GPU adapter slots, so they cannot all stay resident",
+                f"raise max_loras to {len(pinned)}, or unpin some of them",
             )
 
 

@@ -266,9 +266,15 @@ class Specialist(Strict):
     )
     priority: int = Field(0, description="Breaks ties when several specialists match a prompt.")
     preload: bool = Field(True, description="Load onto its servers ahead of traffic.")
-    pinned: bool = Field(False, description="Keep resident: never unloaded to make room for others.")
+    pinned: bool = Field(
+        False, description="Must always be servable at once: preloaded, and counted against every hosting server's "
+        "max_loras GPU slots (vLLM has no per-adapter pin; fleetspec guarantees the room instead).",
+    )
     servers: list[Name] | None = Field(None, description="Servers that host it; all LoRA servers when absent.")
-    previous_version: Version | None = Field(None, description="Version `fleetspec rollback` returns to.")
+    previous_version: Version | None = Field(
+        None, description="The version this one replaced, kept under `versions:`; setting `version` back to it "
+        "rolls this specialist back hot.",
+    )
     versions: list[AdapterVersion] = Field(
         default_factory=list, description="Other versions kept deployable (rollback targets, canaries)."
     )

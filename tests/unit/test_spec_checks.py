@@ -129,3 +129,17 @@ def test_literal_secrets_in_env_are_warned_about():
 def test_replica_ports_skip_explicitly_claimed_ports():
     fleet = loading.load_text(BASE.replace("  - name: main\n", "  - name: other\n    port: 8000\n  - name: main\n    replicas: 2\n"))
     assert derived.replica_ports(fleet.spec) == {("other", 0): 8000, ("main", 0): 8001, ("main", 1): 8002}
+
+
+def test_pinned_specialists_must_fit_the_gpu_slots_of_their_server():
+    text = BASE.replace("    rank: 16\n", "    rank: 16\n    pinned: true\n") + (
+        "  - {name: sql, version: '1', path: /adapters/sql/1, rank: 16, pinned: true}\n"
+        "  - {name: docs, version: '1', path: /adapters/docs/1, rank: 16, pinned: true}\n")
+    (found,) = run(text)  # three pinned, two slots
+    assert (found.code, found.path) == ("pinned-above-max-loras", "servers[0].lora.max_loras")
+    assert found.hint == "raise max_loras to 3, or unpin some of them"
+
+
+def test_a_pinned_specialist_must_be_preloaded():
+    (found,) = run(BASE.replace("    rank: 16\n", "    rank: 16\n    pinned: true\n    preload: false\n"))
+    assert found.code == "pinned-not-preloaded"
