@@ -3,7 +3,7 @@
 The sim stands in for `vllm serve` in tests and on machines without a GPU, so what matters is
 (1) process start to the first `GET /health` = 200 (with FLEETSPEC_SIM_STARTUP_SECONDS=0), measured
 side by side with `python -m http.server` (the floor for any Python HTTP server), interleaved
-A B B A; (2) `vllm_admin.load_adapter` round trips (GET /v1/models, then POST, reading a real
+A B B A; (2) `EngineClient.load_adapter` round trips (GET /v1/models, then POST, reading a real
 adapter directory); (3) non-streaming `/v1/completions` round trips.
 
 Usage: .venv/bin/python bench/bench_sim.py [--runs 20] [--requests 200]
@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import adapter_factory  # noqa: E402
 
 from fleetspec.catalog import models as catalog  # noqa: E402
-from fleetspec.reconcile import vllm_admin  # noqa: E402
+from fleetspec.engine_api import client as engine_client  # noqa: E402
 from fleetspec.spec import models  # noqa: E402
 
 MODEL = "fleetspec/tiny-test-llama"
@@ -99,12 +99,12 @@ def main() -> None:
     arch = catalog.resolve(models.BaseModelSpec(id=MODEL)).architecture
     loads, completions = [], []
     try:
-        vllm_admin.wait_healthy(url, time.monotonic() + 30)
+        engine_client.EngineClient(url).wait_healthy(time.monotonic() + 30)
         with tempfile.TemporaryDirectory() as scratch:
             for i in range(options.runs * 5):
                 path = str(adapter_factory.write_adapter(pathlib.Path(scratch) / f"a{i}", arch, rank=8, base_model=MODEL))
                 start = time.perf_counter()
-                vllm_admin.load_adapter(url, f"a{i}", path)
+                engine_client.EngineClient(url).load_adapter(f"a{i}", path)
                 loads.append(time.perf_counter() - start)
             body = json.dumps({"model": "a0", "prompt": "write a python function", "max_tokens": 16}).encode()
             for _ in range(options.requests):
@@ -123,7 +123,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     print(row("sim: start → /health 200", ready["sim"]))
     print(row("`python -m http.server`: start → GET / 200", ready["http.server"]))
-    print(row("`vllm_admin.load_adapter` (GET /v1/models + POST, rank-8 adapter)", loads))
+    print(row("`EngineClient.load_adapter` (GET /v1/models + POST, rank-8 adapter)", loads))
     print(row("`POST /v1/completions` through an adapter, 16 tokens", completions))
     print(f"\nsim / http.server start-up: {ratio:.2f}x")
 

@@ -42,7 +42,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleetspec import errors  # noqa: E402
-from fleetspec.reconcile import desired, drivers, labels, session, vllm_admin  # noqa: E402
+from fleetspec.engine_api import client as engine_client  # noqa: E402
+from fleetspec.reconcile import desired, drivers, labels, session  # noqa: E402
 
 POLL_S = 0.005
 SETTLE_S = 11.0  # > the loop's settle_s (10 s): the previous restart no longer counts as a crash loop
@@ -75,7 +76,7 @@ def save(path: pathlib.Path, text: str) -> None:
 
 def adapters_of(port: int) -> set[str] | None:
     try:
-        return set(vllm_admin.list_models(f"http://127.0.0.1:{port}", timeout=1.0).adapters)
+        return set(engine_client.EngineClient(f"http://127.0.0.1:{port}").models(timeout=1.0).adapters)
     except errors.FleetspecError:
         return None
 
@@ -149,7 +150,7 @@ def measure_baseline(prepared, driver, kill, figures: Figures) -> None:
     spec = baseline_spec(container, figures.runtime, port)
     container_id = driver.create(spec)
     try:
-        wait(lambda: vllm_admin.health(f"http://127.0.0.1:{port}", timeout=0.5), 60, "baseline /health")
+        wait(lambda: engine_client.EngineClient(f"http://127.0.0.1:{port}").healthy(timeout=0.5), 60, "baseline /health")
         started = time.perf_counter()
         kill(spec.name)
         restored = []
@@ -160,7 +161,7 @@ def measure_baseline(prepared, driver, kill, figures: Figures) -> None:
         poller.join()
         figures.engine_start.append(restored[0] - started)
         started = time.perf_counter()
-        vllm_admin.load_adapter(f"http://127.0.0.1:{port}", "python--1.0.0", adapter_path)
+        engine_client.EngineClient(f"http://127.0.0.1:{port}").load_adapter("python--1.0.0", adapter_path)
         figures.adapter_load.append(time.perf_counter() - started)
     finally:
         driver.remove(container_id)
@@ -168,8 +169,8 @@ def measure_baseline(prepared, driver, kill, figures: Figures) -> None:
 
 def wait_restored(port: int) -> float:
     """Poll /health until it fails, then until it answers 200; return that moment."""
-    wait(lambda: not vllm_admin.health(f"http://127.0.0.1:{port}", timeout=0.2), 10, "the engine to go down")
-    wait(lambda: vllm_admin.health(f"http://127.0.0.1:{port}", timeout=0.2), 60, "the restarted engine")
+    wait(lambda: not engine_client.EngineClient(f"http://127.0.0.1:{port}").healthy(timeout=0.2), 10, "the engine to go down")
+    wait(lambda: engine_client.EngineClient(f"http://127.0.0.1:{port}").healthy(timeout=0.2), 60, "the restarted engine")
     return time.perf_counter()
 
 

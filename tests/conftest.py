@@ -63,6 +63,32 @@ class Golden:
                 pytrace=False,
             )
 
+    def check_tree(self, folder: str, files: dict[str, str]) -> None:
+        """Two-way: every file in `files` matches tests/golden/<folder>/<name>, and the folder holds no
+        other file, so a file the compiler stops emitting fails as surely as one that changes."""
+        root = self.path(folder)
+        on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) \
+            if root.is_dir() else []
+        extra = sorted(set(on_disk) - set(files))
+        if self.update:
+            for name in extra:
+                (root / name).unlink()
+        elif extra:
+            pytest.fail(
+                f"tests/golden/{folder}/ holds {', '.join(extra)}, which the output no longer contains; "
+                "if the file was dropped on purpose, run `pytest --update-golden` and review the deletion.",
+                pytrace=False,
+            )
+        missing = sorted(set(files) - set(on_disk))
+        if missing and not self.update:
+            pytest.fail(
+                f"the output has {', '.join(missing)}, which tests/golden/{folder}/ lacks; if the file is new "
+                "on purpose, create it with `pytest --update-golden` and review it.",
+                pytrace=False,
+            )
+        for name in sorted(files):
+            self.check(f"{folder}/{name}", files[name])
+
 
 @pytest.fixture
 def golden(request: pytest.FixtureRequest) -> Golden:

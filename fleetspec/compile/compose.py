@@ -13,7 +13,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-from fleetspec.catalog import vllm_flags
 from fleetspec.compile import deploy, router, slots, templating, vllm_args
 from fleetspec.reconcile import desired, labels
 from fleetspec.spec import derived, models
@@ -57,7 +56,7 @@ def engine_service(spec: models.FleetSpec, server: models.Server, slot: slots.Sl
         "volumes": volumes,
         "gpu_ids": [str(g) for g in slot.gpus] if spec.runtime.engine == "vllm" else [],
         "ipc": "host",  # NCCL and the engine's worker processes share memory (vLLM's Docker docs)
-        "healthcheck": _healthcheck(vllm_flags.startup_budget_seconds(slot.weights_gib)),
+        "healthcheck": _healthcheck(deploy.startup_seconds(server, slot.weights_gib)),
     }
     service["labels"] = _labels(spec, {labels.SERVER: server.name, labels.REPLICA: str(slot.replica),
                                        labels.ROLE: labels.ROLE_ENGINE}, service)

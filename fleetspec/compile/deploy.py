@@ -10,6 +10,7 @@ import importlib.metadata
 import pathlib
 import posixpath
 
+from fleetspec.catalog import vllm_flags
 from fleetspec.compile import vllm_args
 from fleetspec.spec import models
 
@@ -35,17 +36,25 @@ def router_argv() -> list[str]:
             "--host", "0.0.0.0", "--port", str(ROUTER_CONTAINER_PORT)]
 
 
+def startup_seconds(server: models.Server, weights_gib: float | None) -> int:
+    """How long a replica may take from start to healthy: the server's own figure, else a budget that
+    grows with the weights. Health checks, probes and the reconciler all wait exactly this long."""
+    return server.startup_timeout_s or vllm_flags.startup_budget_seconds(weights_gib)
+
+
 def secret_names(text: str | None) -> list[str]:
     """The VAR of every `${VAR}` in a value."""
     return vllm_args.SECRET_REF.findall(text or "")
 
 
 def router_env(spec: models.FleetSpec) -> dict[str, str]:
-    """The router resolves `${VAR}` in its admin token and Redis URL from its own environment, so each
+    """The router resolves `${VAR}` in its admin token, Redis URL, client key and the engines' key from its
+    own environment, so each
     VAR must reach it as a reference (compose: the operator's env; Kubernetes: the Secret; the
     reconciler: fleetspec's own environment at start)."""
     router = spec.runtime.router
-    names = secret_names(router.admin_token) + secret_names(router.redis_url)
+    names = [*secret_names(router.admin_token), *secret_names(router.redis_url), *secret_names(router.api_key),
+             *secret_names(spec.runtime.engine_api_key)]
     return {name: f"${{{name}}}" for name in sorted(set(names))}
 
 

@@ -158,7 +158,7 @@ def engine_deployment(spec: models.FleetSpec, server: models.Server, weights_gib
         "command": argv, "args": [], "env": env, "port": vllm_args.CONTAINER_PORT,
         "requests": [("cpu", str(2 * server.gpus_per_replica)), ("memory", f"{memory_gib}Gi"), ("nvidia.com/gpu", gpus)],
         "limits": [("nvidia.com/gpu", gpus)] if spec.runtime.engine == "vllm" else [],
-        "probes": _probes(vllm_flags.startup_budget_seconds(weights_gib)),
+        "probes": _probes(deploy.startup_seconds(server, weights_gib)),
         "mounts": mounts, "volumes": volumes,
     }
 

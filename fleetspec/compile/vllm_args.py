@@ -185,12 +185,18 @@ def _scalar(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def launch_env(server: models.Server, gpus: Sequence[int] | None) -> dict[str, str]:
+API_KEY_ENV = "VLLM_API_KEY"  # vLLM reads its key from here when --api-key is absent: argv is world-readable
+
+
+def launch_env(spec: models.FleetSpec, server: models.Server, gpus: Sequence[int] | None) -> dict[str, str]:
     """fleetspec's variables, then the server's own (they win), then the placed GPUs (placement is
-    authoritative: a hand-set CUDA_VISIBLE_DEVICES would put two replicas on one card)."""
+    authoritative: a hand-set CUDA_VISIBLE_DEVICES would put two replicas on one card). The engine
+    key stays a `${VAR}` reference: whatever starts the engine resolves it, nothing compiled holds it."""
     env: dict[str, str] = {}
     if server.lora is not None:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
+    if spec.runtime.engine_api_key:
+        env[API_KEY_ENV] = spec.runtime.engine_api_key
     env.update(server.env)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
@@ -208,7 +214,7 @@ def replica_launch(spec: models.FleetSpec, server: models.Server, replica: int, 
     adapters = served_adapters(spec, server, base_dir) if preload_adapters else []
     settings = engine_settings(spec, server, host=host, port=port, adapters=adapters)
     argv = ["vllm", "serve", settings["model"], *render_flags(settings), *server.extra_args]
-    return ReplicaLaunch(server.name, replica, argv, launch_env(server, gpus), settings, list(server.extra_args))
+    return ReplicaLaunch(server.name, replica, argv, launch_env(spec, server, gpus), settings, list(server.extra_args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +274,11 @@ def _check_extra_arg(word: str, release: vllm_flags.Version, version: str, add) 
         removed_in, hint = vllm_flags.REMOVED_FLAGS[name]
         if release >= removed_in:
             add("removed-vllm-flag", f"vLLM {version} no longer has {name}; it would refuse to start.", hint)
+        return
+    if name == "--api-key":
+        add("api-key-in-argv", "--api-key in extra_args puts the engines' key in every process listing and "
+            "compiled file.", "Remove it and set runtime.engine_api_key: ${VLLM_API_KEY} instead; fleetspec "
+            "hands the key to vLLM through its environment and sends it on every call.")
         return
     row = vllm_flags.flag_owner(word)
     if row is not None:

@@ -13,9 +13,10 @@ import dataclasses
 from collections.abc import Callable
 
 from fleetspec import errors
+from fleetspec.engine_api import client as engine_client
+from fleetspec.engine_api import contract
 from fleetspec.reconcile import desired as desired_mod
 from fleetspec.reconcile import plan as plan_mod
-from fleetspec.reconcile import vllm_admin
 from fleetspec.reconcile.plan import Action, Kind
 
 OK, FAILED, SKIPPED, UNCHANGED = "ok", "failed", "skipped", "unchanged"
@@ -51,7 +52,7 @@ class ApplyResult:
 
 @dataclasses.dataclass
 class Settings:
-    health_timeout_s: float = 600.0  # a real model load takes minutes
+    health_timeout_s: float = 86_400.0  # a cap on each replica's own startup budget (DesiredReplica)
     api_key: str | None = None
     host: str = "127.0.0.1"  # where published engine ports are reached from fleetspec
 
@@ -60,7 +61,7 @@ class Applier:
     """Runs plan actions. `progress(text)` is called before each long step (for the CLI)."""
 
     def __init__(self, driver, want: desired_mod.DesiredState, settings: Settings | None = None,
-                 clock: vllm_admin.Clock = vllm_admin.SYSTEM_CLOCK, progress: Callable[[str], None] = lambda _: None,
+                 clock: engine_client.Clock = engine_client.SYSTEM_CLOCK, progress: Callable[[str], None] = lambda _: None,
                  router_updater: Callable[[desired_mod.DesiredState], str] | None = None):
         self.driver = driver
         self.want = want
@@ -114,7 +115,8 @@ class Applier:
     def _wait_ready(self, action: Action, replica: desired_mod.DesiredReplica, container_id: str) -> None:
         self.driver.wait_running(container_id, timeout_s=60.0)
         self.progress(f"Waiting for {action.target} to answer /health (the model is loading)")
-        deadline = self.clock.monotonic() + self.settings.health_timeout_s
+        budget = min(self.settings.health_timeout_s, replica.startup_budget_s)
+        deadline = self.clock.monotonic() + budget
 
         def still_running() -> None:
             # A bad flag or an OOM ends the engine in seconds; do not wait out the whole deadline.
@@ -124,10 +126,11 @@ class Applier:
                 raise errors.PermanentError(f"{action.target} stopped while starting{code}" + self._tail(container_id))
 
         try:
-            vllm_admin.wait_healthy(self._url(replica), deadline, self.clock, check=still_running)
-        except vllm_admin.EngineUnavailable:
+            self._engine(replica).wait_healthy(deadline, self.clock, check=still_running)
+        except contract.EngineUnavailable:
             raise errors.TemporaryError(
-                f"{action.target} did not become healthy within {self.settings.health_timeout_s:.0f} s"
+                f"{action.target} did not become healthy within {budget:.0f} s (servers[].startup_timeout_s "
+                "allows longer)"
                 + self._tail(container_id)
             ) from None
 
@@ -149,19 +152,19 @@ class Applier:
         if action.target in self.unhealthy:
             return Outcome(action, SKIPPED, f"{action.target} is not up: {self.unhealthy[action.target]}")
         replica = self.want.replicas[(action.server, action.replica)]
-        url = self._url(replica)
-        deadline = self.clock.monotonic() + self.settings.health_timeout_s
+        engine = self._engine(replica)
+        deadline = self.clock.monotonic() + min(self.settings.health_timeout_s, replica.startup_budget_s)
         try:
-            vllm_admin.wait_healthy(url, deadline, self.clock)
-        except vllm_admin.EngineUnavailable:
+            engine.wait_healthy(deadline, self.clock)
+        except contract.EngineUnavailable:
             self.unhealthy[action.target] = "it does not answer /health"
             return Outcome(action, FAILED, f"{action.target} does not answer /health; the adapter stays unloaded")
         try:
-            loaded = vllm_admin.load_adapter(url, action.adapter, action.path, api_key=self.settings.api_key)
-        except vllm_admin.AdapterNameTaken:
+            loaded = engine.load_adapter(action.adapter, action.path)
+        except contract.AdapterNameTaken:
             # Same version name, new path: serve the new files; vLLM's prefix cache keys on the path.
-            vllm_admin.unload_adapter(url, action.adapter, api_key=self.settings.api_key)
-            loaded = vllm_admin.load_adapter(url, action.adapter, action.path, api_key=self.settings.api_key)
+            engine.unload_adapter(action.adapter)
+            loaded = engine.load_adapter(action.adapter, action.path)
         return Outcome(action, OK if loaded else UNCHANGED, "loaded" if loaded else "already loaded")
 
     def _unload(self, action: Action) -> Outcome:
@@ -172,7 +175,7 @@ class Applier:
         if successor is not None:
             return Outcome(action, SKIPPED, f"kept serving: its successor {successor} did not load")
         replica = self.want.replicas[(action.server, action.replica)]
-        removed = vllm_admin.unload_adapter(self._url(replica), action.adapter, api_key=self.settings.api_key)
+        removed = self._engine(replica).unload_adapter(action.adapter)
         return Outcome(action, OK if removed else UNCHANGED, "unloaded" if removed else "was not loaded")
 
     def _router(self, action: Action) -> Outcome:
@@ -180,8 +183,8 @@ class Applier:
             return Outcome(action, SKIPPED, "this runtime has no router yet")
         return Outcome(action, OK, self.router_updater(self.want))
 
-    def _url(self, replica: desired_mod.DesiredReplica) -> str:
-        return f"http://{self.settings.host}:{replica.port}"
+    def _engine(self, replica: desired_mod.DesiredReplica) -> engine_client.EngineClient:
+        return engine_client.EngineClient(f"http://{self.settings.host}:{replica.port}", self.settings.api_key)
 
 
 def _specialist_of(served_name: str) -> str | None:

@@ -104,6 +104,7 @@ class DesiredReplica:
     container: ContainerSpec
     adapters: Mapping[str, str]  # served adapter name → path as the engine sees it
     port: int  # host port of the engine's HTTP API
+    startup_budget_s: int = 600  # start → healthy; longer silence means the engine is dead or hung
 
     def to_json(self) -> dict:
         return {"server": self.server, "replica": self.replica, "port": self.port,
@@ -140,7 +141,6 @@ class Environment:
 
     target: str  # "docker" or "local"
     sim_image: str = "fleetspec/sim:latest"  # docker: the offline-built image with fleetspec (sim engine, router)
-    python: str = "python3"  # local: the interpreter that runs fleetspec.sim and the router
     router_config_path: str | None = None  # where apply writes the router's config; None: no router
     cluster_maps: Mapping | None = None  # hash-cluster map_file entries by rule index, read at the edge
 
@@ -162,7 +162,9 @@ def build(spec, slots, env: Environment, base_dir=None) -> DesiredState:
             labels.ROLE: labels.ROLE_ENGINE,
         })
         adapters = {a.served_name: a.path for a in vllm_args.served_adapters(spec, server, base_dir)}
-        replicas[(slot.server, slot.replica)] = DesiredReplica(server.name, slot.replica, container, adapters, port)
+        budget = deploy.startup_seconds(server, slot.weights_gib)
+        replicas[(slot.server, slot.replica)] = DesiredReplica(server.name, slot.replica, container, adapters, port,
+                                                               budget)
     router, router_config = _router(spec, replicas, env, base_dir)
     return DesiredState(spec.name, replicas, router, router_config)
 
@@ -201,7 +203,7 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
                                   argv=["python3", *serve], env=secrets, labels=labels_, network_mode="host",
                                   volumes=[Mount(directory, directory, True)])
     else:
-        container = ContainerSpec(name=name, image="local", argv=[env.python, *serve], env=secrets, labels=labels_,
+        container = ContainerSpec(name=name, image="local", argv=["python3", *serve], env=secrets, labels=labels_,
                                   ports=[PortBinding(spec.runtime.router.port, spec.runtime.router.port,
                                                      spec.runtime.bind_address)])
     return container, document
@@ -224,5 +226,5 @@ def _engine_container(spec, server, slot, port: int, env: Environment, base_dir)
                                       gpus=None if sim else slot.gpus, base_dir=base_dir)
     argv = launch.argv
     if sim:  # same flags, run by the stand-in engine instead of the `vllm` executable
-        argv = [env.python, "-m", "fleetspec.sim.vllm_shim", *argv[1:]]
+        argv = ["python3", "-m", "fleetspec.sim.vllm_shim", *argv[1:]]
     return ContainerSpec(name=name, image="local", argv=argv, env=launch.env, ports=[PortBinding(port, port, bind)])

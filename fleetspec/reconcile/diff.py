@@ -13,6 +13,9 @@ What decides what:
 
 from __future__ import annotations
 
+import datetime
+import re
+
 from fleetspec.reconcile import desired as desired_mod
 from fleetspec.reconcile import observed as observed_mod
 from fleetspec.reconcile import plan
@@ -23,13 +26,17 @@ def diff(
     want: desired_mod.DesiredState,
     have: observed_mod.ObservedState,
     last_applied: dict[tuple[str, int], desired_mod.ContainerSpec] | None = None,
+    now: datetime.datetime | None = None,
 ) -> plan.ReconcilePlan:
+    """`now` (aware) lets the plan replace engines silent for longer than their startup budget;
+    without it (diffing two files) a silent engine is only waited for."""
     actions: list[Action] = []
     last_applied = last_applied or {}
     for key, replica in want.replicas.items():
         target = f"{key[0]}/{key[1]}"
         current = have.replicas.get(key)
-        server_action = _server_action(key, target, replica, current, last_applied.get(key))
+        server_action = (_server_action(key, target, replica, current, last_applied.get(key))
+                         or _silent_engine(key, target, replica, current, now))
         if server_action is not None:
             actions.append(server_action)
             actions.extend(_loads(key, target, replica, {}, "the new server needs it"))
@@ -60,6 +67,34 @@ def _server_action(key, target, replica, current, last) -> Action | None:
         return Action(Kind.REPLACE, target, f"its container is {container.status}{code}",
                       server=key[0], replica=key[1], container_id=container.id)
     return None
+
+
+def _silent_engine(key, target, replica, current, now: datetime.datetime | None) -> Action | None:
+    """A running process whose engine has not answered /health for longer than it may take to
+    start: real vLLM can die behind a live API server process (or hang), and only a restart helps."""
+    if now is None or current is None or current.healthy or not current.container.running:
+        return None
+    started = _instant(current.container.started_at)
+    if started is None:
+        return None
+    silent_s = (now - started).total_seconds()
+    if silent_s <= replica.startup_budget_s:
+        return None
+    return Action(Kind.REPLACE, target, f"its engine has not answered /health in the {silent_s:.0f} s since it "
+                  f"started (it may take {replica.startup_budget_s} s): it died behind a live process, or hangs",
+                  server=key[0], replica=key[1], container_id=current.container.id)
+
+
+def _instant(text: str | None) -> datetime.datetime | None:
+    """A runtime's start time (Docker: RFC 3339 with nanoseconds and Z; local: isoformat)."""
+    if not text or text.startswith("0001-"):
+        return None
+    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    try:
+        instant = datetime.datetime.fromisoformat(trimmed)
+    except ValueError:
+        return None
+    return instant if instant.tzinfo else instant.replace(tzinfo=datetime.UTC)
 
 
 def _loads(key, target, replica, loaded: dict[str, str], reason: str) -> list[Action]:

@@ -2,7 +2,8 @@
 
 Most applies change nothing (CI re-runs, a watch loop's neighbour, a habit). The full path spends
 ~0.2 s importing pydantic, the catalog and the Docker SDK only to find that out. This module is
-the shortcut, and it imports nothing beyond the standard library.
+the shortcut, and it imports nothing beyond the standard library (and fleetspec's standard-library
+engine client).
 
 What it trusts and what it does not:
 - It caches what the fleet file *means*: after an apply that converged, the desired containers
@@ -26,6 +27,9 @@ import os
 import pathlib
 import socket
 import urllib.parse
+
+from fleetspec import errors
+from fleetspec.engine_api import client as engine_client
 
 RECORD_VERSION = 1
 TIMEOUT_S = 2.0
@@ -61,15 +65,16 @@ def inputs_hash(fleet_file: pathlib.Path, referenced: list[str]) -> str | None:
 
 
 def write_record(fleet_file: pathlib.Path, fleet: str, referenced: list[str], host: str,
-                 containers: list[dict], router_id: str | None) -> None:
-    """`containers`: [{"id", "port", "adapters": {served name: path}}] of a converged fleet."""
+                 containers: list[dict], router_id: str | None, key_variable: str | None = None) -> None:
+    """`containers`: [{"id", "port", "adapters": {served name: path}}] of a converged fleet.
+    `key_variable` names the environment variable with the engines' key: the key itself is never written."""
     from fleetspec.reconcile import state  # only the full path writes records
 
     digest = inputs_hash(fleet_file, referenced)
     if digest is None:
         return
     record = {"version": RECORD_VERSION, "fleet": fleet, "inputs_hash": digest, "referenced": referenced,
-              "host": host, "containers": containers, "router_id": router_id}
+              "host": host, "containers": containers, "router_id": router_id, "key_variable": key_variable}
     state.write_atomic(record_path(fleet_file), json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -111,7 +116,8 @@ def _world_matches(record: dict) -> bool:
     expected = {c["id"] for c in record["containers"]} | ({record["router_id"]} if record["router_id"] else set())
     if {c["Id"] for c in listed} != expected or any(c.get("State") != "running" for c in listed):
         return False
-    return all(_adapters(record["host"], c["port"]) == c["adapters"] for c in record["containers"])
+    key = os.environ.get(record["key_variable"]) if record.get("key_variable") else None
+    return all(_adapters(record["host"], c["port"], key) == c["adapters"] for c in record["containers"])
 
 
 def _docker_containers(fleet: str) -> list[dict] | None:
@@ -128,17 +134,11 @@ def _docker_containers(fleet: str) -> list[dict] | None:
         connection.close()
 
 
-def _adapters(host: str, port: int) -> dict | None:
-    connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
+def _adapters(host: str, port: int, key: str | None) -> dict | None:
     try:
-        connection.request("GET", "/v1/models")
-        response = connection.getresponse()
-        if response.status != 200:
-            return None
-        cards = json.loads(response.read()).get("data", [])
-        return {str(c["id"]): str(c.get("root")) for c in cards if c.get("parent") is not None}
-    finally:
-        connection.close()
+        return dict(engine_client.EngineClient(f"http://{host}:{port}", key).models(timeout=TIMEOUT_S).adapters)
+    except errors.FleetspecError:
+        return None
 
 
 class _UnixConnection(http.client.HTTPConnection):

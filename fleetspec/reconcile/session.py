@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime
+import os
 import pathlib
 import re
-import sys
 
 from fleetspec import errors
 from fleetspec.compile import slots as slots_mod
+from fleetspec.engine_api import client as engine_client
 from fleetspec.errors import Diagnostic
 from fleetspec.planner import report
 from fleetspec.reconcile import apply as apply_mod
-from fleetspec.reconcile import desired, diff, observed, router_edge, state, vllm_admin
+from fleetspec.reconcile import desired, diff, observed, router_edge, state
 from fleetspec.reconcile import plan as plan_mod
 from fleetspec.spec import loading, models
 
@@ -96,7 +98,7 @@ def environment_for(spec, fleet: loading.LoadedFleet | None = None) -> desired.E
 
         env = desired.Environment("docker", sim_image=f"{payload.SIM_REPOSITORY}:{payload.project_version()}")
     else:
-        env = desired.Environment("local", python=sys.executable)
+        env = desired.Environment("local")
     if fleet is None or not spec.runtime.router.enabled:
         return env
     from fleetspec.reconcile import drivers
@@ -128,21 +130,35 @@ def open_driver(prepared: Prepared):
 probe_host = desired.reachable_host
 
 
+def engine_api_key(spec) -> str | None:
+    """The engines' key, read from fleetspec's own environment (here, at the edge, and nowhere else)."""
+    reference = spec.runtime.engine_api_key
+    if reference is None:
+        return None
+    variable = models.SECRET_ONLY.fullmatch(reference).group(1)
+    value = os.environ.get(variable)
+    if not value:
+        raise errors.PermanentError(
+            f"runtime.engine_api_key refers to ${{{variable}}}, but {variable} is not set in this shell. Export "
+            f"{variable} (the key the engines were started with, or will be) and run fleetspec again.")
+    return value
+
+
 def observe(driver, spec) -> observed.ObservedState:
     """Containers by label, then each running engine's /health and /v1/models, probed in parallel."""
-    host = probe_host(spec)
     containers = driver.observe(spec.name)
+    key = engine_api_key(spec)
 
     def probe(container):
         if container.host_port is None:
             return None, False, None
-        url = f"http://{host}:{container.host_port}"
-        if not vllm_admin.health(url):
-            return url, False, None
+        client = engine_client.EngineClient(f"http://{probe_host(spec)}:{container.host_port}", key)
+        if not client.healthy():
+            return client.base_url, False, None
         try:
-            return url, True, dict(vllm_admin.list_models(url).adapters)
+            return client.base_url, True, dict(client.models().adapters)
         except errors.FleetspecError:
-            return url, False, None
+            return client.base_url, False, None
 
     running = [c for c in containers if c.running and c.role != "router"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(running) or 1)) as pool:
@@ -172,7 +188,8 @@ def last_applied_containers(fleet_state: state.FleetState) -> dict[tuple[str, in
 def live_plan(prepared: Prepared, driver) -> tuple[plan_mod.ReconcilePlan, observed.ObservedState]:
     have = observe(driver, prepared.fleet.spec)
     fleet_state = state.load(prepared.file, prepared.fleet.spec.name)
-    reconcile_plan = diff.diff(prepared.desired, have, last_applied_containers(fleet_state))
+    reconcile_plan = diff.diff(prepared.desired, have, last_applied_containers(fleet_state),
+                               now=datetime.datetime.now(datetime.UTC))
     notes = router_edge.router_drift(prepared.fleet.spec) if have.router is not None else []
     return dataclasses.replace(reconcile_plan, notes=tuple(notes)), have
 
@@ -185,7 +202,7 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
         starts = (plan_mod.Kind.CREATE, plan_mod.Kind.REPLACE, plan_mod.Kind.UPDATE_ROUTER)
         if any(reconcile_plan.of_kind(kind) for kind in starts):
             _ensure_images(prepared, progress)  # only new containers need it; adapter changes stay fast
-        applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec)),
+        applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec), api_key=engine_api_key(spec)),
                                     progress=progress,
                                     router_updater=lambda _want: router_edge.update_router(driver, prepared, progress))
         result = applier.run(reconcile_plan)
@@ -292,6 +309,8 @@ def converged(prepared: Prepared, driver, have: observed.ObservedState | None = 
     if spec.runtime.target == "docker":
         containers = [{"id": r.container.id, "port": r.container.host_port, "adapters": r.adapters or {}}
                       for _, r in sorted(have.replicas.items())]
+        key_variable = models.SECRET_ONLY.fullmatch(spec.runtime.engine_api_key) if spec.runtime.engine_api_key else None
         fastpath.write_record(prepared.file, spec.name, referenced_files(prepared.fleet), probe_host(spec),
-                              containers, have.router.id if have.router else None)
+                              containers, have.router.id if have.router else None,
+                              key_variable.group(1) if key_variable else None)
     return True

@@ -21,6 +21,8 @@ import json
 import time
 import urllib.parse
 
+from fleetspec import errors
+from fleetspec.engine_api import contract
 from fleetspec.router import httpio, runtime_state, table
 
 
@@ -263,10 +265,9 @@ async def _load_one(router, replica, specialist: str, version: str, served: str,
            "served_name": served}
     if served in replica.models:
         return {**row, "result": "already-loaded"}
-    body = json.dumps({"lora_name": served, "lora_path": path}).encode()
     try:
-        status, answer = await httpio.fetch(router.pool, replica.upstream.url, "POST", "/v1/load_lora_adapter", body,
-                                             [("Content-Type", "application/json")], timeout=120)
+        status, answer = await httpio.fetch(router.pool, replica.upstream.url, "POST", contract.LOAD,
+                                             contract.load_body(served, path), _engine_headers(router), timeout=120)
     except (TimeoutError, OSError, httpio.ProtocolError) as exc:
         return {**row, "result": "failed", "error": f"{exc.__class__.__name__}: {exc}"}
     if status != 200:
@@ -281,16 +282,14 @@ async def _clear_cache(router, request) -> tuple[int, dict]:
     """Unload what this router warmed (and only that: the reconciler owns everything else)."""
     results = []
     for key, warmed in list(router.runtime.warmed.items()):
-        body = json.dumps({"lora_name": warmed.served_name}).encode()
         row = {"url": warmed.url, "served_name": warmed.served_name}
         try:
-            status, answer = await httpio.fetch(router.pool, warmed.url, "POST", "/v1/unload_lora_adapter", body,
-                                                [("Content-Type", "application/json")], timeout=30)
-        except (TimeoutError, OSError, httpio.ProtocolError) as exc:
+            status, answer = await httpio.fetch(router.pool, warmed.url, "POST", contract.UNLOAD,
+                                                contract.unload_body(warmed.served_name), _engine_headers(router),
+                                                timeout=30)
+            contract.unload_outcome(warmed.url, warmed.served_name, status, answer.decode("utf-8", "replace"))
+        except (TimeoutError, OSError, httpio.ProtocolError, errors.FleetspecError) as exc:
             results.append({**row, "result": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
-            continue
-        if status not in (200, 404):
-            results.append({**row, "result": "failed", "error": _engine_message(answer, status)})
             continue
         del router.runtime.warmed[key]
         replica = router.upstreams.replicas.get(warmed.url)
@@ -302,10 +301,12 @@ async def _clear_cache(router, request) -> tuple[int, dict]:
 
 
 def _engine_message(answer: bytes, status: int) -> str:
-    try:
-        return f"{status}: {json.loads(answer)['error']['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{status}: {answer[:300].decode('utf-8', 'replace')}"
+    text = answer.decode("utf-8", "replace")
+    return f"{status}: {contract.error_message(text) or text[:300]}"
+
+
+def _engine_headers(router) -> list[tuple[str, str]]:
+    return [contract.JSON, *contract.auth_headers(router.config.engine_api_key)]
 
 
 ROUTES = {

@@ -60,6 +60,8 @@ class RouterConfig:
     upstreams: tuple[Upstream, ...]
     adapter_paths: Mapping[str, str]  # served adapter name → path as the engines see it
     admin_token: str | None  # resolved; None: the admin API is off
+    client_api_key: str | None  # resolved runtime.router.api_key; None: clients need no key
+    engine_api_key: str | None  # resolved runtime.engine_api_key: what the router sends the engines
     redis: resp.Address | None  # resolved runtime.router.redis_url; None: runtime state in memory
     refresh_seconds: float
     hash: str  # sha256 of the canonical document, as reconcile.desired computes it
@@ -132,13 +134,19 @@ def parse(data, env: Mapping[str, str] | None = None, source: str = "router conf
             f"the fleet inside {source} is invalid at {where or 'the top'} ({first['type']}); "
             "recompile the router config from a fleet.yaml that passes `fleetspec validate`") from None
     cluster_maps = _cluster_maps(data.get("cluster_maps") or {}, source)
+    environment = os.environ if env is None else env
     return RouterConfig(
         spec=spec,
         table=routing_table(spec, cluster_maps),
         upstreams=tuple(_upstream(u, source) for u in data.get("upstreams") or []),
         adapter_paths={str(k): str(v) for k, v in (data.get("adapter_paths") or {}).items()},
-        admin_token=resolve_secret(spec.runtime.router.admin_token, os.environ if env is None else env),
-        redis=redis_address(spec.runtime.router.redis_url, os.environ if env is None else env),
+        admin_token=resolve_secret(spec.runtime.router.admin_token, environment, "runtime.router.admin_token",
+                                   "remove admin_token to run without the admin API"),
+        client_api_key=resolve_secret(spec.runtime.router.api_key, environment, "runtime.router.api_key",
+                                      "remove api_key to let every client through"),
+        engine_api_key=resolve_secret(spec.runtime.engine_api_key, environment, "runtime.engine_api_key",
+                                      "without it every engine refuses the router"),
+        redis=redis_address(spec.runtime.router.redis_url, environment),
         refresh_seconds=float(data.get("refresh_seconds") or DEFAULT_REFRESH_SECONDS),
         hash=config_hash(data),
     )
@@ -156,7 +164,7 @@ def routing_table(spec: models.FleetSpec, cluster_maps: Mapping[int, Mapping[str
     return table_mod.RoutingTable.from_spec(spec, cluster_maps, embedding=index)
 
 
-def resolve_secret(value: str | None, env: Mapping[str, str]) -> str | None:
+def resolve_secret(value: str | None, env: Mapping[str, str], field: str, otherwise: str) -> str | None:
     """`${VAR}` → the variable's value; a literal stays as it is; None stays None."""
     if value is None:
         return None
@@ -166,9 +174,8 @@ def resolve_secret(value: str | None, env: Mapping[str, str]) -> str | None:
     resolved = env.get(match.group(1))
     if not resolved:
         raise errors.PermanentError(
-            f"runtime.router.admin_token refers to ${{{match.group(1)}}}, but {match.group(1)} is not set in the "
-            f"router's environment; export {match.group(1)} where the router starts, or remove admin_token "
-            "to run without the admin API")
+            f"{field} refers to ${{{match.group(1)}}}, but {match.group(1)} is not set in the router's "
+            f"environment; export {match.group(1)} where the router starts ({otherwise})")
     return resolved
 
 

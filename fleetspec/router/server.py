@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Mapping
 
 from fleetspec import errors
+from fleetspec.engine_api import contract
 from fleetspec.router import admin, httpio, metrics, openai, runtime_state, table, upstreams
 from fleetspec.router import config as config_mod
 
@@ -33,6 +34,7 @@ WATCH_SECONDS = 0.5
 UPSTREAM_TIMEOUT = 600.0  # an engine may take minutes to finish a long non-streamed answer
 EXTENSIONS_HEADER = "x-fleetspec-extensions"
 _HEADER_SAFE = " -_.@()[]/:+,"
+_CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
 
 
 class _NotSent(Exception):
@@ -98,6 +100,7 @@ class Router:
     def _install(self, fresh: config_mod.RouterConfig) -> None:
         self.config = fresh
         self._runtime_changed()
+        self.upstreams.api_key = fresh.engine_api_key
         self.upstreams.configure(fresh.upstreams)
         self.loaded_at = time.time()
 
@@ -191,6 +194,11 @@ class Router:
     async def _dispatch(self, request: httpio.Request, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         path, keep = request.path, request.keep_alive
+        key = self.config.client_api_key
+        if key is not None and path.startswith("/v1/") and not admin.authorized(key, request.headers.get("authorization")):
+            return await _send_json(writer, 401, openai.error(401, "This router needs an API key: send "
+                                                                   "`Authorization: Bearer <key>`."),
+                                    keep_alive=keep, extra=[("WWW-Authenticate", "Bearer")])
         if request.method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             return await self._proxy(request, writer, chat=path.endswith("chat/completions"))
         if path.startswith("/admin/"):
@@ -337,7 +345,10 @@ class Router:
     async def _send_upstream(self, replica: upstreams.Replica, request, payload: bytes):
         """(connection, response head). A pooled connection the engine already closed is retried
         once on a fresh one; any other failure before the head arrives is _NotSent."""
-        forwarded = [(k, v) for k, v in request.headers.items() if k not in httpio.HOP_BY_HOP]
+        # The client's credentials are for the router; the engines get the fleet's own key, so a client
+        # can never reach an engine with a key of its choosing (or without the router's).
+        forwarded = [(k, v) for k, v in request.headers.items() if k not in httpio.HOP_BY_HOP and k not in _CREDENTIALS]
+        forwarded += contract.auth_headers(self.config.engine_api_key)
         host = f"{replica.address[0]}:{replica.address[1]}"
         data = httpio.request_bytes(request.method, request.target, host, forwarded, payload)
         while True:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterable
 
+from fleetspec import errors
+from fleetspec.engine_api import contract
 from fleetspec.router import config as config_mod
 from fleetspec.router import httpio
 
@@ -44,6 +45,7 @@ class Replica:
 class Upstreams:
     def __init__(self, pool: httpio.Pool, on_health=None, timeout: float = 2.0):
         self.pool = pool
+        self.api_key: str | None = None  # the engines' key, from the router config
         self.timeout = timeout
         self.replicas: dict[str, Replica] = {}  # by URL
         self._turn = itertools.count()
@@ -87,13 +89,13 @@ class Upstreams:
     async def _check(self, replica: Replica) -> None:
         url = replica.upstream.url
         try:
-            status, _ = await httpio.fetch(self.pool, url, "GET", "/health", timeout=self.timeout)
+            status, _ = await httpio.fetch(self.pool, url, "GET", contract.HEALTH, timeout=self.timeout)
             if status != 200:
-                raise ConnectionError(f"/health answered {status}")
-            status, body = await httpio.fetch(self.pool, url, "GET", "/v1/models", timeout=self.timeout)
-            if status == 200:
-                replica.models = frozenset(card["id"] for card in json.loads(body)["data"])
-        except (TimeoutError, OSError, httpio.ProtocolError, ValueError, KeyError, TypeError) as exc:
+                raise ConnectionError(f"{contract.HEALTH} answered {status}")
+            status, body = await httpio.fetch(self.pool, url, "GET", contract.MODELS,
+                                              headers=contract.auth_headers(self.api_key), timeout=self.timeout)
+            replica.models = contract.models_view(url, status, body.decode("utf-8", "replace")).names
+        except (TimeoutError, OSError, httpio.ProtocolError, errors.FleetspecError) as exc:
             self.mark_down(replica, f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__)
         else:
             if replica.healthy is not True:

@@ -1,23 +1,36 @@
-"""`vllm serve` argv → ServeArgs, rejecting what vLLM 0.33 rejects, with vLLM's messages.
+"""`vllm serve` argv → ServeArgs, rejecting what vLLM rejects, with vLLM's messages.
 
 The sim must start from exactly the argv fleetspec compiles for real vLLM, so this parser follows
 vLLM's `FlexibleArgumentParser` (vllm/utils/argparse_utils.py): `--config file.yaml` expansion,
 `--model` moved to the positional, `--foo_bar` spelled `--foo-bar`, argparse choices for
 `--max-lora-rank`, and the engine-config checks that run after parsing. Real vLLM knows hundreds
-of flags; the sim only models the ones that change its behaviour and logs the rest as ignored,
-except flags vLLM has removed, which fail exactly like any unknown flag does in vLLM.
+of flags; the sim models the ones that change its behaviour and accepts (and logs as ignored) the
+others of the vLLM version it follows. A flag that version does not know fails as argparse fails
+there: exit status 2, "unrecognized arguments" (docs/vllm-behaviour.md).
+
+The version comes from FLEETSPEC_SIM_VLLM_VERSION (the runtimes set it from the fleet's
+`runtime.vllm_version`); the flag tables in sim/data/vllm_serve_flags.json were dumped from each
+version's own parser by scripts/dump-vllm-serve-flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
+import pathlib
 import re
 from collections.abc import Mapping, Sequence
 
 PROG = "vllm serve"
+
+VERSION_ENV = "FLEETSPEC_SIM_VLLM_VERSION"
+DEFAULT_VERSION = "0.33.0"
+# The releases whose behaviour the sim knows; a fleet naming another follows the nearest of them.
+KNOWN_VERSIONS = ("0.32.0", "0.33.0")
+FLAG_TABLE = pathlib.Path(__file__).parent / "data" / "vllm_serve_flags.json"
 
 # vllm/config/lora.py MaxLoRARanks.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -37,10 +50,30 @@ QUANTIZATIONS = (
     "gpt_oss_mxfp4", "deepseek_v4_fp8", "online", "fp8_per_tensor", "fp8_per_block",
     "fp8_per_channel", "int8_per_channel_weight_only", "nvfp4_per_token", "mxfp8",
 )
-# Flags older vLLM accepted and 0.33 no longer knows (vllm-facts §1.1): an argparse error there.
+# Flags older vLLM accepted and 0.32/0.33 no longer know (vllm-facts §1.1); absent from both flag tables,
+# so they fail like any unknown flag. Kept as a name for tests and docs.
 REMOVED_FLAGS = frozenset({
     "--lora-extra-vocab-size", "--enable-lora-bias", "--no-enable-lora-bias", "--long-lora-scaling-factors",
 })
+
+
+def vllm_version(env: Mapping[str, str]) -> str:
+    """The vLLM release the sim imitates: FLEETSPEC_SIM_VLLM_VERSION, mapped onto KNOWN_VERSIONS."""
+    raw = (env.get(VERSION_ENV) or "").strip().removeprefix("v") or DEFAULT_VERSION
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", raw):
+        raise ConfigError(f"{VERSION_ENV} must be a vLLM version such as 0.32 or 0.33.0, got {raw!r}.")
+    wanted = tuple(int(part) for part in raw.split(".")[:2])
+    for known in KNOWN_VERSIONS:
+        if tuple(int(part) for part in known.split(".")[:2]) >= wanted:
+            return known
+    return KNOWN_VERSIONS[-1]
+
+
+@functools.cache
+def known_flags(version: str) -> Mapping[str, int | str]:
+    """Every option string of `vllm serve` in that release → the values it takes (0, 1, "?", "+")."""
+    table = json.loads(FLAG_TABLE.read_text(encoding="utf-8"))
+    return table[".".join(version.split(".")[:2])]
 
 # vLLM's own default when neither the flag nor the model config gives a length; the sim falls back
 # to it for models outside fleetspec's catalog.
@@ -99,6 +132,7 @@ class ServeArgs:
     allow_runtime_lora_updating: bool = False
     access_log: bool = True
     ignored: tuple[str, ...] = ()  # flags the sim accepted without modelling them
+    vllm_version: str = DEFAULT_VERSION  # the release whose behaviour the sim follows
 
     @property
     def served_model_name(self) -> str:
@@ -176,19 +210,40 @@ def _module_from_json(parser: _Parser, item: str, fields) -> LoraModule:
     raise AssertionError("unreachable")
 
 
+_BOOL = "fleetspec-bool"  # a registry name, so the 0.33 parser can swap in _EnableDisableAction
+
+
+class _EnableDisableAction(argparse.BooleanOptionalAction):
+    """0.33's EnableDisableAction (vllm/utils/argparse_utils.py:120-145): `--enable-x` also has
+    `--disable-x` (and the reverse); `--no-enable-x` stays accepted."""
+
+    _inverse = {"--enable-": "--disable-", "--disable-": "--enable-"}
+
+    def __init__(self, option_strings, dest, *args, **kwargs):
+        super().__init__(option_strings, dest, *args, **kwargs)
+        inverses = [inverse + opt.removeprefix(prefix) for opt in option_strings
+                    for prefix, inverse in self._inverse.items() if opt.startswith(prefix)]
+        self._negative = {opt for opt in self.option_strings if opt not in option_strings} | set(inverses)
+        self.option_strings = [*self.option_strings, *inverses]
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string not in self._negative)
+
+
 # ---------------------------------------------------------------------------------------------
 # The parser
 
 
-def build_parser() -> _Parser:
+def build_parser(version: str = DEFAULT_VERSION) -> _Parser:
     p = _Parser(prog=PROG, allow_abbrev=False, add_help=True)
+    p.register("action", _BOOL, _EnableDisableAction if version >= "0.33" else argparse.BooleanOptionalAction)
     p.add_argument("model_tag", nargs="?", default=None)
     p.add_argument("--model", dest="model_option")
     p.add_argument("--served-model-name", nargs="+")
     p.add_argument("--host")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", nargs="+")
-    p.add_argument("--disable-uvicorn-access-log", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--disable-uvicorn-access-log", action=_BOOL, default=False)
     p.add_argument("--api-server-count", "-asc", type=int)
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
@@ -200,14 +255,14 @@ def build_parser() -> _Parser:
     p.add_argument("--dtype", choices=DTYPES, default="auto")
     p.add_argument("--quantization", "-q", choices=QUANTIZATIONS)
     p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
-    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--enforce-eager", action=_BOOL, default=False)
+    p.add_argument("--enable-lora", action=_BOOL, default=False)
     p.add_argument("--max-loras", type=int, default=1)
     p.add_argument("--max-cpu-loras", type=int)
     p.add_argument("--max-lora-rank", type=int, choices=MAX_LORA_RANKS, default=16)
     p.add_argument("--lora-dtype", choices=LORA_DTYPES, default="auto")
     p.add_argument("--lora-target-modules", nargs="+")
-    p.add_argument("--fully-sharded-loras", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--fully-sharded-loras", action=_BOOL, default=False)
     p.add_argument("--lora-modules", nargs="+", action=_LoraModulesAction)
     return p
 
@@ -218,17 +273,18 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeArg
     Raises UsageError for what argparse rejects and ConfigError for what the engine config rejects.
     """
     env = os.environ if env is None else env
+    version = vllm_version(env)
     args = list(argv)
     if not args or args[0] != "serve":
         raise UsageError("the fleetspec sim implements only `vllm serve MODEL [flags]`")
-    parser = build_parser()
+    parser = build_parser(version)
     args = _move_model_option(args)
     if "--config" in args:
         args = _pull_args_from_config(parser, args)
     args = [_dashes(arg) for arg in args]
     namespace, extras = parser.parse_known_args(args[1:])
-    ignored = _check_extras(extras)
-    return _to_serve_args(namespace, ignored, env)
+    ignored = _check_extras(extras, known_flags(version))
+    return dataclasses.replace(_to_serve_args(namespace, ignored, env), vllm_version=version)
 
 
 def _move_model_option(args: list[str]) -> list[str]:
@@ -260,25 +316,36 @@ def _dashes(arg: str) -> str:
     return "--" + head.replace("_", "-") + dot + tail + sep + value
 
 
-def _check_extras(extras: list[str]) -> tuple[str, ...]:
-    """Flags the sim does not model are ignored; flags vLLM removed fail like vLLM fails on them."""
-    removed: list[str] = []
+def _check_extras(extras: list[str], known: Mapping[str, int | str]) -> tuple[str, ...]:
+    """Flags of this vLLM version the sim does not model are ignored (with the values they take);
+    anything else fails as `unrecognized arguments`, listing every such token as argparse does."""
+    unknown: list[str] = []
     ignored: list[str] = []
-    current: list[str] | None = None
-    for token in extras:
-        if token.startswith("-"):
-            name = token.split("=", 1)[0]
-            current = removed if name in REMOVED_FLAGS else ignored
-            current.append(token)
-        elif current is removed:
-            removed.append(token)
-        elif current is ignored:
-            ignored.append(token)
-        else:
-            raise UsageError(f"unrecognized arguments: {token}")
-    if removed:
-        raise UsageError(f"unrecognized arguments: {' '.join(removed)}")
+    index = 0
+    while index < len(extras):
+        token = extras[index]
+        index += 1
+        name, has_value = token.split("=", 1)[0], "=" in token
+        name = name.split(".", 1)[0]  # `--compilation-config.mode 3`: vLLM's dotted JSON keys
+        takes = known.get(name) if token.startswith("-") else None
+        if takes is None:
+            unknown.append(token)
+            continue
+        ignored.append(token)
+        if has_value or takes == 0:
+            continue
+        count = 1 if takes in (1, "?") else (len(extras) if takes == "+" else int(takes))
+        while count and index < len(extras) and not _looks_like_flag(extras[index]):
+            ignored.append(extras[index])
+            index += 1
+            count -= 1
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
     return tuple(ignored)
+
+
+def _looks_like_flag(token: str) -> bool:
+    return token.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", token)
 
 
 def _pull_args_from_config(parser: _Parser, args: list[str]) -> list[str]:

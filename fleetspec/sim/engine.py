@@ -1,4 +1,4 @@
-"""The sim's model of vLLM 0.33's LoRA bookkeeping, with the HTTP details left to `sim.server`.
+"""The sim's model of vLLM's LoRA bookkeeping (0.32 and 0.33 agree here), HTTP details left to `sim.server`.
 
 Three layers, as in vLLM:
 - the API server's registry of served names (`OpenAIServingModels.lora_requests`): what
@@ -15,7 +15,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -33,12 +35,27 @@ class Reply:
 
 
 def error(status: HTTPStatus, err_type: str, message: str, param: str | None = None) -> Reply:
-    """vLLM's ErrorResponse JSON (entrypoints/serve/engine/protocol.py)."""
-    return Reply(int(status), {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}})
+    """vLLM's ErrorResponse JSON (entrypoints/serve/engine/protocol.py), its message sanitised as vLLM does."""
+    return Reply(int(status), {"error": {"message": sanitize_message(message), "type": err_type, "param": param,
+                                         "code": int(status)}})
 
 
-def not_found_model(name: str) -> Reply:
-    return error(HTTPStatus.NOT_FOUND, "NotFoundError", f"The model `{name}` does not exist.", "model")
+def sanitize_message(message: str) -> str:
+    """vllm/entrypoints/serve/exception_handling/utils.py:7-15, identical in 0.32 and 0.33: every
+    ErrorResponse message loses memory addresses, traceback lines and (some) file paths. Paths under
+    /home, /usr, /opt, /var, /tmp, /root, /lib, /mnt, /srv become `<path>`; elsewhere only the part
+    matching `(/word)+/word.ext` does (`/work/a/.cache/x/y/1.0.0` → `/work/a/.cache<path>.0`)."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
+    message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
+
+
+def not_found_model(name: str, aliases: tuple[str, ...] | list[str] = ()) -> Reply:
+    """vllm/entrypoints/serve/engine/serving.py:75-83: only base-model names are listed as aliases."""
+    return error(HTTPStatus.NOT_FOUND, "NotFoundError",
+                 f"The model `{name}` does not exist. Valid aliases: {', '.join(aliases)}.", "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +78,15 @@ class Rejected(Exception):
 AdapterCheck = Callable[[str, str], tuple[int, str, str] | None]
 
 
+DEFAULT_LOAD_SECONDS = 0.03  # real 0.32 on CPU: 24-27 ms for a first tiny adapter, 5 ms later
+
+
 class Engine:
-    def __init__(self, args: sim_args.ServeArgs, check_adapter: AdapterCheck):
+    def __init__(self, args: sim_args.ServeArgs, check_adapter: AdapterCheck, load_seconds: float = 0.0):
         self.args = args
         self._check_adapter = check_adapter
+        self.load_seconds = load_seconds  # how long reading an adapter takes (FLEETSPEC_SIM_LOAD_SECONDS)
+        self._loading: set[str] = set()  # names with a load in flight (vLLM locks per name)
         self._lock = threading.Condition()
         self.registry: dict[str, LoraRequest] = {}
         self._last_id = 0
@@ -73,15 +95,31 @@ class Engine:
         self.running: collections.Counter[str] = collections.Counter()  # lora name → running requests
         self.waiting: collections.Counter[str] = collections.Counter()
         self.stats = Stats()
+        # vllm:lora_requests_info keeps one series per (running, waiting) label set ever seen, each
+        # holding the time it was last current (prometheus labels are never removed).
+        self.lora_info_seen: dict[tuple[str, str], float] = {}
 
     # -- registry: /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/models ---------------------
 
     def load_adapter(self, name: str, path: str, load_inplace: bool = False,
                      base_model_name: str | None = None) -> Reply:
         with self._lock:
+            self._lock.wait_for(lambda: name not in self._loading)
             problem = self._check_load_request(name, path, load_inplace)
             if problem:
                 return problem
+            self._loading.add(name)
+        try:
+            if self.load_seconds > 0:
+                time.sleep(self.load_seconds)  # the engine reads the files; other requests carry on
+            return self._register(name, path, load_inplace, base_model_name)
+        finally:
+            with self._lock:
+                self._loading.discard(name)
+                self._lock.notify_all()
+
+    def _register(self, name: str, path: str, load_inplace: bool, base_model_name: str | None) -> Reply:
+        with self._lock:
             existing = self.registry.get(name)
             if existing is None:
                 self._last_id += 1
@@ -141,7 +179,7 @@ class Engine:
             return None
         with self._lock:
             request = self.registry.get(model)
-        return request if request is not None else not_found_model(model)
+        return request if request is not None else not_found_model(model, self.args.served_model_names)
 
     # -- the engine: CPU cache and GPU slots -------------------------------------------------------
 
@@ -191,12 +229,14 @@ class Engine:
                              exc.reply.body["error"]["message"])
             self.running[lora.name] += 1
             self.stats.lora_requests[lora.name] += 1
+            self._note_lora_info()
         return None
 
     def end_request(self, lora: LoraRequest | None, finish_reason: str, prompt_tokens: int,
                     generation_tokens: int) -> None:
         with self._lock:
             if lora is not None:
+                self._note_lora_info()
                 self._drop(self.running, lora.name)
                 self._lock.notify_all()
             self.stats.finished[finish_reason] += 1
@@ -212,9 +252,14 @@ class Engine:
         if counter[name] <= 0:
             del counter[name]
 
+    def _note_lora_info(self) -> None:
+        self.lora_info_seen[(",".join(sorted(self.running)), ",".join(sorted(self.waiting)))] = time.time()
+
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self._note_lora_info()
             return Snapshot(
+                lora_info=dict(self.lora_info_seen),
                 running=sorted(self.running), waiting=sorted(self.waiting),
                 running_requests=sum(self.running.values()), waiting_requests=sum(self.waiting.values()),
                 cpu=list(self.cpu_cache.values()), gpu=list(self.gpu_slots.values()),
@@ -233,6 +278,7 @@ class Stats:
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
+    lora_info: dict[tuple[str, str], float]  # (running, waiting) names → when that label set was last current
     running: list[str]
     waiting: list[str]
     running_requests: int

@@ -2,13 +2,13 @@
 
 `vllm:lora_requests_info` follows vllm/v1/metrics/loggers.py: a gauge whose value is the current
 time and whose labels carry `max_lora` and the comma-joined names of adapters with waiting and
-running requests (only present when LoRA is enabled). The `fleetspec_sim_*` families expose what
-real vLLM hides (which adapter ids sit in the CPU cache and GPU slots) so tests can watch the LRU.
+running requests (only present when LoRA is enabled). As in vLLM, every label set ever seen stays a
+series with the time it was last current, so readers take the series with the largest value.
+The `fleetspec_sim_*` families expose what real vLLM hides (which adapter ids sit in the CPU cache
+and GPU slots) so tests can watch the LRU.
 """
 
 from __future__ import annotations
-
-import time
 
 from fleetspec.sim import engine
 
@@ -36,10 +36,9 @@ def render(snap: engine.Snapshot, model_name: str, max_loras: int, lora_enabled:
     _family(lines, "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
             [(base, snap.waiting_requests)])
     if lora_enabled:
-        info = {"max_lora": str(max_loras), "waiting_lora_adapters": ",".join(snap.waiting),
-                "running_lora_adapters": ",".join(snap.running)}
-        _family(lines, "vllm:lora_requests_info", "gauge", "Running stats on lora requests.",
-                [(info, time.time())])
+        series = [({"max_lora": str(max_loras), "running_lora_adapters": running, "waiting_lora_adapters": waiting},
+                   stamp) for (running, waiting), stamp in snap.lora_info.items()]
+        _family(lines, "vllm:lora_requests_info", "gauge", "Running stats on lora requests.", series)
     _family(lines, "vllm:request_success", "counter", "Count of successfully processed requests.",
             [({**base, "finished_reason": reason}, stats.finished[reason]) for reason in ("stop", "length", "abort")])
     _family(lines, "vllm:prompt_tokens", "counter", "Number of prefill tokens processed.",

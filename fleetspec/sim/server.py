@@ -1,13 +1,16 @@
-"""The sim's HTTP front: vLLM 0.33's routes, status codes and bodies on the stdlib HTTP server.
+"""The sim's HTTP front: vLLM's routes, status codes and bodies on the stdlib HTTP server.
 
-Routing, auth and the loading state live here; LoRA semantics live in `sim.engine` and response
-bodies in `sim.generate`. HTTP/1.1 with keep-alive; streams use chunked transfer encoding, as
-uvicorn does.
+Routing, auth and the engine's health live here; LoRA semantics live in `sim.engine` and response
+bodies in `sim.generate`. HTTP/1.1 with keep-alive; an idle kept-alive connection is closed after
+VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds (5), as uvicorn does; streams use chunked transfer encoding.
+The port is bound at start but only listens once the model is "loaded" (cli.py), so a client sees
+connection refused during the load, as with vLLM. Measured behaviour: docs/vllm-behaviour.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 import socket
@@ -22,11 +25,17 @@ from fleetspec.sim import engine, generate, metrics
 
 log = logging.getLogger("fleetspec.sim")
 
-VLLM_VERSION = "0.33.0"
+VLLM_VERSION = sim_args.DEFAULT_VERSION  # the default; each server answers /version with the one it follows
 NOT_FOUND = engine.Reply(404, {"detail": "Not Found"})  # FastAPI's reply for an unregistered route
 METHOD_NOT_ALLOWED = engine.Reply(405, {"detail": "Method Not Allowed"})
 UNAUTHORIZED = engine.Reply(401, {"error": "Unauthorized"})  # vLLM's AuthenticationMiddleware
-STARTING = engine.error(HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableError", "The engine is still loading the model.")
+DEFAULT_KEEP_ALIVE_SECONDS = 5.0  # vllm/envs.py VLLM_HTTP_TIMEOUT_KEEP_ALIVE
+# What a request that meets a dead engine gets (EngineDeadError): 0.33 maps it to CLIENT_MESSAGE
+# (exception_handling/error_response.py:68-72); 0.32 passes the exception text through.
+ENGINE_DEAD_MESSAGES = {
+    "0.32.0": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+    "0.33.0": "The server had an error while processing your request.",
+}
 
 
 @dataclasses.dataclass
@@ -35,8 +44,14 @@ class App:
     engine: engine.Engine
     max_model_len: int
     token_seconds: float = 0.0  # per generated token, so streams and in-flight requests are observable
+    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS  # idle time before a kept-alive connection closes
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
+    dead: threading.Event = dataclasses.field(default_factory=threading.Event)  # the engine died (SIGUSR1)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+    @property
+    def version(self) -> str:
+        return self.args.vllm_version
 
 
 class SimHTTPServer(ThreadingHTTPServer):
@@ -44,11 +59,20 @@ class SimHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the stdlib's 5 resets clients that connect together (a router under load)
 
-    def __init__(self, address: tuple[str, int], app: App):
+    def __init__(self, address: tuple[str, int], app: App, listen: bool = True):
+        """`listen=False` binds the port (so a taken port fails at once) without accepting
+        connections; `server_activate()` starts listening, as vLLM does once its engine is up."""
         self.app = app
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, bind_and_activate=False)
+        try:
+            self.server_bind()
+            if listen:
+                self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
 
 
 # (method, path) → handler method name. Load/unload exist only with runtime updating enabled.
@@ -73,6 +97,20 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server: SimHTTPServer
+
+    _served = 0  # requests answered on this connection
+
+    def handle_one_request(self) -> None:
+        # uvicorn's timeout_keep_alive: after an answer, an idle connection is closed. Only the wait
+        # for the next request line is bounded; a request being read or answered is not.
+        if self._served and self.app.keep_alive_seconds > 0:
+            self.connection.settimeout(self.app.keep_alive_seconds)
+        super().handle_one_request()
+        self._served += 1
+
+    def parse_request(self) -> bool:
+        self.connection.settimeout(None)
+        return super().parse_request()
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -100,8 +138,10 @@ class Handler(BaseHTTPRequestHandler):
         if name is None:
             known = registered and any(p == path for _, p in ROUTES)
             return self._send(METHOD_NOT_ALLOWED if known else NOT_FOUND)
-        if not self.app.ready.is_set():
-            return self._send(engine.Reply(503, "") if name == "health" else STARTING)
+        if self.app.dead.is_set() and name in ("health", "completions", "chat"):
+            # /health is 503 on EngineDeadError; generation fails with a 500 (docs/vllm-behaviour.md).
+            return self._send(engine.Reply(503, "") if name == "health" else engine.error(
+                HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", ENGINE_DEAD_MESSAGES[self.app.version]))
         try:
             getattr(self, f"route_{name}")()
         except (BrokenPipeError, ConnectionResetError):
@@ -111,28 +151,39 @@ class Handler(BaseHTTPRequestHandler):
             self._send(engine.error(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", str(exc)))
 
     def _authorized(self) -> bool:
-        header = self.headers.get("Authorization", "")
-        return any(header == f"Bearer {key}" for key in self.app.args.api_keys)
+        # vllm/entrypoints/serve/middleware/authenticate.py:30-45: `scheme, _, param = value.partition(" ")`
+        # with a case-insensitive scheme; the token must then match exactly.
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        matched = False
+        for key in self.app.args.api_keys:
+            matched |= hmac.compare_digest(token.encode(), key.encode())
+        return matched
 
     def _json_body(self, model: str) -> dict | engine.Reply:
         """The JSON object body vLLM's pydantic models need; a 400 otherwise, as its handler gives."""
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
-            return _validation_error(model, "body", "Input should be a valid dictionary or object to extract fields from")
+            return _validation_error(None, "Unsupported Media Type: Only 'application/json' is allowed")
         try:
             body = json.loads(self._body or b"null")
         except ValueError as exc:
-            return _validation_error(model, "body", f"JSON decode error: {exc}")
+            return _validation_error("body.0", {"type": "json_invalid", "loc": "body.0", "msg": "JSON decode error",
+                                                "input": "<dict of 0 items>", "ctx": {"error": exc.msg}})
         if not isinstance(body, dict):
-            return _validation_error(model, "body", "Input should be a valid dictionary or object to extract fields from")
+            return _validation_error("body", {"type": "model_attributes_type", "loc": "body",
+                                              "msg": "Input should be a valid dictionary or object to extract fields "
+                                                     "from", "input": _summary(body)})
         return body
 
     def _send(self, reply: engine.Reply) -> None:
         if isinstance(reply.body, str):
-            data, content_type = reply.body.encode(), "text/plain; charset=utf-8"
+            # vLLM answers its plain-string successes (and /health) without a Content-Type header.
+            data, content_type = reply.body.encode(), None
         else:
             data, content_type = json.dumps(reply.body).encode(), "application/json"
         self.send_response(reply.status)
-        if data:
+        if data and content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -154,14 +205,14 @@ class Handler(BaseHTTPRequestHandler):
         self._send(engine.Reply(200, ""))
 
     def route_version(self) -> None:
-        self._send(engine.Reply(200, {"version": VLLM_VERSION}))
+        self._send(engine.Reply(200, {"version": self.app.version}))
 
     def route_metrics(self) -> None:
         text = metrics.render(self.app.engine.snapshot(), self.app.args.served_model_name,
                               self.app.args.max_loras, self.app.args.enable_lora)
         data = text.encode()
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Type", "text/plain; version=1.0.0; charset=utf-8")  # prometheus_client 0.26
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -176,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(body)
         missing = [f for f in ("lora_name", "lora_path") if f not in body]
         if missing:
-            return self._send(_validation_error("LoadLoRAAdapterRequest", missing[0], "Field required"))
+            return self._send(_missing_fields(body, missing))
         self._send(self.app.engine.load_adapter(
             str(body["lora_name"]), str(body["lora_path"]), load_inplace=bool(body.get("load_inplace"))))
 
@@ -185,7 +236,7 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, engine.Reply):
             return self._send(body)
         if "lora_name" not in body:
-            return self._send(_validation_error("UnloadLoRAAdapterRequest", "lora_name", "Field required"))
+            return self._send(_missing_fields(body, ["lora_name"]))
         self._send(self.app.engine.unload_adapter(str(body["lora_name"])))
 
     def route_completions(self) -> None:
@@ -235,6 +286,25 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _validation_error(model: str, field: str, message: str) -> engine.Reply:
-    """What vLLM's RequestValidationError handler turns a pydantic failure into."""
-    return engine.error(HTTPStatus.BAD_REQUEST, "BadRequestError", f"1 validation error for {model}\n{field}\n  {message}")
+def _validation_error(param: str | None, *errors_: dict | str) -> engine.Reply:
+    """What vLLM's RequestValidationError handler makes of a pydantic failure: type "Bad Request",
+    "N validation error(s):" then one line per error, `param` = the first error's location
+    (vllm/entrypoints/serve/exception_handling/handlers/validation.py:149-195)."""
+    count = len(errors_)
+    lines = "\n".join(f"  {e}" for e in errors_)
+    message = f"{count} validation error{'s' if count != 1 else ''}:\n{lines}"
+    return engine.error(HTTPStatus.BAD_REQUEST, "Bad Request", message, param)
+
+
+def _missing_fields(body: dict, fields: list[str]) -> engine.Reply:
+    return _validation_error(f"body.{fields[0]}", *(
+        {"type": "missing", "loc": f"body.{f}", "msg": "Field required", "input": _summary(body)} for f in fields))
+
+
+def _summary(value) -> str:
+    """How vLLM's handler abbreviates a validation error's input."""
+    if isinstance(value, dict):
+        return f"<dict of {len(value)} items>"
+    if isinstance(value, list):
+        return f"<list of {len(value)} items>"
+    return repr(value)

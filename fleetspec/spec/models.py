@@ -44,6 +44,17 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$"  # a Kubernetes storage quantity
 SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+SECRET_ONLY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # fullmatch: a value that is one reference
+
+
+def secret_reference(value: str | None, field: str, example: str) -> str | None:
+    """A field that may only name a secret (`${VAR}`): a literal key would end up in files and logs."""
+    if value is not None and not SECRET_ONLY.fullmatch(value):
+        raise SpecValueError(
+            f"{field} must be a reference to an environment variable such as ${{{example}}}, not the key itself",
+            f"write {field}: ${{{example}}} and export {example} where fleetspec and the fleet run",
+        )
+    return value
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Lower-case DNS label (a-z, 0-9, -).")]
 AdapterName = Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN)]
@@ -222,6 +233,10 @@ class Server(Strict):
     max_num_seqs: PositiveInt | None = None
     max_num_batched_tokens: PositiveInt | None = None
     enforce_eager: bool = False
+    startup_timeout_s: Annotated[int, Field(ge=10, le=86_400)] | None = Field(
+        None, description="Seconds a replica may take from its start to a healthy /health; a replica still silent "
+        "after that is replaced (its engine died, or hangs). Default: 3 min + 10 s per GiB of weights.",
+    )
     lora: LoraLimits | None = Field(None, description="LoRA limits; omit to serve the base model only.")
     image: str | None = Field(None, description="Engine container image; defaults to runtime.image.")
     port: Port | None = Field(None, description="First host port; replicas take consecutive ports.")
@@ -434,11 +449,20 @@ class RouterSettings(Strict):
     enabled: bool = True
     port: Port = 8080
     admin_token: str | None = Field(None, description="Enables the admin API; write it as ${VAR}.")
+    api_key: str | None = Field(
+        None, description="Clients must send `Authorization: Bearer <key>` for /v1 paths; write it as ${VAR}. "
+        "Without it, whoever reaches the router's port can use the engines (the router adds the engines' key).",
+    )
     image: str | None = Field(None, description="Router container image; fleetspec/router:<fleetspec version> by default.")
     redis_url: str | None = Field(
         None, description="Keep runtime cluster mappings in this Redis, shared by every router replica "
         "(redis://[user:${PASSWORD}@]host[:port][/db], rediss:// for TLS); each router's memory when absent.",
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_is_a_reference(cls, value: str | None) -> str | None:
+        return secret_reference(value, "runtime.router.api_key", "ROUTER_API_KEY")
 
     @field_validator("redis_url")
     @classmethod
@@ -469,6 +493,11 @@ class Runtime(Strict):
     target: Literal["docker", "local", "k8s"] = "local"
     engine: Literal["vllm", "sim"] = "sim"
     vllm_version: str = Field("0.33.0", pattern=r"^\d+\.\d+(\.\d+)?$", description="vLLM release the fleet is compiled for.")
+    engine_api_key: str | None = Field(
+        None, description="The API key every engine requires (vLLM's --api-key, handed over as VLLM_API_KEY so it "
+        "stays out of process listings); write it as ${VAR}. fleetspec and the router send it; it is never written "
+        "into compiled files or state.",
+    )
     image: str | None = Field(None, description="Engine image; vllm/vllm-openai:v<vllm_version> by default.")
     bind_address: str = Field("127.0.0.1", description="Host address published ports bind to.")
     base_port: Port = Field(8000, description="First port handed to servers without an explicit port.")
@@ -478,6 +507,11 @@ class Runtime(Strict):
     namespace: Name | None = Field(None, description="Kubernetes namespace; the fleet name by default.")
     router: RouterSettings = Field(default_factory=RouterSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+
+    @field_validator("engine_api_key")
+    @classmethod
+    def _engine_key_is_a_reference(cls, value: str | None) -> str | None:
+        return secret_reference(value, "runtime.engine_api_key", "VLLM_API_KEY")
 
     @property
     def default_image(self) -> str:

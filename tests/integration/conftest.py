@@ -15,11 +15,11 @@ import re
 
 import docker.errors
 import pytest
+import require
 
 from fleetspec import errors
 from fleetspec.reconcile import labels
 
-REQUIRE_DOCKER = os.environ.get("FLEETSPEC_REQUIRE_DOCKER") == "1"
 TEST_FLEET_PREFIX = "fst-"  # fst-<pid of the pytest process>-<n>: a valid fleet name that names its owner
 _TEST_FLEET = re.compile(rf"^{TEST_FLEET_PREFIX}(\d+)-")
 _counter = itertools.count(1)
@@ -33,9 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def unavailable(reason: str) -> None:
-    if REQUIRE_DOCKER:
-        pytest.fail(f"{reason} (FLEETSPEC_REQUIRE_DOCKER=1: Docker tests may not skip)", pytrace=False)
-    pytest.skip(reason)
+    require.unavailable("DOCKER", reason)
 
 
 @pytest.fixture(scope="session")

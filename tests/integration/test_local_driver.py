@@ -28,6 +28,7 @@ from fleetspec import errors
 from fleetspec.reconcile import desired, labels
 from fleetspec.reconcile import drivers as drivers_pkg
 from fleetspec.reconcile.drivers import local
+from fleetspec.sim import cli as sim_cli  # noqa: F401 - the engine below; a broken import fails, never skips
 
 PY = sys.executable
 _counter = itertools.count(1)
@@ -168,12 +169,7 @@ def test_http_server_is_started_observed_by_label_served_and_removed(driver, fle
     driver.remove(container_id)  # removing what is already gone is not an error
 
 
-@pytest.fixture
-def sim_cli():
-    return pytest.importorskip("fleetspec.sim.cli")
-
-
-def test_sim_engine_serves_vllm_api_and_stops_on_sigterm(driver, fleet, sim_cli):
+def test_sim_engine_serves_vllm_api_and_stops_on_sigterm(driver, fleet):
     port = free_port()
     spec = fleet.spec([PY, "-m", "fleetspec.sim", "serve", "tiny", "--host", "127.0.0.1", "--port", str(port)],
                       port=port, env={"FLEETSPEC_SIM_STARTUP_SECONDS": "0.3"})

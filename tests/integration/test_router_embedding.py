@@ -18,6 +18,7 @@ import textwrap
 
 import httpx
 import pytest
+import require
 import test_router_proxy as proxy  # the sim and router helpers of the proxy tests
 import yaml
 
@@ -73,16 +74,18 @@ def spec_of(text: str = FLEET, adapters: str = "/a") -> models.FleetSpec:
     return loading.load_text(text.replace("ADAPTERS", adapters)).spec
 
 
-needs_extra = pytest.mark.skipif(
-    not HAVE_EXTRA and os.environ.get("FLEETSPEC_REQUIRE_EMBEDDING") != "1",
-    reason="the embedding extra is not installed: pip install torch==2.13.0 'fleetspec[embedding]'",
-)
+@pytest.fixture(scope="module")
+def embedding_extra() -> None:
+    if not HAVE_EXTRA:
+        require.unavailable(
+            "EMBEDDING", "the embedding extra is not installed: pip install torch==2.13.0 'fleetspec[embedding]'")
+
+
+needs_extra = pytest.mark.usefixtures("embedding_extra")
 
 
 @pytest.fixture(scope="module")
-def routing() -> table.RoutingTable:
-    if not HAVE_EXTRA:
-        pytest.fail("FLEETSPEC_REQUIRE_EMBEDDING=1 but the embedding extra is not installed", pytrace=False)
+def routing(embedding_extra) -> table.RoutingTable:
     return config.routing_table(spec_of())
 
 

@@ -19,6 +19,7 @@ import textwrap
 
 import httpx
 import pytest
+import require
 import test_router_proxy as proxy  # the sim and router helpers of the proxy tests
 import yaml
 
@@ -93,10 +94,7 @@ def run(coro):
 def redis_server(tmp_path_factory):
     binary = shutil.which("redis-server")
     if binary is None:
-        reason = "redis-server is not installed (Debian package redis-server; .ci/run installs it)"
-        if os.environ.get("FLEETSPEC_REQUIRE_REDIS") == "1":
-            pytest.fail(reason + ": FLEETSPEC_REQUIRE_REDIS=1 (CI) makes these tests mandatory", pytrace=False)
-        pytest.skip(reason)
+        require.unavailable("REDIS", "redis-server is not installed (Debian package redis-server; .ci/run installs it)")
     log = (tmp_path_factory.mktemp("redis") / "redis.log").open("wb")
     server = RedisServer(binary, proxy.free_port(), log)
     server.start()

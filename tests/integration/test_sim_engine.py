@@ -1,4 +1,4 @@
-"""The sim engine as a real process on a real port, driven through `reconcile.vllm_admin`.
+"""The sim engine as a real process on a real port, driven through `engine_api.client` (the one client for vLLM's API).
 
 Every test starts `python -m fleetspec.sim serve ...` with the argv fleetspec compiles for vLLM,
 talks HTTP to it, and kills it in teardown. Adapters are real directories from
@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +27,9 @@ from netkit import free_port
 
 from fleetspec import errors
 from fleetspec.catalog import models as catalog
-from fleetspec.reconcile import vllm_admin
+from fleetspec.engine_api import client as engine_client
+from fleetspec.engine_api import contract
+from fleetspec.sim.engine import sanitize_message as sanitized
 from fleetspec.spec import models
 
 MODEL = "fleetspec/tiny-test-llama"
@@ -62,7 +65,7 @@ class Sim:
         return self.log_path.read_text()
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> Sim:
-        vllm_admin.wait_healthy(self.url, time.monotonic() + timeout, check=self._still_running)
+        engine_client.EngineClient(self.url).wait_healthy(time.monotonic() + timeout, check=self._still_running)
         return self
 
     def _still_running(self) -> None:
@@ -118,8 +121,8 @@ def http(method: str, url: str, body: dict | None = None, headers: dict | None =
         return exc.code, exc.read().decode(), dict(exc.headers)
 
 
-def refusal(call) -> vllm_admin.EngineError:
-    with pytest.raises(vllm_admin.EngineError) as caught:
+def refusal(call) -> contract.EngineError:
+    with pytest.raises(contract.EngineError) as caught:
         call()
     assert isinstance(caught.value, errors.PermanentError)
     return caught.value
@@ -129,18 +132,14 @@ def refusal(call) -> vllm_admin.EngineError:
 # Start-up, health, shutdown
 
 
-def test_health_is_503_while_loading_then_200(start_sim):
+def test_the_port_refuses_connections_while_loading_then_health_is_200(start_sim):
+    # Real vLLM binds its port early but listens only once the engine is up (docs/vllm-behaviour.md).
     sim = start_sim(startup=1.5)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:  # wait for the socket, then it must still be loading
-        try:
-            status, body, _ = http("GET", sim.url + "/health")
-            break
-        except urllib.error.URLError:
-            assert time.monotonic() < deadline, sim.log()
-    assert (status, body) == (503, "")
-    assert vllm_admin.health(sim.url) is False
-    assert http("GET", sim.url + "/v1/models")[0] == 503
+    time.sleep(0.5)
+    assert sim.process.poll() is None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", sim.port), timeout=2).close()
+    assert engine_client.EngineClient(sim.url).healthy() is False
     sim.wait_healthy()
     assert http("GET", sim.url + "/health")[:2] == (200, "")
     assert "Starting vLLM API server on http://127.0.0.1:" in sim.log()
@@ -152,14 +151,14 @@ def test_sigterm_exits_cleanly(start_sim):
     assert sim.wait_exit() == 0
     assert "Shutting down FastAPI HTTP server." in sim.log()
     with pytest.raises(errors.TemporaryError):
-        vllm_admin.list_models(sim.url)
+        engine_client.EngineClient(sim.url).models()
 
 
 def test_version_and_models_of_a_base_only_server(start_sim):
     sim = start_sim("--served-model-name", "main", "--max-model-len", "1K").wait_healthy()
-    assert vllm_admin.version(sim.url) == "0.33.0"
-    view = vllm_admin.list_models(sim.url)
-    assert view == vllm_admin.ModelsView(base=("main",), root=MODEL, max_model_len=1024, adapters={}, parents={})
+    assert engine_client.EngineClient(sim.url).version() == "0.33.0"
+    view = engine_client.EngineClient(sim.url).models()
+    assert view == contract.ModelsView(base=("main",), root=MODEL, max_model_len=1024, adapters={}, parents={})
     card = json.loads(http("GET", sim.url + "/v1/models")[1])["data"][0]
     assert (card["id"], card["object"], card["owned_by"], card["root"], card["parent"]) == (
         "main", "model", "vllm", MODEL, None)
@@ -167,7 +166,7 @@ def test_version_and_models_of_a_base_only_server(start_sim):
 
 def test_max_model_len_defaults_to_the_models_own_limit(start_sim):
     sim = start_sim().wait_healthy()
-    assert vllm_admin.list_models(sim.url).max_model_len == 2048
+    assert engine_client.EngineClient(sim.url).models().max_model_len == 2048
 
 
 @pytest.mark.parametrize("flags, env, code, last_line", [
@@ -187,14 +186,32 @@ def test_refused_argv_exits_like_vllm(start_sim, flags, env, code, last_line):
     assert sim.log().strip().splitlines()[-1] == last_line
 
 
-def test_unknown_flags_are_ignored_with_a_warning(start_sim):
+def test_unmodelled_flags_are_ignored_with_a_warning(start_sim):
     sim = start_sim("--enable-prefix-caching", "--block-size", "32").wait_healthy()
     assert "The sim ignores flags it does not model: --enable-prefix-caching --block-size 32" in sim.log()
 
 
+@pytest.mark.parametrize("version, code", [("0.32", 2), ("0.33", 0)])
+def test_the_flag_set_follows_the_vllm_version(start_sim, version, code):
+    # --disable-log-requests exists only in 0.33 (EnableDisableAction); 0.32's argparse exits 2.
+    sim = start_sim("--disable-log-requests", env={"FLEETSPEC_SIM_VLLM_VERSION": version})
+    if code:
+        assert sim.wait_exit() == 2
+        assert sim.log().strip().splitlines()[-1] == "vllm serve: error: unrecognized arguments: --disable-log-requests"
+    else:
+        sim.wait_healthy()
+        assert engine_client.EngineClient(sim.url).version() == "0.33.0"
+
+
+def test_an_unknown_flag_exits_2(start_sim):
+    sim = start_sim("--bogus-flag")
+    assert sim.wait_exit() == 2
+    assert sim.log().strip().splitlines()[-1] == "vllm serve: error: unrecognized arguments: --bogus-flag"
+
+
 def test_vllm_shim_runs_the_same_argv(start_sim):
     sim = start_sim("--enable-lora", module="fleetspec.sim.vllm_shim").wait_healthy()
-    assert vllm_admin.list_models(sim.url).base == (MODEL,)
+    assert engine_client.EngineClient(sim.url).models().base == (MODEL,)
     version = subprocess.run([sys.executable, "-m", "fleetspec.sim.vllm_shim", "--version"],
                              capture_output=True, text=True, timeout=30)
     assert (version.returncode, version.stdout.strip()) == (0, "0.33.0")
@@ -209,7 +226,7 @@ def test_static_lora_modules_load_at_startup(start_sim, tmp_path):
     chat = write_adapter(tmp_path / "chat")
     item = json.dumps({"name": "chat", "path": chat, "base_model_name": "main"})
     sim = start_sim("--served-model-name", "main", "--enable-lora", "--lora-modules", f"sql={sql}", item).wait_healthy()
-    view = vllm_admin.list_models(sim.url)
+    view = engine_client.EngineClient(sim.url).models()
     assert view.adapters == {"sql": sql, "chat": chat}
     assert view.parents == {"sql": "main", "chat": "main"}
     assert f"Loaded new LoRA adapter: name 'sql', path '{sql}'" in sim.log()
@@ -227,7 +244,7 @@ def test_a_missing_static_adapter_aborts_startup(start_sim, tmp_path):
     sim = start_sim("--enable-lora", "--lora-modules", f"gone={tmp_path / 'gone'}")
     assert sim.wait_exit() == 1
     assert sim.log().strip().splitlines()[-1] == (
-        f"ValueError: Loading lora gone failed: No adapter found for {tmp_path / 'gone'}")
+        f"ValueError: Loading lora gone failed: No adapter found for {sanitized(str(tmp_path / 'gone'))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,14 +254,14 @@ def test_a_missing_static_adapter_aborts_startup(start_sim, tmp_path):
 def test_load_and_unload_are_idempotent(start_sim, tmp_path):
     sim = lora_server(start_sim)
     path = write_adapter(tmp_path / "sql" / "1.0.0")
-    assert vllm_admin.load_adapter(sim.url, "sql@1.0.0", path) is True
-    assert vllm_admin.load_adapter(sim.url, "sql@1.0.0", path) is False
-    view = vllm_admin.list_models(sim.url)
+    assert engine_client.EngineClient(sim.url).load_adapter("sql@1.0.0", path) is True
+    assert engine_client.EngineClient(sim.url).load_adapter("sql@1.0.0", path) is False
+    view = engine_client.EngineClient(sim.url).models()
     assert (view.base, view.adapters, view.parents) == ((MODEL,), {"sql@1.0.0": path}, {"sql@1.0.0": MODEL})
     assert view.serves("sql@1.0.0", path) and not view.serves("sql@1.0.0", "/elsewhere")
-    assert vllm_admin.unload_adapter(sim.url, "sql@1.0.0") is True
-    assert vllm_admin.unload_adapter(sim.url, "sql@1.0.0") is False
-    assert vllm_admin.list_models(sim.url).adapters == {}
+    assert engine_client.EngineClient(sim.url).unload_adapter("sql@1.0.0") is True
+    assert engine_client.EngineClient(sim.url).unload_adapter("sql@1.0.0") is False
+    assert engine_client.EngineClient(sim.url).models().adapters == {}
 
 
 def test_raw_load_and_unload_bodies_are_vllms(start_sim, tmp_path):
@@ -267,9 +284,9 @@ def test_raw_load_and_unload_bodies_are_vllms(start_sim, tmp_path):
 
 def test_loading_a_served_name_from_another_path_is_refused(start_sim, tmp_path):
     sim = lora_server(start_sim)
-    vllm_admin.load_adapter(sim.url, "sql", write_adapter(tmp_path / "v1"))
-    refused = refusal(lambda: vllm_admin.load_adapter(sim.url, "sql", write_adapter(tmp_path / "v2")))
-    assert isinstance(refused, vllm_admin.AdapterNameTaken)
+    engine_client.EngineClient(sim.url).load_adapter("sql", write_adapter(tmp_path / "v1"))
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).load_adapter("sql", write_adapter(tmp_path / "v2")))
+    assert isinstance(refused, contract.AdapterNameTaken)
     assert refused.hint.startswith("Load new weights under a new name")
 
 
@@ -286,28 +303,30 @@ def test_loading_a_served_name_from_another_path_is_refused(start_sim, tmp_path)
 def test_engine_refusals_keep_vllms_status_and_text(start_sim, tmp_path, make, status, message):
     sim = lora_server(start_sim)
     path = make(tmp_path / "bad")
-    refused = refusal(lambda: vllm_admin.load_adapter(sim.url, "bad", path))
-    assert (refused.status, refused.engine_message) == (status, message.format(path=path))
-    assert vllm_admin.list_models(sim.url).adapters == {}
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).load_adapter("bad", path))
+    # vLLM sanitises paths in every error message (sanitize_message): /tmp/... becomes <path>.
+    assert (refused.status, refused.engine_message) == (status, sanitized(message.format(path=path)))
+    assert engine_client.EngineClient(sim.url).models().adapters == {}
 
 
 def test_adapter_for_another_model_is_refused_by_shape_or_module(start_sim, tmp_path):
     sim = lora_server(start_sim)
     wide = write_adapter(tmp_path / "wide", arch=TINY.model_copy(update={"hidden_size": 128}))
-    refused = refusal(lambda: vllm_admin.load_adapter(sim.url, "wide", wide))
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).load_adapter("wide", wide))
     assert (refused.status, refused.engine_message) == (500, "Call to add_lora method failed: The size of tensor a "
                                                              "(64) must match the size of tensor b (128) at non-singleton dimension 1")
     gpt2_style = {"base_model.model.model.layers.0.self_attn.c_attn.lora_A.weight": ("BF16", [8, 64]),
                   "base_model.model.model.layers.0.self_attn.c_attn.lora_B.weight": ("BF16", [192, 8])}
     odd = write_adapter(tmp_path / "odd", tensors=gpt2_style)
-    refused = refusal(lambda: vllm_admin.load_adapter(sim.url, "odd", odd))
-    assert refused.engine_message.startswith(f"Call to add_lora method failed: While loading {odd}, expected target modules in")
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).load_adapter("odd", odd))
+    assert refused.engine_message.startswith(
+        f"Call to add_lora method failed: While loading {sanitized(odd)}, expected target modules in")
     assert "'model.layers.0.self_attn.c_attn'" in refused.engine_message
 
 
 def test_adapter_named_like_the_base_model_conflicts(start_sim, tmp_path):
     sim = lora_server(start_sim, "--served-model-name", "main")
-    refused = refusal(lambda: vllm_admin.load_adapter(sim.url, "main", write_adapter(tmp_path / "a")))
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).load_adapter("main", write_adapter(tmp_path / "a")))
     assert (refused.status, refused.engine_message) == (400, "The lora adapter 'main' conflicts with a served base model.")
 
 
@@ -315,21 +334,21 @@ def test_runtime_loading_is_404_unless_enabled(start_sim, tmp_path):
     sim = start_sim("--enable-lora").wait_healthy()
     status, body, _ = http("POST", sim.url + "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/x"})
     assert (status, json.loads(body)) == (404, {"detail": "Not Found"})
-    refused = refusal(lambda: vllm_admin.load_adapter(sim.url, "a", write_adapter(tmp_path / "a")))
-    assert isinstance(refused, vllm_admin.RuntimeLoraDisabled)
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).load_adapter("a", write_adapter(tmp_path / "a")))
+    assert isinstance(refused, contract.RuntimeLoraDisabled)
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" in refused.hint
-    assert isinstance(refusal(lambda: vllm_admin.unload_adapter(sim.url, "a")), vllm_admin.RuntimeLoraDisabled)
+    assert isinstance(refusal(lambda: engine_client.EngineClient(sim.url).unload_adapter("a")), contract.RuntimeLoraDisabled)
 
 
 def test_api_key_guards_v1_but_not_health(start_sim, tmp_path):
     sim = lora_server(start_sim, "--api-key", "s3cret")
-    assert vllm_admin.health(sim.url) is True
-    refused = refusal(lambda: vllm_admin.list_models(sim.url))
+    assert engine_client.EngineClient(sim.url).healthy() is True
+    refused = refusal(lambda: engine_client.EngineClient(sim.url).models())
     assert refused.status == 401 and "API key" in str(refused)
     assert http("GET", sim.url + "/v1/models")[:2] == (401, '{"error": "Unauthorized"}')
     path = write_adapter(tmp_path / "a")
-    assert vllm_admin.load_adapter(sim.url, "a", path, api_key="s3cret") is True
-    assert vllm_admin.list_models(sim.url, api_key="s3cret").adapters == {"a": path}
+    assert engine_client.EngineClient(sim.url, "s3cret").load_adapter("a", path) is True
+    assert engine_client.EngineClient(sim.url, "s3cret").models().adapters == {"a": path}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +370,7 @@ def complete(sim: Sim, model: str | None, chat: bool = False, **extra) -> tuple[
 
 def test_completions_name_the_adapter_that_answered(start_sim, tmp_path):
     sim = lora_server(start_sim)
-    vllm_admin.load_adapter(sim.url, "py", write_adapter(tmp_path / "py"))
+    engine_client.EngineClient(sim.url).load_adapter("py", write_adapter(tmp_path / "py"))
     status, body = complete(sim, "py")
     assert status == 200 and body["object"] == "text_completion" and body["model"] == "py"
     text = body["choices"][0]["text"]
@@ -364,7 +383,7 @@ def test_completions_name_the_adapter_that_answered(start_sim, tmp_path):
 
 def test_chat_completion_and_max_tokens(start_sim, tmp_path):
     sim = lora_server(start_sim)
-    vllm_admin.load_adapter(sim.url, "py", write_adapter(tmp_path / "py"))
+    engine_client.EngineClient(sim.url).load_adapter("py", write_adapter(tmp_path / "py"))
     status, body = complete(sim, "py", chat=True, max_tokens=2)
     assert status == 200 and body["object"] == "chat.completion"
     choice = body["choices"][0]
@@ -377,7 +396,8 @@ def test_unknown_model_is_404(start_sim):
     for chat in (False, True):
         status, body = complete(sim, "nope", chat=chat)
         assert (status, body) == (404, {"error": {
-            "message": "The model `nope` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}})
+            "message": f"The model `nope` does not exist. Valid aliases: {MODEL}.", "type": "NotFoundError",
+            "param": "model", "code": 404}})
 
 
 def sse_events(sim: Sim, path: str, body: dict) -> list:
@@ -393,7 +413,7 @@ def sse_events(sim: Sim, path: str, body: dict) -> list:
 
 def test_streams_carry_the_same_text(start_sim, tmp_path):
     sim = lora_server(start_sim)
-    vllm_admin.load_adapter(sim.url, "py", write_adapter(tmp_path / "py"))
+    engine_client.EngineClient(sim.url).load_adapter("py", write_adapter(tmp_path / "py"))
     whole = complete(sim, "py")[1]["choices"][0]["text"]
     chunks = sse_events(sim, "/v1/completions", {"model": "py", "prompt": "write a python function", "stream": True})
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole
@@ -411,7 +431,7 @@ def resident(sim: Sim) -> dict[str, list[str]]:
     tiers: dict[str, list[str]] = {"cpu": [], "gpu": []}
     for line in text.splitlines():
         if line.startswith("fleetspec_sim_lora_resident{"):
-            labels = vllm_admin._parse_labels(line)
+            labels = contract._parse_labels(line)
             tiers[labels["tier"]].append(labels["lora_name"])
     return tiers
 
@@ -419,23 +439,23 @@ def resident(sim: Sim) -> dict[str, list[str]]:
 def test_requests_move_adapters_through_cpu_and_gpu_lru(start_sim, tmp_path):
     sim = lora_server(start_sim, "--max-loras", "1", "--max-cpu-loras", "2")
     for name in ("a", "b", "c"):
-        vllm_admin.load_adapter(sim.url, name, write_adapter(tmp_path / name))
+        engine_client.EngineClient(sim.url).load_adapter(name, write_adapter(tmp_path / name))
     assert resident(sim) == {"cpu": ["b", "c"], "gpu": ["c"]}
     assert complete(sim, "a")[0] == 200  # evicted: re-read from disk
     assert resident(sim) == {"cpu": ["c", "a"], "gpu": ["a"]}
-    assert sorted(vllm_admin.list_models(sim.url).adapters) == ["a", "b", "c"]  # still listed
+    assert sorted(engine_client.EngineClient(sim.url).models().adapters) == ["a", "b", "c"]  # still listed
 
 
 def test_lora_requests_info_shows_running_adapters(start_sim, tmp_path):
     sim = lora_server(start_sim, env={"FLEETSPEC_SIM_TOKEN_SECONDS": "0.1"})
-    vllm_admin.load_adapter(sim.url, "slow", write_adapter(tmp_path / "slow"))
-    idle = vllm_admin.lora_requests_info(sim.url)
-    assert idle == vllm_admin.LoraRequestsInfo(max_lora=2, running=(), waiting=())
+    engine_client.EngineClient(sim.url).load_adapter("slow", write_adapter(tmp_path / "slow"))
+    idle = engine_client.EngineClient(sim.url).lora_requests_info()
+    assert idle == contract.LoraRequestsInfo(max_lora=2, running=(), waiting=())
     worker = threading.Thread(target=complete, args=(sim, "slow"))
     worker.start()
     try:
         deadline = time.monotonic() + 10
-        while vllm_admin.lora_requests_info(sim.url).running != ("slow",):
+        while engine_client.EngineClient(sim.url).lora_requests_info().running != ("slow",):
             assert time.monotonic() < deadline, "the running adapter never showed in /metrics"
     finally:
         worker.join(20)
@@ -446,7 +466,7 @@ def test_lora_requests_info_shows_running_adapters(start_sim, tmp_path):
 
 def test_no_lora_metric_without_enable_lora(start_sim):
     sim = start_sim().wait_healthy()
-    assert vllm_admin.lora_requests_info(sim.url) is None
+    assert engine_client.EngineClient(sim.url).lora_requests_info() is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,15 +488,15 @@ class FakeClock:
 
 def test_nothing_listening_is_temporary():
     url = f"http://127.0.0.1:{free_port()}"
-    assert vllm_admin.health(url) is False
-    with pytest.raises(vllm_admin.EngineUnavailable) as caught:
-        vllm_admin.list_models(url)
+    assert engine_client.EngineClient(url).healthy() is False
+    with pytest.raises(contract.EngineUnavailable) as caught:
+        engine_client.EngineClient(url).models()
     assert isinstance(caught.value, errors.TemporaryError)
     with pytest.raises(errors.TemporaryError):
-        vllm_admin.load_adapter(url, "a", "/a")
+        engine_client.EngineClient(url).load_adapter("a", "/a")
     clock = FakeClock()
-    with pytest.raises(vllm_admin.EngineUnavailable):
-        vllm_admin.wait_healthy(url, deadline=clock.now + 1.0, clock=clock, interval=0.25)
+    with pytest.raises(contract.EngineUnavailable):
+        engine_client.EngineClient(url).wait_healthy(deadline=clock.now + 1.0, clock=clock, interval=0.25)
     assert clock.slept == [0.25, 0.25, 0.25, 0.25]
 
 
@@ -489,6 +509,6 @@ def test_routes_methods_and_bodies_fail_like_fastapi(start_sim):
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 400
-    assert json.loads(caught.value.read())["error"]["type"] == "BadRequestError"
+    assert json.loads(caught.value.read())["error"]["type"] == "Bad Request"  # vLLM's validation handler
     status, body = complete(sim, None, max_tokens=0)
     assert (status, body["error"]["message"]) == (400, "max_tokens must be at least 1, got 0.")

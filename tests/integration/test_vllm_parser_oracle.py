@@ -15,6 +15,7 @@ import subprocess
 import threading
 
 import pytest
+import require
 
 from fleetspec import errors
 from fleetspec.cli import plan_cmd
@@ -29,9 +30,7 @@ ANSWER_DEADLINE_S = 60
 
 
 def _missing(reason: str):
-    if os.environ.get("FLEETSPEC_REQUIRE_ORACLES") == "1":
-        pytest.fail(f"{reason}; run scripts/setup-oracles (FLEETSPEC_REQUIRE_ORACLES=1 forbids skipping)")
-    pytest.skip(f"{reason}; run scripts/setup-oracles to enable this oracle")
+    require.unavailable("ORACLES", f"{reason}; run scripts/setup-oracles to enable this oracle")
 
 
 class Oracle:

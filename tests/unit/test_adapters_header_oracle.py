@@ -7,12 +7,12 @@ import tempfile
 
 import adapter_factory
 import pytest
+import safetensors  # in the `test` extra: missing it is a broken environment, never a skip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetspec.adapters import header
 
-safetensors = pytest.importorskip("safetensors")
 PREFIX = "Error while deserializing header: "
 
 

@@ -62,7 +62,7 @@ def test_the_reconciler_form_leaves_adapters_to_runtime_loading():
 def test_user_env_wins_except_for_the_placed_gpus():
     spec = fleet(servers=[{"name": "main", "lora": {}, "env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "false",
                                                                "CUDA_VISIBLE_DEVICES": "7"}}])
-    env = vllm_args.launch_env(spec.servers[0], [1])
+    env = vllm_args.launch_env(spec, spec.servers[0], [1])
     assert env == {"CUDA_VISIBLE_DEVICES": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "false"}
 
 

@@ -138,3 +138,21 @@ def test_the_container_with_the_slots_own_name_wins_over_a_newer_duplicate():
     assert [s.id for s in have.strays] == ["dup"]
     plan = diff.diff(want({MAIN0: (spec(), {})}), have)
     assert [(a.kind, a.container_id) for a in plan.actions] == [(Kind.REPLACE, "own"), (Kind.REMOVE, "dup")]
+
+
+@pytest.mark.parametrize(("started", "silent_for_s", "replaced"), [
+    ("2026-01-01T00:00:00", 599, False),  # still inside the 600 s startup budget: it is loading
+    ("2026-01-01T00:00:00", 601, True),  # past it: the engine died behind its process, or hangs
+    ("2026-01-01T00:00:00.123456789Z", 601, True),  # Docker's nanoseconds and Z
+])
+def test_an_engine_silent_past_its_startup_budget_is_replaced(started, silent_for_s, replaced):
+    import datetime
+
+    silent = observed.ObservedReplica(container(MAIN0, H, started=started), "http://127.0.0.1:8000", False, None)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=silent_for_s)
+    plan = diff.diff(want({MAIN0: (spec(), {"a": "/a"})}), observed.ObservedState("demo", {MAIN0: silent}), now=now)
+    assert (plan.actions[0].kind is Kind.REPLACE) is replaced
+    if replaced:
+        assert "has not answered /health in the 601 s since it started" in plan.actions[0].reason
+    assert diff.diff(want({MAIN0: (spec(), {"a": "/a"})}), observed.ObservedState("demo", {MAIN0: silent})
+                     ).actions[0].kind is Kind.LOAD_ADAPTER  # without a clock (file vs file) nothing is judged

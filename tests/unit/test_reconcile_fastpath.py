@@ -19,7 +19,7 @@ def world(tmp_path, monkeypatch):
     fleet_file.write_text("name: demo\n")
     live = {"containers": [{"Id": "c0", "State": "running"}], "adapters": {"code--1": "/a/code/1"}}
     monkeypatch.setattr(fastpath, "_docker_containers", lambda fleet: live["containers"])
-    monkeypatch.setattr(fastpath, "_adapters", lambda host, port: live["adapters"])
+    monkeypatch.setattr(fastpath, "_adapters", lambda host, port, key: live["adapters"])
     fastpath.write_record(fleet_file, "demo", [], "127.0.0.1", CONTAINERS, None)
     return fleet_file, live
 

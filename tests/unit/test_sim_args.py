@@ -281,3 +281,38 @@ def test_compiled_argv_of_every_example_parses_and_its_config_form_means_the_sam
         config = tmp_path / f"{server.name}.yaml"
         config.write_text(vllm_args.to_config_yaml(launch))
         assert sim_args.parse(vllm_args.config_argv(launch, str(config))[1:], launch.env) == served
+
+
+# -- the flag set follows the vLLM version (FLEETSPEC_SIM_VLLM_VERSION) ---------------------------------
+
+
+def test_unknown_flags_are_unrecognized_as_in_vllm():
+    assert usage_error(MODEL, "--bogus-flag", "3") == "unrecognized arguments: --bogus-flag 3"
+
+
+@pytest.mark.parametrize("version, expected", [
+    ("0.32", "0.32.0"), ("0.32.0", "0.32.0"), ("v0.33.0", "0.33.0"), ("0.31.1", "0.32.0"), ("0.40", "0.33.0"),
+])
+def test_the_version_maps_onto_a_known_release(version, expected):
+    assert parse(MODEL, env={sim_args.VERSION_ENV: version}).vllm_version == expected
+
+
+def test_the_default_version_is_033():
+    assert parse(MODEL).vllm_version == "0.33.0"
+
+
+def test_enable_disable_pairs_exist_only_in_033():
+    # 0.33's EnableDisableAction adds --disable-x for every --enable-x (vllm/utils/argparse_utils.py:120-145).
+    assert parse(MODEL, "--enable-lora", "--disable-lora").enable_lora is False
+    assert parse(MODEL, "--disable-log-requests").ignored == ("--disable-log-requests",)
+    v032 = {sim_args.VERSION_ENV: "0.32"}
+    with pytest.raises(sim_args.UsageError, match="unrecognized arguments: --disable-log-requests"):
+        parse(MODEL, "--disable-log-requests", env=v032)
+    assert parse(MODEL, "--enable-lora", "--no-enable-lora", env=v032).enable_lora is False
+
+
+def test_unmodelled_flags_take_the_values_their_table_says():
+    served = parse(MODEL, "--seed", "7", "--enable-prefix-caching", "--compilation-config.mode", "3")
+    assert served.ignored == ("--seed", "7", "--enable-prefix-caching", "--compilation-config.mode", "3")
+    with pytest.raises(sim_args.UsageError, match="unrecognized arguments: stray"):
+        parse(MODEL, "--enable-prefix-caching", "stray")

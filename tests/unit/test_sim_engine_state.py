@@ -162,7 +162,8 @@ def test_resolve_names():
     assert eng.resolve("sql").path == "/adapters/sql"
     missing = eng.resolve("nope")
     assert missing == engine.Reply(404, {"error": {
-        "message": "The model `nope` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}})
+        "message": "The model `nope` does not exist. Valid aliases: main, alias.", "type": "NotFoundError",
+        "param": "model", "code": 404}})
 
 
 def test_static_base_model_name_is_kept_only_when_it_is_served():

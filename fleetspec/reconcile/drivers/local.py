@@ -34,7 +34,7 @@ import time
 
 from fleetspec import errors
 from fleetspec.reconcile import desired, labels, state
-from fleetspec.reconcile.drivers import base
+from fleetspec.reconcile.drivers import base, launchers
 
 IMAGE = "local"  # what observe() reports as the image: there is none
 _STOP_GRACE_S = 10.0  # SIGTERM → SIGKILL, as for Docker
@@ -107,7 +107,7 @@ class LocalDriver:
         env = child_env(spec)
         _check_program(spec, env)
         _check_ports_free(spec.name, ports)
-        record = self._spawn(spec, env, ports)
+        record = self._spawn(spec, launchers.command(spec.argv, env.get("PATH")), env, ports)
         try:
             state.write_atomic(self.procs_dir / f"{spec.name}.json", json.dumps(record.to_json(), indent=2) + "\n")
         except OSError:
@@ -149,7 +149,8 @@ class LocalDriver:
         for child in self._children.values():
             child.poll()  # waitpid(WNOHANG) under the hood
 
-    def _spawn(self, spec: desired.ContainerSpec, env: dict[str, str], ports: list[dict]) -> ProcessRecord:
+    def _spawn(self, spec: desired.ContainerSpec, argv: list[str], env: dict[str, str],
+               ports: list[dict]) -> ProcessRecord:
         container_id = secrets.token_hex(32)
         log_path = self.log_path(spec.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,17 +158,17 @@ class LocalDriver:
         created = _now()
         with open(log_path, "ab") as log:
             log.write(f"--- fleetspec: {spec.name} (id {container_id[:12]}) started {created}: "
-                      f"{shlex.join(spec.argv)}\n".encode())
+                      f"{shlex.join(argv)}\n".encode())
             log.flush()
             offset = log.tell()
             try:
                 child = subprocess.Popen(
-                    list(spec.argv), env=env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                    argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                 )
             except OSError as exc:
                 raise errors.PermanentError(
-                    f"Could not start process {spec.name}: {exc.strerror or exc} ({spec.argv[0]}). "
+                    f"Could not start process {spec.name}: {exc.strerror or exc} ({argv[0]}). "
                     "Check that the engine is installed and that the working directory exists."
                 ) from exc
         self._children[container_id] = child
@@ -295,6 +296,8 @@ def _ports(spec: desired.ContainerSpec) -> list[dict]:
 
 def _check_program(spec: desired.ContainerSpec, env: dict[str, str]) -> None:
     program = spec.argv[0]
+    if program in (launchers.PYTHON, launchers.VLLM):
+        return  # resolved by launchers.command (which says what is missing)
     if os.sep in program:
         return  # a path: Popen reports a missing or non-executable file itself
     if shutil.which(program, path=env.get("PATH")) is None:
