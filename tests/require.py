@@ -1,7 +1,7 @@
 """The one rule for tests that need something outside the project (an engine, an oracle, a server).
 
 Without it they skip with the reason, so a laptop without Docker still runs the rest; with
-FLEETSPEC_REQUIRE_<WHAT>=1 (CI sets DOCKER, ORACLES, REDIS and EMBEDDING) they fail instead, so a
+FLEETSPEC_REQUIRE_<WHAT>=1 (CI sets DOCKER, ORACLES, REDIS, EMBEDDING and VLLM) they fail instead, so a
 missing tool can never pass CI quietly. Never use this for fleetspec's own code or for a package in
 the `test` extra: import those plainly, so that a regression fails.
 """
@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import pytest
 
-KNOWN = ("DOCKER", "ORACLES", "REDIS", "EMBEDDING")
+KNOWN = ("DOCKER", "ORACLES", "REDIS", "EMBEDDING", "VLLM")
 
 
 def required(what: str) -> bool:

@@ -1,4 +1,6 @@
-"""GPU facts: total memory as CUDA reports it, per catalog type (`data/gpus.yaml`)."""
+"""GPU facts: total memory as CUDA reports it, per catalog type (`data/gpus.yaml`).
+
+One entry is not a GPU: `cpu`, the host of vLLM's CPU build, whose memory the fleet file gives."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class GpuFacts:
     source: str
     estimated: bool = False
     simulated: bool = False
+    host: bool = False  # the CPU build of vLLM: "GPU memory" is host RAM, and there is no CUDA
 
     @property
     def total_gib(self) -> float:
@@ -29,16 +32,23 @@ class UnknownGpuType(LookupError):
     """A GpuGroup names a type the catalog does not have and gives no memory_gib."""
 
 
+class HostMemoryNeeded(LookupError):
+    """A `cpu` group without memory_gib: the host's memory is not a catalog fact."""
+
+
 def resolve(group: spec_models.GpuGroup) -> GpuFacts:
     """Facts for one inventory group. An explicit `memory_gib` wins over the catalog's number."""
     if group.type is not None:
         name = canonical_name(group.type)
         if name is None and group.memory_gib is None:
             raise UnknownGpuType(group.type)
+        host = name is not None and _entry(name).get("host", False)
+        if host and group.memory_gib is None:
+            raise HostMemoryNeeded(group.type)
         if name is not None and group.memory_gib is None:
             return _catalog_facts(name)
         if name is not None:
-            return GpuFacts(name, round(group.memory_gib * GIB), "memory_gib in the fleet file")
+            return GpuFacts(name, round(group.memory_gib * GIB), "memory_gib in the fleet file", host=host)
     label = group.type or f"custom-{group.memory_gib:g}GiB"
     return GpuFacts(label, round(group.memory_gib * GIB), "memory_gib in the fleet file")
 
@@ -52,9 +62,19 @@ def known_types() -> list[str]:
     return [name for name, facts in data_files.load("gpus")["gpus"].items() if not facts.get("simulated")]
 
 
+def is_host(type_name: str | None) -> bool:
+    """Whether a catalog type (or alias) is the CPU host rather than a GPU."""
+    name = canonical_name(type_name) if type_name else None
+    return name is not None and _entry(name).get("host", False)
+
+
+def _entry(name: str) -> dict:
+    return data_files.load("gpus")["gpus"][name]
+
+
 @functools.cache
 def _catalog_facts(name: str) -> GpuFacts:
-    entry = data_files.load("gpus")["gpus"][name]
+    entry = _entry(name)
     return GpuFacts(name, round(entry["memory_gib"] * GIB), entry["source"],
                     entry.get("estimated", False), entry.get("simulated", False))
 

@@ -23,6 +23,14 @@ class BatchDefault:
 
 
 @dataclasses.dataclass(frozen=True)
+class CpuOverheads:
+    worker_base_bytes: int
+    side_processes_bytes: int
+    block_size: int
+    batch_default: BatchDefault
+
+
+@dataclasses.dataclass(frozen=True)
 class Overheads:
     sampler_factor: float
     reference_batched_tokens: int
@@ -38,6 +46,7 @@ class Overheads:
     cudagraph_lora_factor: float
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
+    cpu: CpuOverheads
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -51,7 +60,7 @@ def _gib(value: float) -> int:
 @functools.cache
 def load() -> Overheads:
     data = data_files.load("overheads")
-    act, graphs = data["activation"], data["cudagraph"]
+    act, graphs, cpu = data["activation"], data["cudagraph"], data["cpu"]
     return Overheads(
         sampler_factor=act["sampler_factor"],
         reference_batched_tokens=act["reference_batched_tokens"],
@@ -70,5 +79,12 @@ def load() -> Overheads:
             BatchDefault(row["min_memory_gib"], row["max_num_batched_tokens"], row["max_num_seqs"],
                          tuple(row.get("except", ())))
             for row in data["batch_defaults"]
+        ),
+        cpu=CpuOverheads(
+            worker_base_bytes=_gib(cpu["worker_base_gib"]),
+            side_processes_bytes=_gib(cpu["side_processes_gib"]),
+            block_size=cpu["block_size"],
+            batch_default=BatchDefault(0, cpu["batch_defaults"]["max_num_batched_tokens"],
+                                       cpu["batch_defaults"]["max_num_seqs"], ()),
         ),
     )

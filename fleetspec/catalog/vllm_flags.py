@@ -62,6 +62,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("quantization", "--quantization", Kind.VALUE, "base_model.quantization"),
     Flag("kv_cache_dtype", "--kv-cache-dtype", Kind.VALUE, "base_model.kv_cache_dtype"),
     Flag("gpu_memory_utilization", "--gpu-memory-utilization", Kind.VALUE, "servers[].gpu_memory_utilization"),
+    # Written for `cpu` hosts only, from the plan; it overrides the utilization-based KV size.
+    Flag("kv_cache_memory_bytes", "--kv-cache-memory-bytes", Kind.VALUE, "(fleetspec: the plan, on cpu hosts)",
+         since=(0, 11)),
     Flag("max_model_len", "--max-model-len", Kind.VALUE, "servers[].max_model_len / base_model.max_model_len"),
     Flag("max_num_seqs", "--max-num-seqs", Kind.VALUE, "servers[].max_num_seqs"),
     Flag("max_num_batched_tokens", "--max-num-batched-tokens", Kind.VALUE, "servers[].max_num_batched_tokens"),

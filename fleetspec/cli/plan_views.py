@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from fleetspec.catalog import overheads
 from fleetspec.planner import report
 
 GIB = 1 << 30
@@ -36,6 +37,10 @@ def server_heading(server: report.ServerPlan) -> str:
     s = server.settings
     if s is None:
         return f"server {server.name}"
+    if s.host:
+        return (f"server {server.name}: vLLM CPU build in host RAM, share {s.gpu_memory_utilization:.2f} of the "
+                f"host (gpu_memory_utilization), KV cache set explicitly, max_model_len {s.max_model_len:,}, "
+                f"max_num_seqs {s.max_num_seqs}, max_num_batched_tokens {s.max_num_batched_tokens:,}")
     return (f"server {server.name}: tp {s.tensor_parallel_size} x pp {s.pipeline_parallel_size}, "
             f"gpu_memory_utilization {s.gpu_memory_utilization:.2f}, max_model_len {s.max_model_len:,}, "
             f"max_num_seqs {s.max_num_seqs}, max_num_batched_tokens {s.max_num_batched_tokens:,}")
@@ -54,7 +59,9 @@ def lora_line(server: report.ServerPlan) -> str | None:
 def summary(plan: report.FleetPlan) -> str:
     replicas = sum(len(s.replicas) for s in plan.servers)
     gpus = len({g for s in plan.servers for r in s.replicas for g in r.gpus})
-    counts = f"{len(plan.servers)} server(s), {replicas} replica(s) on {gpus} GPU(s)"
+    on_host = all(s.settings is not None and s.settings.host for s in plan.servers) and plan.servers
+    where = "the CPU host (vLLM's CPU build)" if on_host else f"{gpus} GPU(s)"
+    counts = f"{len(plan.servers)} server(s), {replicas} replica(s) on {where}"
     if plan.fits:
         return f"Fleet {plan.fleet} fits: {counts}; host RAM for CPU adapter caches {_gib(plan.cpu_lora_cache_bytes)} GiB."
     errors = len(plan.errors)
@@ -80,6 +87,18 @@ def render_human(plan: report.FleetPlan, file=None) -> None:
         if line:
             console.print(line, highlight=False)
     console.print("Sizes in GiB per GPU. * = CUDA graphs outside the budget (vLLM before 0.21).", style="dim")
+    note = host_note(plan)
+    if note:
+        console.print(note, style="dim")
+
+
+def host_note(plan: report.FleetPlan) -> str | None:
+    """What the columns mean for vLLM's CPU build, where nothing is GPU memory."""
+    if not any(s.settings is not None and s.settings.host for s in plan.servers):
+        return None
+    beside = overheads.load().cpu.side_processes_bytes
+    return (f"On a `cpu` host every size is host RAM of one replica's worker process; its API server and engine "
+            f"core take about {_gib(beside)} GiB more (the Non-torch column is the worker's own base).")
 
 
 def render_markdown(plan: report.FleetPlan) -> str:
@@ -97,5 +116,7 @@ def render_markdown(plan: report.FleetPlan) -> str:
             where = f" `{f.path}`" if f.path else ""
             out.append(f"- **{f.severity.value}**{where}: {f.message}" + (f" — {f.hint}" if f.hint else ""))
         out.append("")
+    note = host_note(plan)
+    out += [note, ""] if note else []
     out.append(summary(plan))
     return "\n".join(out) + "\n"

@@ -48,13 +48,14 @@ def engine_service(spec: models.FleetSpec, server: models.Server, slot: slots.Sl
     volumes.append({"type": "volume", "source": HF_VOLUME, "target": deploy.HF_CACHE, "read_only": False})
     service = {
         "name": f"{server.name}-{slot.replica}",
-        "image": server.image or spec.runtime.default_image,
+        "image": deploy.engine_image(spec, server),
         "entrypoint": launch.argv[:1],
         "command": launch.argv[1:],
         "environment": sorted(launch.env.items()),
         "ports": [{"target": vllm_args.CONTAINER_PORT, "published": host_port, "host_ip": spec.runtime.bind_address}],
         "volumes": volumes,
-        "gpu_ids": [str(g) for g in slot.gpus] if spec.runtime.engine == "vllm" else [],
+        "gpu_ids": [str(g) for g in slot.gpus] if spec.runtime.engine == "vllm" and not deploy.on_host(spec, server)
+        else [],
         "ipc": "host",  # NCCL and the engine's worker processes share memory (vLLM's Docker docs)
         "healthcheck": _healthcheck(deploy.startup_seconds(server, slot.weights_gib)),
     }

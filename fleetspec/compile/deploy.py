@@ -12,7 +12,11 @@ import posixpath
 
 from fleetspec.catalog import vllm_flags
 from fleetspec.compile import vllm_args
+from fleetspec.planner import host as cpu_host
 from fleetspec.spec import models
+
+# vLLM's own image of its CPU build (x86-64), per release; the CUDA image cannot run without a GPU.
+CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo"
 
 ROUTER_CONFIG_DIR = "/etc/fleetspec"
 ROUTER_CONFIG_FILE = "router.json"
@@ -95,3 +99,17 @@ def _outermost(directories: list[str]) -> list[str]:
         if not any(directory == k or directory.startswith(k.rstrip("/") + "/") for k in kept):
             kept.append(directory)
     return kept
+
+
+def engine_image(spec: models.FleetSpec, server: models.Server) -> str:
+    """The server's image, else vLLM's CUDA image, or its CPU image for a server on a `cpu` host."""
+    if server.image or spec.runtime.image:
+        return server.image or spec.runtime.image
+    if cpu_host.host_facts(spec, server) is not None:
+        return f"{CPU_IMAGE}:v{spec.runtime.vllm_version}"
+    return spec.runtime.default_image
+
+
+def on_host(spec: models.FleetSpec, server: models.Server) -> bool:
+    """Whether the server runs vLLM's CPU build: no GPU to request, memory to reserve instead."""
+    return cpu_host.host_facts(spec, server) is not None

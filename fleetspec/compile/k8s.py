@@ -25,6 +25,7 @@ import re
 
 from fleetspec.catalog import vllm_flags
 from fleetspec.compile import deploy, router, slots, templating, vllm_args
+from fleetspec.planner import host as cpu_host
 from fleetspec.spec import models
 
 KUSTOMIZATION = "kustomization.yaml"
@@ -149,18 +150,29 @@ def engine_deployment(spec: models.FleetSpec, server: models.Server, weights_gib
                 {"name": "shm", "source_kind": "emptyDir", "source": {"medium": "Memory"}}]
     mounts += [{"name": "hf-cache", "path": deploy.HF_CACHE, "read_only": False, "sub_path": None},
                {"name": "shm", "path": "/dev/shm", "read_only": False, "sub_path": None}]
-    gpus = str(server.gpus_per_replica)
-    # Host RAM: weights pass through it while loading, plus the CPU adapter cache; an estimate.
-    memory_gib = math.ceil((weights_gib or vllm_flags.STARTUP_DEFAULT_WEIGHTS_GIB) + 8)
+    requests, limits = _resources(spec, server, weights_gib)
     return {
         "name": name("vllm", server.name), "labels": own, "selector": _selector(own),
-        "replicas": server.replicas, "container": "vllm", "image": server.image or spec.runtime.default_image,
+        "replicas": server.replicas, "container": "vllm", "image": deploy.engine_image(spec, server),
         "command": argv, "args": [], "env": env, "port": vllm_args.CONTAINER_PORT,
-        "requests": [("cpu", str(2 * server.gpus_per_replica)), ("memory", f"{memory_gib}Gi"), ("nvidia.com/gpu", gpus)],
-        "limits": [("nvidia.com/gpu", gpus)] if spec.runtime.engine == "vllm" else [],
+        "requests": requests, "limits": limits,
         "probes": _probes(deploy.startup_seconds(server, weights_gib)),
         "mounts": mounts, "volumes": volumes,
     }
+
+
+def _resources(spec: models.FleetSpec, server: models.Server, weights_gib: float | None,
+               ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """GPU servers request their GPUs; vLLM's CPU build requests the host RAM the plan gives it, as a
+    limit too, so the scheduler never packs more engines on a node than its memory holds."""
+    if deploy.on_host(spec, server):
+        memory = f"{math.ceil(cpu_host.replica_host_bytes(spec, server) / (1 << 30))}Gi"
+        return [("cpu", "2"), ("memory", memory)], [("memory", memory)]
+    gpus = str(server.gpus_per_replica)
+    # Host RAM: weights pass through it while loading, plus the CPU adapter cache; an estimate.
+    memory_gib = math.ceil((weights_gib or vllm_flags.STARTUP_DEFAULT_WEIGHTS_GIB) + 8)
+    requests = [("cpu", str(2 * server.gpus_per_replica)), ("memory", f"{memory_gib}Gi"), ("nvidia.com/gpu", gpus)]
+    return requests, [("nvidia.com/gpu", gpus)] if spec.runtime.engine == "vllm" else []
 
 
 def router_deployment(spec: models.FleetSpec) -> dict:

@@ -40,6 +40,7 @@ import yaml
 
 from fleetspec import errors
 from fleetspec.catalog import vllm_flags
+from fleetspec.planner import host as cpu_host
 from fleetspec.spec import derived, models, paths
 
 Locate = Callable[[tuple], errors.Location | None]
@@ -129,11 +130,11 @@ def _live_versions(spec: models.FleetSpec, specialist: models.Specialist) -> lis
 
 
 def engine_settings(spec: models.FleetSpec, server: models.Server, *, host: str, port: int,
-                    adapters: Sequence[ServedAdapter]) -> dict:
+                    adapters: Sequence[ServedAdapter], base_dir: pathlib.Path | None = None) -> dict:
     """Spec → table settings; None, False and [] mean "leave the flag out"."""
     base = spec.base_model
     settings: dict = {
-        "model": base.id,
+        "model": resolve_path(base.id, base_dir),
         "revision": base.revision,
         "served_model_name": [served_base_name(spec)],
         "host": host,
@@ -145,6 +146,7 @@ def engine_settings(spec: models.FleetSpec, server: models.Server, *, host: str,
         "kv_cache_dtype": None if base.kv_cache_dtype == "auto" else base.kv_cache_dtype,
         # Always explicit: the planner's budget must not depend on a release's default.
         "gpu_memory_utilization": derived.utilization(spec, server),
+        "kv_cache_memory_bytes": cpu_host.kv_cache_bytes(spec, server),
         "max_model_len": spec.max_model_len_of(server),
         "max_num_seqs": server.max_num_seqs,
         "max_num_batched_tokens": server.max_num_batched_tokens,
@@ -198,7 +200,7 @@ def launch_env(spec: models.FleetSpec, server: models.Server, gpus: Sequence[int
     if spec.runtime.engine_api_key:
         env[API_KEY_ENV] = spec.runtime.engine_api_key
     env.update(server.env)
-    if gpus is not None:
+    if gpus is not None and cpu_host.host_facts(spec, server) is None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     return dict(sorted(env.items()))
 
@@ -212,7 +214,7 @@ def replica_launch(spec: models.FleetSpec, server: models.Server, replica: int, 
     if problems:
         raise errors.SpecError(problems)
     adapters = served_adapters(spec, server, base_dir) if preload_adapters else []
-    settings = engine_settings(spec, server, host=host, port=port, adapters=adapters)
+    settings = engine_settings(spec, server, host=host, port=port, adapters=adapters, base_dir=base_dir)
     argv = ["vllm", "serve", settings["model"], *render_flags(settings), *server.extra_args]
     return ReplicaLaunch(server.name, replica, argv, launch_env(spec, server, gpus), settings, list(server.extra_args))
 
@@ -262,6 +264,11 @@ def check_server(spec: models.FleetSpec, server: models.Server, locate: Locate |
             add(("servers", index, "lora", "target_modules"), "flag-not-in-release",
                 f"vLLM {version} has no {row.flag}; it arrived in {row.since[0]}.{row.since[1]}.",
                 f"Remove lora.target_modules, or set runtime.vllm_version to {row.since[0]}.{row.since[1]} or newer.")
+    if "VLLM_CPU_KVCACHE_SPACE" in server.env and cpu_host.host_facts(spec, server) is not None:
+        add(("servers", index, "env", "VLLM_CPU_KVCACHE_SPACE"), "kv-cache-set-by-fleetspec",
+            "VLLM_CPU_KVCACHE_SPACE overrides the KV cache fleetspec sizes for this CPU host, so the plan would "
+            "no longer say what the engine holds.",
+            "Remove it; give the server more or less of the host with gpu_memory_utilization instead.")
     for position, word in enumerate(server.extra_args):
         _check_extra_arg(word, release.version, version, lambda code, msg, hint, p=position: add(
             ("servers", index, "extra_args", p), code, msg, hint))

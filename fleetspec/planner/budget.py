@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fleetspec.catalog import models as catalog_models
+from fleetspec.catalog import overheads
 from fleetspec.planner import engine, memory
 
 GIB = 1 << 30
@@ -28,6 +29,7 @@ class GpuBudget:
     max_model_len: int
     largest_model_len: int  # longest max_model_len that would fit
     max_concurrency: float
+    host: bool = False  # vLLM's CPU build: every term is host RAM; cuda_context holds its side processes
 
     @property
     def fits(self) -> bool:
@@ -48,6 +50,7 @@ class GpuBudget:
             "kv_cache_gib": gib(max(self.kv_cache, 0)), "cuda_context_gib": gib(self.cuda_context),
             "cudagraph_in_budget": self.cudagraph_in_budget,
             "kv_bytes_per_token": round(self.kv_bytes_per_token, 2),
+            "memory": "host" if self.host else "gpu",
         }
 
 
@@ -61,25 +64,32 @@ def lora_buffer_bytes(facts: catalog_models.ModelFacts, s: engine.EngineSettings
 
 
 def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int) -> GpuBudget:
-    """The per-GPU budget of one replica with these settings on a GPU of `total` bytes."""
+    """The per-GPU budget of one replica with these settings on a GPU of `total` bytes.
+
+    On vLLM's CPU build the same terms live in host RAM: the worker process holds weights, LoRA
+    buffers, activations and the KV cache over its own base; the API server and engine core
+    processes stand outside the budget where the CUDA context does on a GPU; there are no graphs."""
     tp, pp = s.tensor_parallel_size, s.pipeline_parallel_size
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
     weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size)
     lora = lora_buffer_bytes(facts, s)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version)
-    non_torch = memory.non_torch_bytes(tp, pp)
-    graphs = memory.cudagraph_bytes(facts, pp, s.lora is not None, s.enforce_eager)
+    cpu = overheads.load().cpu
+    non_torch = cpu.worker_base_bytes if s.host else memory.non_torch_bytes(tp, pp)
+    graphs = 0 if s.host else memory.cudagraph_bytes(facts, pp, s.lora is not None, s.enforce_eager)
     in_budget = memory.cudagraphs_in_budget(s.vllm_version)
+    outside = cpu.side_processes_bytes if s.host else memory.cuda_context_bytes(tp, pp)
     kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
     per_token = memory.kv_bytes_per_token(facts, tp, pp, s.kv_bytes, s.kv_cache_dtype)
     request = memory.kv_bytes_per_request(facts, tp, pp, s.kv_bytes, s.max_model_len,
-                                          s.max_num_batched_tokens, s.kv_cache_dtype)
+                                          s.max_num_batched_tokens, s.kv_cache_dtype, s.block_size)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
-                                       s.kv_cache_dtype)
+                                       s.kv_cache_dtype, block=s.block_size)
     return GpuBudget(
         total=total, budget=budget, weights=weights, lora=lora, activation=activation, non_torch=non_torch,
-        cudagraph=graphs, cudagraph_in_budget=in_budget, cuda_context=memory.cuda_context_bytes(tp, pp),
-        kv_cache=kv_cache, kv_bytes_per_token=per_token, kv_tokens=memory.kv_tokens(kv_cache, per_token),
+        cudagraph=graphs, cudagraph_in_budget=in_budget, cuda_context=outside, host=s.host,
+        kv_cache=kv_cache, kv_bytes_per_token=per_token,
+        kv_tokens=memory.kv_tokens(kv_cache, per_token, s.block_size),
         request_bytes=request, max_model_len=s.max_model_len, largest_model_len=largest,
         max_concurrency=max(kv_cache, 0) / request if request else 0.0,
     )

@@ -32,6 +32,8 @@ class EngineSettings:
     group_size: int | None
     lora: spec_models.LoraLimits | None
     lora_dtype_bytes: int
+    host: bool = False  # vLLM's CPU build: host RAM, no CUDA context or graphs, 128-token blocks
+    block_size: int = 16
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -39,6 +41,9 @@ class EngineSettings:
 
 def batch_defaults(gpu: catalog_gpus.GpuFacts) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) `vllm serve` picks for this device."""
+    if gpu.host:
+        row = overheads.load().cpu.batch_default
+        return row.max_num_batched_tokens, row.max_num_seqs
     for row in overheads.load().batch_defaults:
         if gpu.total_gib >= row.min_memory_gib and gpu.type not in row.excluded_types:
             return row.max_num_batched_tokens, row.max_num_seqs
@@ -80,4 +85,6 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         group_size=base.quantization_group_size or facts.checkpoint_group_size,
         lora=server.lora,
         lora_dtype_bytes=lora_bytes,
+        host=gpu.host,
+        block_size=overheads.load().cpu.block_size if gpu.host else overheads.load().block_size,
     )

@@ -226,6 +226,15 @@ def headroom_finding(gpu_id: int, gpu: catalog_gpus.GpuFacts, used_fraction: flo
     if free + 1 >= outside:
         return None
     ceiling = math.floor((1 - outside / gpu.total_bytes) * 100) / 100
+    if gpu.host:
+        return finding(
+            ERROR, "no-headroom-outside-budget", ("servers", server_index, "gpu_memory_utilization"),
+            f"the `cpu` host's {gib(gpu.total_bytes)} is booked to {used_fraction:.2f} for the engines' workers, "
+            f"leaving {gib(free)} for their API server and engine core processes, which need {gib(outside)}; "
+            "the host would run out of memory",
+            f"keep the gpu_memory_utilization of the replicas on this host at {ceiling:.2f} or less in total, "
+            "or give the host more memory_gib if it has it",
+        )
     return finding(
         ERROR, "no-headroom-outside-budget", ("servers", server_index, "gpu_memory_utilization"),
         f"GPU {gpu_id} ({gpu.type}) is booked to {used_fraction:.2f} of its memory, leaving {gib(free)} for "

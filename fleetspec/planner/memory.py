@@ -278,10 +278,11 @@ def _window_layers(facts: catalog_models.ModelFacts, layers: int) -> int:
 
 
 def kv_bytes_per_request(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float,
-                         max_model_len: int, batched_tokens: int, kv_cache_dtype: str = "auto") -> float:
+                         max_model_len: int, batched_tokens: int, kv_cache_dtype: str = "auto",
+                         block: int | None = None) -> float:
     """KV memory one request of max_model_len tokens can claim: full-attention layers hold every
     block, sliding-window layers at most the window plus one step's tokens (vllm-facts §4.3)."""
-    block = overheads.load().block_size
+    block = block or overheads.load().block_size
     layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
     per_layer = kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
     full_blocks = -(-max_model_len // block)
@@ -291,19 +292,21 @@ def kv_bytes_per_request(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_
     return per_layer * block * ((layers - windowed) * full_blocks + windowed * window_blocks)
 
 
-def kv_tokens(available: int, bytes_per_token: float) -> int:
+def kv_tokens(available: int, bytes_per_token: float, block: int | None = None) -> int:
     """vLLM's "GPU KV cache size: N tokens": whole blocks that fit in the available memory."""
-    block = overheads.load().block_size
+    block = block or overheads.load().block_size
     if available <= 0 or bytes_per_token <= 0:
         return 0
     return int(available // (bytes_per_token * block)) * block
 
 
 def largest_model_len(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float, available: int,
-                      batched_tokens: int, kv_cache_dtype: str = "auto", limit: int | None = None) -> int:
+                      batched_tokens: int, kv_cache_dtype: str = "auto", limit: int | None = None,
+                      block: int | None = None) -> int:
     """Longest max_model_len whose one full request fits (vLLM's estimate_max_model_len search)."""
     def fits(length: int) -> bool:
-        return kv_bytes_per_request(facts, tp, pp, kv_bytes, length, batched_tokens, kv_cache_dtype) <= available
+        return kv_bytes_per_request(facts, tp, pp, kv_bytes, length, batched_tokens, kv_cache_dtype,
+                                    block) <= available
 
     high = limit or facts.max_position_embeddings or 1 << 24
     if available <= 0 or not fits(1):

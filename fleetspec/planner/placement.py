@@ -51,6 +51,14 @@ def inventory(groups: Sequence[spec_models.GpuGroup]) -> tuple[list[GpuSlot], li
     for index, group in enumerate(groups):
         try:
             facts = catalog_gpus.resolve(group)
+        except catalog_gpus.HostMemoryNeeded:
+            findings.append(Diagnostic(
+                Severity.ERROR, "host-memory-needed", paths.format_path(("gpus", index, "memory_gib")),
+                "a `cpu` group runs vLLM's CPU build in host memory, and fleetspec cannot know how much this "
+                "host has",
+                "add `memory_gib:` with the host's memory in GiB (`free -g`, the `total` column)",
+            ))
+            continue
         except catalog_gpus.UnknownGpuType:
             known = ", ".join(catalog_gpus.known_types())
             findings.append(Diagnostic(

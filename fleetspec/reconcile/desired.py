@@ -217,7 +217,7 @@ def _engine_container(spec, server, slot, port: int, env: Environment, base_dir)
     if env.target == "docker":
         launch = vllm_args.replica_launch(spec, server, slot.replica, host="0.0.0.0", port=vllm_args.CONTAINER_PORT,
                                           preload_adapters=False, base_dir=base_dir)
-        image = env.sim_image if sim else (server.image or spec.runtime.default_image)
+        image = env.sim_image if sim else deploy.engine_image(spec, server)
         mounts = [Mount(root, root, True) for root in deploy.adapter_roots(spec, server, base_dir)]
         return ContainerSpec(name=name, image=image, argv=launch.argv, env=launch.env,
                              gpu_ids=() if sim else slot.gpus,

@@ -95,6 +95,9 @@ class Engine:
         self.running: collections.Counter[str] = collections.Counter()  # lora name → running requests
         self.waiting: collections.Counter[str] = collections.Counter()
         self.stats = Stats()
+        # Adapters with any waiting or running request, in the order they got one (vLLM's
+        # LoRARequestStates.requests, v1/metrics/stats.py: an entry goes when its last request ends).
+        self.active: dict[str, int] = {}
         # vllm:lora_requests_info keeps one series per (running, waiting) label set ever seen, each
         # holding the time it was last current (prometheus labels are never removed).
         self.lora_info_seen: dict[tuple[str, str], float] = {}
@@ -217,6 +220,7 @@ class Engine:
             return None
         with self._lock:
             self.waiting[lora.name] += 1
+            self.active[lora.name] = self.active.get(lora.name, 0) + 1
             try:
                 self._lock.wait_for(lambda: self._may_run(lora))
             finally:
@@ -225,6 +229,7 @@ class Engine:
                 self._add_lora(lora)
             except Rejected as exc:
                 # vLLM re-reads an evicted adapter inside the engine step; a vanished path fails there.
+                self._drop(self.active, lora.name)
                 return error(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError",
                              exc.reply.body["error"]["message"])
             self.running[lora.name] += 1
@@ -238,6 +243,7 @@ class Engine:
             if lora is not None:
                 self._note_lora_info()
                 self._drop(self.running, lora.name)
+                self._drop(self.active, lora.name)
                 self._lock.notify_all()
             self.stats.finished[finish_reason] += 1
             self.stats.prompt_tokens += prompt_tokens
@@ -247,13 +253,17 @@ class Engine:
         return lora.name in self.running or len(self.running) < self.args.max_loras
 
     @staticmethod
-    def _drop(counter: collections.Counter[str], name: str) -> None:
+    def _drop(counter: dict[str, int], name: str) -> None:
         counter[name] -= 1
         if counter[name] <= 0:
             del counter[name]
 
     def _note_lora_info(self) -> None:
-        self.lora_info_seen[(",".join(sorted(self.running)), ",".join(sorted(self.waiting)))] = time.time()
+        # Both labels list every adapter with a waiting *or* running request, in arrival order: vLLM
+        # fills running_lora_adapters and waiting_lora_adapters with the same keys, counts aside
+        # (LoRARequestStates.update_scheduler_stats; loggers.py joins `.keys()`), in 0.32 and 0.33.
+        names = ",".join(self.active)
+        self.lora_info_seen[(names, names)] = time.time()
 
     def snapshot(self) -> Snapshot:
         with self._lock:

@@ -41,7 +41,7 @@ class Ask:
     n: int
 
 
-def parse(body: object, chat: bool) -> Ask | engine.Reply:
+def parse(body: object, chat: bool, max_model_len: int | None = None) -> Ask | engine.Reply:
     if not isinstance(body, dict):
         return _bad_request("The request body must be a JSON object.")
     if chat:
@@ -54,11 +54,18 @@ def parse(body: object, chat: bool) -> Ask | engine.Reply:
         if raw in (None, "", []):
             return _bad_request("Either prompt or prompt_embeds must be provided and non-empty.")
         prompt = raw if isinstance(raw, str) else json.dumps(raw)
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    param = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(param)
     if max_tokens is None and not chat:
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         return _bad_request(f"max_tokens must be at least 1, got {max_tokens}.")
+    if max_tokens is not None and max_model_len is not None and max_tokens > max_model_len:
+        # vllm/renderers/params.py TokenizeParams.__post_init__ (0.32 and 0.33): a VLLMValidationError,
+        # whose str() appends "(parameter=..., value=...)".
+        return engine.error(HTTPStatus.BAD_REQUEST, "BadRequestError",
+                            f"{param}={max_tokens} cannot be greater than max_model_len={max_model_len}. Please "
+                            f"request fewer output tokens. (parameter={param}, value={max_tokens})", param)
     n = body.get("n") or 1
     if not isinstance(n, int) or n < 1:
         return _bad_request(f"n must be at least 1, got {n}.")

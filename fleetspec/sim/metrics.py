@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from fleetspec.sim import engine
 
+# vllm:request_success_total has a series for each of these from the start (v1/metrics/loggers.py).
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+
 
 def _labels(pairs: dict[str, str]) -> str:
     def escape(value: str) -> str:
@@ -40,7 +43,7 @@ def render(snap: engine.Snapshot, model_name: str, max_loras: int, lora_enabled:
                    stamp) for (running, waiting), stamp in snap.lora_info.items()]
         _family(lines, "vllm:lora_requests_info", "gauge", "Running stats on lora requests.", series)
     _family(lines, "vllm:request_success", "counter", "Count of successfully processed requests.",
-            [({**base, "finished_reason": reason}, stats.finished[reason]) for reason in ("stop", "length", "abort")])
+            [({**base, "finished_reason": reason}, stats.finished[reason]) for reason in FINISHED_REASONS])
     _family(lines, "vllm:prompt_tokens", "counter", "Number of prefill tokens processed.",
             [(base, stats.prompt_tokens)])
     _family(lines, "vllm:generation_tokens", "counter", "Number of generation tokens processed.",

@@ -165,11 +165,21 @@ class Handler(BaseHTTPRequestHandler):
         """The JSON object body vLLM's pydantic models need; a 400 otherwise, as its handler gives."""
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             return _validation_error(None, "Unsupported Media Type: Only 'application/json' is allowed")
+        if not self._body.strip() or self._body.strip() == b"null":
+            # FastAPI: no body at all is a missing required body.
+            return _validation_error("body", {"type": "missing", "loc": "body", "msg": "Field required",
+                                              "input": "None"})
         try:
-            body = json.loads(self._body or b"null")
+            body = json.loads(self._body)
+        except UnicodeDecodeError:
+            # Not UTF-8 (nor -16/-32): FastAPI's HTTPException, which vLLM passes through unchanged.
+            return engine.Reply(400, {"detail": "There was an error parsing the body"})
         except ValueError as exc:
-            return _validation_error("body.0", {"type": "json_invalid", "loc": "body.0", "msg": "JSON decode error",
-                                                "input": "<dict of 0 items>", "ctx": {"error": exc.msg}})
+            # FastAPI puts the decoder's position in the location: ("body", JSONDecodeError.pos).
+            where = f"body.{getattr(exc, 'pos', 0)}"
+            return _validation_error(where, {"type": "json_invalid", "loc": where, "msg": "JSON decode error",
+                                             "input": "<dict of 0 items>",
+                                             "ctx": {"error": getattr(exc, "msg", str(exc))}})
         if not isinstance(body, dict):
             return _validation_error("body", {"type": "model_attributes_type", "loc": "body",
                                               "msg": "Input should be a valid dictionary or object to extract fields "
@@ -225,9 +235,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body("LoadLoRAAdapterRequest")
         if isinstance(body, engine.Reply):
             return self._send(body)
-        missing = [f for f in ("lora_name", "lora_path") if f not in body]
-        if missing:
-            return self._send(_missing_fields(body, missing))
+        invalid = _string_fields(body, ("lora_name", "lora_path"))
+        if invalid:
+            return self._send(invalid)
         self._send(self.app.engine.load_adapter(
             str(body["lora_name"]), str(body["lora_path"]), load_inplace=bool(body.get("load_inplace"))))
 
@@ -235,8 +245,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body("UnloadLoRAAdapterRequest")
         if isinstance(body, engine.Reply):
             return self._send(body)
-        if "lora_name" not in body:
-            return self._send(_missing_fields(body, ["lora_name"]))
+        invalid = _string_fields(body, ("lora_name",))
+        if invalid:
+            return self._send(invalid)
         self._send(self.app.engine.unload_adapter(str(body["lora_name"])))
 
     def route_completions(self) -> None:
@@ -247,7 +258,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _generate(self, chat: bool) -> None:
         body = self._json_body("ChatCompletionRequest" if chat else "CompletionRequest")
-        ask = body if isinstance(body, engine.Reply) else generate.parse(body, chat)
+        ask = body if isinstance(body, engine.Reply) else generate.parse(body, chat, self.app.max_model_len)
         if isinstance(ask, engine.Reply):
             return self._send(ask)
         lora = self.app.engine.resolve(ask.model)
@@ -257,20 +268,31 @@ class Handler(BaseHTTPRequestHandler):
         if refused is not None:
             return self._send(refused)
         gen = generate.generate(ask, self.app.args.served_model_name, self.app.args.model, lora)
+        ended = False
+
+        def finish() -> None:
+            # The engine finishes a request (metrics, lora_requests_info) before its last bytes reach
+            # the client, as in vLLM; so a client that got its answer never sees it still running.
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.app.engine.end_request(lora, gen.finish_reason, gen.prompt_tokens, len(gen.tokens) * ask.n)
+
         try:
             if ask.stream:
-                self._stream(ask, gen)
+                self._stream(ask, gen, finish)
             else:
                 self._sleep_tokens(len(gen.tokens))
+                finish()
                 self._send(engine.Reply(200, generate.response(ask, gen)))
         finally:
-            self.app.engine.end_request(lora, gen.finish_reason, gen.prompt_tokens, len(gen.tokens) * ask.n)
+            finish()  # the client went away mid-stream
 
     def _sleep_tokens(self, count: int) -> None:
         if self.app.token_seconds > 0:
             time.sleep(self.app.token_seconds * count)
 
-    def _stream(self, ask: generate.Ask, gen: generate.Generation) -> None:
+    def _stream(self, ask: generate.Ask, gen: generate.Generation, finish=lambda: None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
@@ -278,6 +300,7 @@ class Handler(BaseHTTPRequestHandler):
         for event in generate.stream_events(ask, gen):
             self._sleep_tokens(1)
             self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+        finish()
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
 
@@ -296,9 +319,17 @@ def _validation_error(param: str | None, *errors_: dict | str) -> engine.Reply:
     return engine.error(HTTPStatus.BAD_REQUEST, "Bad Request", message, param)
 
 
-def _missing_fields(body: dict, fields: list[str]) -> engine.Reply:
-    return _validation_error(f"body.{fields[0]}", *(
-        {"type": "missing", "loc": f"body.{f}", "msg": "Field required", "input": _summary(body)} for f in fields))
+def _string_fields(body: dict, fields: tuple[str, ...]) -> engine.Reply | None:
+    """pydantic's verdict on required `str` fields: missing, or not a string (lax mode coerces
+    nothing to str), one error per field in field order; None when all are fine."""
+    problems = []
+    for f in fields:
+        if f not in body:
+            problems.append({"type": "missing", "loc": f"body.{f}", "msg": "Field required", "input": _summary(body)})
+        elif not isinstance(body[f], str):
+            problems.append({"type": "string_type", "loc": f"body.{f}", "msg": "Input should be a valid string",
+                             "input": _summary(body[f])})
+    return _validation_error(problems[0]["loc"], *problems) if problems else None
 
 
 def _summary(value) -> str:

@@ -13,7 +13,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 # vLLM 0.33 `MaxLoRARanks` (vllm/config/lora.py); 0.11 lacked 1. Anything else fails argparse.
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -61,6 +70,8 @@ AdapterName = Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN)]
 Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveInt = Annotated[int, Field(ge=1)]
+# Only YAML's true/false: `yes`, `on` and `1` are text or a number in YAML 1.2, never a quiet True.
+Bool = StrictBool
 
 
 class SpecValueError(ValueError):
@@ -93,7 +104,7 @@ class Architecture(Strict):
     num_key_value_heads: PositiveInt | None = Field(None, description="Defaults to num_attention_heads (MHA).")
     head_dim: PositiveInt | None = Field(None, description="Defaults to hidden_size / num_attention_heads.")
     vocab_size: PositiveInt
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: Bool = False
     num_parameters: PositiveInt | None = Field(None, description="Total parameter count; derived when absent.")
     sliding_window: PositiveInt | None = None
     max_position_embeddings: PositiveInt | None = None
@@ -203,7 +214,7 @@ class LoraLimits(Strict):
     target_modules: list[str] | None = Field(
         None, description="Restrict LoRA buffers to these modules (--lora-target-modules)."
     )
-    fully_sharded: bool = Field(False, description="Shard LoRA computation over tensor parallel (--fully-sharded-loras).")
+    fully_sharded: Bool = Field(False, description="Shard LoRA computation over tensor parallel (--fully-sharded-loras).")
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -232,7 +243,7 @@ class Server(Strict):
     max_model_len: PositiveInt | None = Field(None, description="Overrides base_model.max_model_len for this server.")
     max_num_seqs: PositiveInt | None = None
     max_num_batched_tokens: PositiveInt | None = None
-    enforce_eager: bool = False
+    enforce_eager: Bool = False
     startup_timeout_s: Annotated[int, Field(ge=10, le=86_400)] | None = Field(
         None, description="Seconds a replica may take from its start to a healthy /health; a replica still silent "
         "after that is replaced (its engine died, or hangs). Default: 3 min + 10 s per GiB of weights.",
@@ -280,8 +291,8 @@ class Specialist(Strict):
         "prompts that no rule matched with these, its domains and its keywords.",
     )
     priority: int = Field(0, description="Breaks ties when several specialists match a prompt.")
-    preload: bool = Field(True, description="Load onto its servers ahead of traffic.")
-    pinned: bool = Field(
+    preload: Bool = Field(True, description="Load onto its servers ahead of traffic.")
+    pinned: Bool = Field(
         False, description="Must always be servable at once: preloaded, and counted against every hosting server's "
         "max_loras GPU slots (vLLM has no per-adapter pin; fleetspec guarantees the room instead).",
     )
@@ -417,7 +428,7 @@ class EmbeddingTier(Strict):
     """Seed 001's third tier: when no rule matched, the specialist whose domains, keywords and
     examples are nearest to the prompt by sentence embedding, if it is near enough."""
 
-    enabled: bool = Field(False, description="Needs the embedding extra: pip install 'fleetspec[embedding]'.")
+    enabled: Bool = Field(False, description="Needs the embedding extra: pip install 'fleetspec[embedding]'.")
     threshold: float = Field(
         0.3, ge=-1, le=1, description="Lowest cosine similarity that routes; a prompt below it falls back. "
         "0.3 suits all-MiniLM-L6-v2: off-topic prompts score under 0.15 against code specialists.",
@@ -446,7 +457,7 @@ class Routing(Strict):
 
 
 class RouterSettings(Strict):
-    enabled: bool = True
+    enabled: Bool = True
     port: Port = 8080
     admin_token: str | None = Field(None, description="Enables the admin API; write it as ${VAR}.")
     api_key: str | None = Field(

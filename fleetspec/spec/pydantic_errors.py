@@ -22,6 +22,10 @@ _TYPE_WORDS = {
     "tuple_type": "a list", "none_required": "nothing (null)",
 }
 
+# YAML 1.1's other spellings of a boolean: text in YAML 1.2, which fleet files follow.
+_YAML_11_TRUE = {"yes", "y", "on", "1"}
+_YAML_11_FALSE = {"no", "n", "off", "0"}
+
 _PATTERN_WORDS = {
     models.NAME_PATTERN: ("a lower-case name of letters, digits and dashes (it becomes container and "
                           "Kubernetes names)", "e.g. `python-lora`"),
@@ -113,11 +117,24 @@ def _type_problem(kind: str, loc: tuple, value, source) -> tuple[str, str, str]:
     if kind == "string_type" and loc in source.plain_scalars and isinstance(value, int | float | bool):
         written = source.plain_scalars[loc]
         hint = f'YAML reads {written} as a {type(value).__name__}; put it in quotes: "{written}"'
+    elif kind in ("bool_type", "bool_parsing"):
+        hint = _bool_hint(loc, value, source)
     elif kind == "list_type" and isinstance(value, str):
         hint = f"write a list: [{value}]"
     elif kind in ("int_parsing", "int_from_float") and isinstance(value, str | float):
         hint = "write a whole number without quotes or units"
     return f"expected {wanted}, got {shown}", hint, "wrong-type"
+
+
+def _bool_hint(loc: tuple, value, source) -> str:
+    written = source.plain_scalars.get(loc)
+    if written is None:  # quoted (or not from the file at all)
+        return f"remove the quotes: {value.lower()}" if isinstance(value, str) and value.lower() in ("true", "false") \
+            else "write true or false"
+    meant = "true" if written.lower() in _YAML_11_TRUE else "false" if written.lower() in _YAML_11_FALSE else ""
+    if not meant:
+        return "write true or false"
+    return f"YAML 1.2 reads {written} as {'text' if isinstance(value, str) else 'a number'}, not a boolean; write {meant}"
 
 
 def _bound_problem(kind: str, field: str, value, ctx: dict) -> tuple[str, str, str]:

@@ -3,10 +3,12 @@
 PyYAML is used only to compose the node graph (which keeps line/column marks); values are built
 here so that:
 - duplicate keys are errors instead of "last one wins";
-- scalars follow the YAML 1.2 core schema (`no`, `on`, `2025-06-06` stay strings; only true/false are
-  booleans), which is what people writing adapter tags and keywords expect;
+- scalars follow the YAML 1.2 core schema, not PyYAML's YAML 1.1: `yes`, `on`, `1_000` and `2025-06-06`
+  stay strings and only true/false are booleans (what people writing adapter tags and keywords
+  expect), while `1e3`, `0o17` and `0x1F` are numbers and `017` is seventeen;
 - anchors/aliases are expanded under a node budget, so an alias bomb is refused in milliseconds;
-- tags other than YAML's standard ones (`!!python/object`, custom `!foo`) are refused.
+- tags other than the core schema's (`!!str`, `!!int`, `!!float`, `!!bool`, `!!null`, `!!map`, `!!seq`)
+  are refused: `!!python/object`, `!!timestamp`, custom `!foo`.
 """
 
 from __future__ import annotations
@@ -22,17 +24,32 @@ from fleetspec.errors import Diagnostic, Location, Severity
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000  # after alias expansion; a 1,000-specialist fleet is ~30,000
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 _STANDARD = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {_STANDARD + t for t in ("str", "int", "float", "bool", "null", "timestamp", "binary", "value")}
 _MERGE_TAG = _STANDARD + "merge"
+# An untagged plain scalar. PyYAML's resolver is YAML 1.1's (`1e3` is text there, `yes` and `1_000` are
+# not), so the loader below keeps it from resolving anything: these scalars are resolved here, by YAML
+# 1.2's core schema, and only quoting or an explicit tag says otherwise.
+_PLAIN_TAG = "tag:fleetspec.dev,2025:plain"
+_CORE_TAGS = {_STANDARD + t for t in ("str", "int", "float", "bool", "null")}  # YAML 1.2 core schema
 
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    def resolve(self, kind, value, implicit):
+        if kind is yaml.ScalarNode and implicit[0]:
+            return _MERGE_TAG if value == "<<" else _PLAIN_TAG
+        return super().resolve(kind, value, implicit)
+
+
+# The YAML 1.2 core schema's regular expressions (spec 1.2.2, section 10.3.2), nothing looser.
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
-_INT = re.compile(r"^[-+]?(?:[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 _FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
-_SPECIAL_FLOAT = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+_SPECIAL_FLOAT = {
+    **{sign + inf: (-math.inf if sign == "-" else math.inf) for sign in ("", "+", "-") for inf in (".inf", ".Inf", ".INF")},
+    **{nan: math.nan for nan in (".nan", ".NaN", ".NAN")},
+}
+_TAG_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "null": "null"}
 
 Path = tuple  # of str (mapping keys) and int (list indices)
 
@@ -156,7 +173,7 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self._fail("bad-key", key_node, path, "a mapping key must be a plain word",
                                  "write keys as `name: value`")
-            key = str(self._scalar(key_node, path))
+            key = str(self._scalar(key_node, path, key=True))
             child = (*path, key)
             if key in result:
                 first = self.positions.get(child)
@@ -183,36 +200,48 @@ class _Builder:
                 merged.setdefault(key, value)
         return merged
 
-    def _scalar(self, node, path: Path):
-        if node.tag not in _SCALAR_TAGS:
+    def _scalar(self, node, path: Path, key: bool = False):
+        text = node.value
+        if node.tag == _PLAIN_TAG:
+            if not key:  # `path` is the mapping's own for a key; only values are shown in hints
+                self.plain_scalars[path] = text
+            return resolve_plain(text)
+        if node.tag not in _CORE_TAGS:
             raise self._fail(
                 "yaml-tag", node, path, f"the YAML tag `{node.tag}` is not supported in a fleet file",
                 "remove the tag; write the value as plain text",
             )
-        text = node.value
-        if node.style:  # quoted or block scalar: always text
+        if node.tag == _STANDARD + "str":  # quoted, a block scalar, or an explicit !!str: always text
             return text
-        self.plain_scalars[path] = text
-        if node.tag == _STANDARD + "str" and _looks_implicit(text):
-            return text  # PyYAML resolves these implicitly, so `str` here means an explicit !!str
-        return resolve_plain(text)
+        return self._tagged(node, path, node.tag.removeprefix(_STANDARD))
 
-
-def _looks_implicit(text: str) -> bool:
-    return bool(_NULL.match(text) or text in _BOOL or _INT.match(text) or _FLOAT.match(text)
-                or text.lower() in _SPECIAL_FLOAT)
+    def _tagged(self, node, path: Path, tag: str):
+        """An explicit `!!int`, `!!float`, `!!bool` or `!!null`: the text must be one of that type's forms."""
+        text = node.value
+        value = resolve_plain(text)
+        if tag == "float" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        wanted = {"int": int, "float": float, "bool": bool, "null": type(None)}[tag]
+        if isinstance(value, wanted) and (tag != "int" or not isinstance(value, bool)):
+            return value
+        raise self._fail(
+            "yaml-tag", node, path, f"`!!{tag} {text}`: `{text}` is not {_TAG_WORDS[tag]} in YAML 1.2",
+            f"write {_TAG_WORDS[tag]}, or remove the tag",
+        )
 
 
 def resolve_plain(text: str):
-    """YAML 1.2 core schema for an unquoted scalar."""
+    """YAML 1.2 core schema for an untagged, unquoted scalar: null, bool, int (also 0o/0x), float (also
+    1e3, .inf, .nan), else text. So `yes`, `on`, `1_000`, `0b1`, `2025-06-06` and `-0x1F` stay text, and
+    `017` is seventeen."""
     if _NULL.match(text):
         return None
     if text in _BOOL:
         return _BOOL[text]
     if _INT.match(text):
-        return int(text, 0) if text.lstrip("+-").startswith(("0x", "0o")) else int(text)
+        return int(text, 0) if text.startswith(("0x", "0o")) else int(text, 10)
     if _FLOAT.match(text):
         return float(text)
-    if text.lower() in _SPECIAL_FLOAT:
-        return _SPECIAL_FLOAT[text.lower()]
+    if text in _SPECIAL_FLOAT:
+        return _SPECIAL_FLOAT[text]
     return text

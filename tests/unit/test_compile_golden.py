@@ -85,11 +85,13 @@ def test_compiled_bytes_do_not_depend_on_the_hash_seed():
 @pytest.mark.parametrize("fleet", FLEETS, ids=[f.stem for f in FLEETS])
 def test_the_sim_engine_accepts_every_compiled_argv(fleet):
     """The sim must start from exactly what real vLLM gets (vLLM's own parser: the oracle tests)."""
+    from fleetspec.compile import vllm_args
     from fleetspec.sim import args as sim_args
 
     loaded = loading.load_path(fleet)
     plan = report.plan_fleet(loaded.spec)
     for launch in targets.launches(loaded.spec, slots.from_plan(plan), BASE_DIR):
         parsed = sim_args.parse(launch.argv[1:], launch.env)
-        assert (parsed.model, parsed.port) == (loaded.spec.base_model.id, launch.settings["port"])
+        model = vllm_args.resolve_path(loaded.spec.base_model.id, BASE_DIR)  # a local model dir: absolute
+        assert (parsed.model, parsed.port) == (model, launch.settings["port"])
         assert parsed.enable_lora == bool(launch.settings.get("enable_lora"))

@@ -273,7 +273,7 @@ def test_compiled_argv_of_every_example_parses_and_its_config_form_means_the_sam
         launch = vllm_args.replica_launch(fleet.spec, server, 0, host="0.0.0.0", port=8000, base_dir=fleet.base_dir)
         assert launch.argv[:2] == ["vllm", "serve"]
         served = sim_args.parse(launch.argv[1:], launch.env)
-        assert served.model == fleet.spec.base_model.id
+        assert served.model == vllm_args.resolve_path(fleet.spec.base_model.id, fleet.base_dir)
         assert served.port == 8000 and served.enable_lora is (server.lora is not None)
         if server.lora is not None:
             assert (served.max_loras, served.max_lora_rank) == (server.lora.max_loras, server.lora.max_lora_rank)
