@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import json
+from collections.abc import Mapping
+from importlib import resources
 
 Version = tuple[int, int]
 
@@ -149,3 +153,25 @@ def startup_budget_seconds(weights_gib: float | None) -> int:
     gib = STARTUP_DEFAULT_WEIGHTS_GIB if weights_gib is None else weights_gib
     seconds = STARTUP_BASE_SECONDS + STARTUP_SECONDS_PER_GIB * gib
     return int(-(-seconds // 60) * 60)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every option string of `vllm serve`, per release, dumped from that release's own parser
+# (scripts/dump-vllm-serve-flags): what an extra_args flag is checked against, and what the sim accepts.
+
+
+@functools.cache
+def _option_tables() -> Mapping[str, Mapping[str, int | str]]:
+    text = resources.files("fleetspec.catalog").joinpath("data", "vllm_serve_flags.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def dumped_releases() -> tuple[str, ...]:
+    """The "major.minor" releases whose parser was dumped, oldest first."""
+    return tuple(sorted(_option_tables(), key=lambda v: parse_version(v)))
+
+
+def option_strings(version: str) -> Mapping[str, int | str] | None:
+    """Option string → the values it takes (0, 1, "?", "+") in that release; None when not dumped."""
+    major, minor = parse_version(version)
+    return _option_tables().get(f"{major}.{minor}")

@@ -287,12 +287,27 @@ def _check_extra_arg(word: str, release: vllm_flags.Version, version: str, add) 
             "compiled file.", "Remove it and set runtime.engine_api_key: ${VLLM_API_KEY} instead; fleetspec "
             "hands the key to vLLM through its environment and sends it on every call.")
         return
+    known = vllm_flags.option_strings(version) if name else None
+    if known is not None and name not in known:
+        major, minor = release
+        add("unknown-vllm-flag", f"vLLM {major}.{minor} has no {name}; it would exit at start with "
+            f"\"unrecognized arguments: {name}\".", _unknown_flag_hint(name, version))
+        return
     row = vllm_flags.flag_owner(word)
     if row is not None:
         add("flag-set-by-fleetspec",
             f"{row.flag} is written by fleetspec from {row.spec_field}; passing it again in extra_args "
             "would silently override what the planner checked.",
             f"Remove it from extra_args and set {row.spec_field} instead.")
+
+
+def _unknown_flag_hint(name: str, version: str) -> str:
+    """Where the flag does exist (another dumped release), or that it is probably a typo."""
+    elsewhere = [v for v in vllm_flags.dumped_releases() if name in (vllm_flags.option_strings(v) or {})]
+    if elsewhere:
+        return (f"{name} exists in vLLM {', '.join(elsewhere)}; remove it, or set runtime.vllm_version to a "
+                "release that has it.")
+    return f"Check the spelling against `vllm serve --help` of vLLM {version}, or remove it."
 
 
 # ---------------------------------------------------------------------------------------------

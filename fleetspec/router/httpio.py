@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 
@@ -167,24 +168,35 @@ class Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     reused: bool = False
+    idle_since: float = 0.0
 
     def close(self) -> None:
         self.writer.close()
 
 
+# vLLM's uvicorn closes a keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, measured:
+# docs/vllm-behaviour.md). A request sent on one just as the engine closes it dies with no answer, so
+# connections idle for nearly that long are dropped instead of reused.
+MAX_IDLE_REUSE_S = 4.0
+
+
 class Pool:
     """Idle keep-alive connections per engine address."""
 
-    def __init__(self, connect_timeout: float = 2.0, max_idle: int = 64):
+    def __init__(self, connect_timeout: float = 2.0, max_idle: int = 64,
+                 max_idle_reuse_s: float = MAX_IDLE_REUSE_S):
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.max_idle_reuse_s = max_idle_reuse_s
         self._idle: dict[tuple[str, int], list[Connection]] = {}
 
     async def acquire(self, address: tuple[str, int]) -> Connection:
         idle = self._idle.get(address)
+        now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.reader.at_eof() and not conn.writer.is_closing():
+            fresh = now - conn.idle_since < self.max_idle_reuse_s
+            if fresh and not conn.reader.at_eof() and not conn.writer.is_closing():
                 conn.reused = True
                 return conn
             conn.close()
@@ -195,6 +207,7 @@ class Pool:
     def release(self, conn: Connection) -> None:
         idle = self._idle.setdefault(conn.address, [])
         if len(idle) < self.max_idle and not conn.writer.is_closing():
+            conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()

@@ -9,7 +9,7 @@ others of the vLLM version it follows. A flag that version does not know fails a
 there: exit status 2, "unrecognized arguments" (docs/vllm-behaviour.md).
 
 The version comes from FLEETSPEC_SIM_VLLM_VERSION (the runtimes set it from the fleet's
-`runtime.vllm_version`); the flag tables in sim/data/vllm_serve_flags.json were dumped from each
+`runtime.vllm_version`); the flag tables in catalog/data/vllm_serve_flags.json were dumped from each
 version's own parser by scripts/dump-vllm-serve-flags.
 """
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
-import pathlib
 import re
 from collections.abc import Mapping, Sequence
+
+from fleetspec.catalog import vllm_flags
 
 PROG = "vllm serve"
 
@@ -30,7 +30,6 @@ VERSION_ENV = "FLEETSPEC_SIM_VLLM_VERSION"
 DEFAULT_VERSION = "0.33.0"
 # The releases whose behaviour the sim knows; a fleet naming another follows the nearest of them.
 KNOWN_VERSIONS = ("0.32.0", "0.33.0")
-FLAG_TABLE = pathlib.Path(__file__).parent / "data" / "vllm_serve_flags.json"
 
 # vllm/config/lora.py MaxLoRARanks.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -69,11 +68,9 @@ def vllm_version(env: Mapping[str, str]) -> str:
     return KNOWN_VERSIONS[-1]
 
 
-@functools.cache
 def known_flags(version: str) -> Mapping[str, int | str]:
     """Every option string of `vllm serve` in that release → the values it takes (0, 1, "?", "+")."""
-    table = json.loads(FLAG_TABLE.read_text(encoding="utf-8"))
-    return table[".".join(version.split(".")[:2])]
+    return vllm_flags.option_strings(version)
 
 # vLLM's own default when neither the flag nor the model config gives a length; the sim falls back
 # to it for models outside fleetspec's catalog.

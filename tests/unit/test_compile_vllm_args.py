@@ -119,6 +119,12 @@ def test_lora_target_modules_need_a_release_that_has_the_flag():
     (["--no-enforce-eager"], "0.33.0", ["flag-set-by-fleetspec"]),
     (["--lora-extra-vocab-size", "256"], "0.33.0", ["removed-vllm-flag"]),
     (["--lora-extra-vocab-size", "256"], "0.11.0", []),
+    # Checked against each release's own parser (catalog/data/vllm_serve_flags.json):
+    (["--disable-log-requests"], "0.33.0", []),
+    (["--disable-log-requests"], "0.32.0", ["unknown-vllm-flag"]),  # 0.33's --enable-x/--disable-x pairs
+    (["--no-enable-log-requests"], "0.32.0", []),
+    (["--enable-prefix-cachin"], "0.33.0", ["unknown-vllm-flag"]),
+    (["--bogus"], "0.20.0", []),  # no dump of 0.20's parser: nothing to say
 ])
 def test_extra_args_cannot_override_the_table_or_use_removed_flags(extra, version, codes):
     spec = fleet(servers=[{"name": "main", "lora": {}, "extra_args": extra}], runtime={"vllm_version": version})
@@ -166,3 +172,12 @@ def test_two_versions_that_share_a_served_name_are_refused():
     assert "1.0+a and 1.0_a" in problems[0].message
     with pytest.raises(errors.SpecError):
         targets.compile_target(spec, slots.sequential(spec), "router")
+
+
+def test_an_unknown_flag_names_the_release_that_has_it():
+    spec = fleet(servers=[{"name": "main", "lora": {}, "extra_args": ["--disable-log-requests"]}],
+                 runtime={"vllm_version": "0.32.0"})
+    [problem] = vllm_args.check_server(spec, spec.servers[0])
+    assert problem.message == ('vLLM 0.32 has no --disable-log-requests; it would exit at start with '
+                               '"unrecognized arguments: --disable-log-requests".')
+    assert problem.hint.startswith("--disable-log-requests exists in vLLM 0.33;")

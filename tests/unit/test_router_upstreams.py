@@ -68,3 +68,31 @@ PROMPTS = {
 @pytest.mark.parametrize("body, chat, expected", PROMPTS.values(), ids=PROMPTS.keys())
 def test_prompt_text(body, chat, expected):
     assert openai.prompt_text(body, chat) == expected
+
+
+def test_the_pool_never_reuses_a_connection_the_engine_is_about_to_close():
+    """vLLM's uvicorn closes idle keep-alive connections after 5 s; a request written into one just
+    then gets no answer. The pool drops connections idle for MAX_IDLE_REUSE_S instead."""
+    import asyncio
+
+    from fleetspec.router import httpio
+
+    async def scenario() -> tuple[bool, bool]:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()[:2]
+        pool = httpio.Pool(max_idle_reuse_s=60.0)
+        first = await pool.acquire(address)
+        pool.release(first)
+        reused_fresh = (await pool.acquire(address)) is first
+        pool.release(first)
+        first.idle_since -= 61.0  # as if it had sat idle past the limit
+        replacement = await pool.acquire(address)
+        reused_stale = replacement is first
+        replacement.close()
+        pool.close()
+        server.close()
+        await server.wait_closed()
+        return reused_fresh, reused_stale
+
+    assert asyncio.run(scenario()) == (True, False)
+    assert httpio.MAX_IDLE_REUSE_S < 5.0  # below uvicorn's default timeout_keep_alive
