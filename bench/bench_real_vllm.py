@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "tests" / "vllm"))  # the load loop the real-vLLM 
 from load_loop import LoadLoop  # noqa: E402
 
 from fleetspec.compile import vllm_args  # noqa: E402
+from fleetspec.drivers import launchers  # noqa: E402
 from fleetspec.engine_api.client import EngineClient  # noqa: E402
-from fleetspec.reconcile.drivers import launchers  # noqa: E402
-from fleetspec.spec import loading  # noqa: E402
+from fleetspec.spec import derived, loading  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "cpu-real-vllm.yaml"
 START_TIMEOUT_S = 300
@@ -135,7 +135,7 @@ def hot_rounds(fleet: Fleet, rounds: int) -> list[tuple[float, int, int]]:
     for _ in range(rounds):
         version = "1.1.0" if version == "1.0.0" else "1.0.0"
         fleet.switch(version)
-        served = vllm_args.served_adapter_name("alpha", version)
+        served = derived.served_adapter_name("alpha", version)
         with LoadLoop(router, ["alpha", fleet.doc["name"]], clients=4) as loop:
             started = time.monotonic()
             fleet.cli("apply", str(fleet.file), "--yes")
@@ -225,6 +225,8 @@ def main() -> int:
         served = sum(r[1] for r in runs)
         return (f"| {name} | {seconds:.2f} s | {', '.join(f'{r[0]:.2f}' for r in runs)} | "
                 f"{failed} of {failed + served} |")
+
+    print("(a client pauses 0.1 s after a failed request, so failures ≈ 40 per second of outage)")
 
     print(f"real vLLM 0.32 (CPU), {args.rounds} rounds each, load loop of 4 clients (1 streaming)")
     print("| way | change → new version answers (median) | rounds (s) | requests failed |")

@@ -16,6 +16,9 @@ import time
 import urllib.parse
 
 AFTER_APPLY_S = 2.0
+# After a failure a client waits this long before its next request, as real clients back off: without
+# it a refused connection loops in microseconds, starves the engine of CPU and counts millions.
+ERROR_PAUSE_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +103,13 @@ class LoadLoop:
                 status, answered, detail = self._request(model, streaming)
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 self._record(index, model, streaming, None, f"{type(exc).__name__}: {exc}")
+                self._stop.wait(ERROR_PAUSE_S)
                 continue
-            self._record(index, model, streaming, answered if 200 <= status < 300 else None,
-                         None if 200 <= status < 300 else f"HTTP {status}: {detail[:200]}")
+            ok = 200 <= status < 300
+            self._record(index, model, streaming, answered if ok else None,
+                         None if ok else f"HTTP {status}: {detail[:200]}")
+            if not ok:
+                self._stop.wait(ERROR_PAUSE_S)
 
     def _request(self, model: str, streaming: bool) -> tuple[int, str | None, str]:
         body = {"model": model, "messages": [{"role": "user", "content": f"hello {model}"}],
