@@ -21,9 +21,9 @@ import urllib.request
 
 import docker.errors
 
+from fleetspec.compile import desired, labels
+from fleetspec.drivers import docker as docker_driver
 from fleetspec.images import build
-from fleetspec.reconcile import desired, labels
-from fleetspec.reconcile.drivers import docker as docker_driver
 
 
 def remove_images(client) -> None:

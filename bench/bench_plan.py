@@ -81,7 +81,8 @@ def row(label: str, command: str, values: list[float]) -> str:
 def in_process(path: pathlib.Path) -> dict[str, float]:
     """Where the time goes inside one process (imports excluded)."""
     from fleetspec.planner import report
-    from fleetspec.spec import checks, loading
+    from fleetspec.spec import loading
+    from fleetspec.validation import checks
 
     t0 = time.perf_counter()
     loaded = loading.load_path(path)

@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the PEFT adapter factory the tests us
 
 from adapter_factory import TINY_LLAMA, write_adapter  # noqa: E402
 
+from fleetspec.compile import labels  # noqa: E402
+from fleetspec.drivers import docker as docker_driver  # noqa: E402
 from fleetspec.images import build  # noqa: E402
-from fleetspec.reconcile import labels  # noqa: E402
-from fleetspec.reconcile.drivers import docker as docker_driver  # noqa: E402
 
 COMPOSE = "/usr/bin/docker-compose"
 MODEL = "fleetspec/tiny-test-llama"

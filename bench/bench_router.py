@@ -50,7 +50,7 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleetspec.router import config, table  # noqa: E402
+from fleetspec.routing import config, table  # noqa: E402
 from fleetspec.spec import models  # noqa: E402
 
 BASE = "fleetspec/tiny-test-llama"
@@ -298,9 +298,10 @@ async def propagation(port: int, rounds: int) -> dict:
     """Per round: write one mapping through store A; time until store B has re-read the map."""
     import asyncio
 
-    from fleetspec.router import resp, runtime_state
+    from fleetspec.router import runtime_state
+    from fleetspec.routing import redis_url
 
-    address = resp.Address("127.0.0.1", port)
+    address = redis_url.Address("127.0.0.1", port)
     changed = asyncio.Event()
     # Re-reading only every 60 s: what arrives sooner came by PUBLISH.
     writer = runtime_state.RedisState(address, "bench-spread", resync_seconds=60)
@@ -396,7 +397,7 @@ def silent_prompts(rng: random.Random, words: list[str], size: int, count: int, 
 
 
 def bench_embedding(specialists: int, keywords: int, runs: int) -> list[dict]:
-    from fleetspec.router import embedding
+    from fleetspec.routing import embedding
 
     started = time.perf_counter()
     embedding.encoder()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from netkit import free_port  # noqa: E402
 
-from fleetspec.router import config  # noqa: E402
+from fleetspec.routing import config  # noqa: E402
 from fleetspec.spec import models  # noqa: E402
 
 LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = os.getenv("WRK_BODY")\n'

@@ -41,9 +41,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleetspec import errors  # noqa: E402
+from fleetspec import drivers, errors  # noqa: E402
+from fleetspec.compile import desired, labels  # noqa: E402
 from fleetspec.engine_api import client as engine_client  # noqa: E402
-from fleetspec.reconcile import desired, drivers, labels, session  # noqa: E402
+from fleetspec.reconcile import session  # noqa: E402
 
 POLL_S = 0.005
 SETTLE_S = 11.0  # > the loop's settle_s (10 s): the previous restart no longer counts as a crash loop
@@ -245,7 +246,7 @@ def run_runtime(target: str, runs: int) -> Figures:
 
 def docker_available() -> bool:
     try:
-        from fleetspec.reconcile.drivers import docker as docker_driver
+        from fleetspec.drivers import docker as docker_driver
 
         docker_driver.connect(timeout_s=3).close()
     except errors.FleetspecError:
@@ -283,8 +284,8 @@ def main() -> None:
             print("No Docker engine answers: skipping the docker runtime.", file=sys.stderr)
             continue
         if target == "docker":
+            from fleetspec.drivers import docker as docker_driver
             from fleetspec.images import build
-            from fleetspec.reconcile.drivers import docker as docker_driver
 
             build.ensure_sim_image(docker_driver.connect())
         print(f"measuring {target} ({args.runs} runs)…", file=sys.stderr)

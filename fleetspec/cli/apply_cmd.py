@@ -98,7 +98,8 @@ def destroy(file: str, yes: bool) -> int:
     """Stop and remove every server and the router of the fleet in FILE (adapter files are untouched).
 
     Works even while FILE is invalid, as long as it still names the fleet."""
-    from fleetspec.reconcile import drivers, session
+    from fleetspec import drivers
+    from fleetspec.reconcile import session
 
     name, target, problems = session.fleet_identity(file)
     if problems:

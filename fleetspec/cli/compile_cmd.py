@@ -36,7 +36,7 @@ def compile_(file: str, target: str, output_dir: str | None, fmt: str | None, te
         click.echo("error: fleetspec compiles only fleets that plan; fix the errors above "
                    f"(`fleetspec plan {file}` shows every GPU's budget).", err=True)
         return EXIT_ERROR
-    from fleetspec.router import config as router_config
+    from fleetspec.routing import config as router_config
 
     out = targets.compile_target(loaded.spec, slots.from_plan(plan), target, fmt=fmt or "shell",
                                  base_dir=loaded.base_dir, templates=templates, locate=loaded.locate,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fleetspec.compile import desired as desired_mod
 from fleetspec.reconcile import apply as apply_mod
-from fleetspec.reconcile import desired as desired_mod
 from fleetspec.reconcile import observed as observed_mod
 from fleetspec.reconcile import plan as plan_mod
 

@@ -26,7 +26,7 @@ def route(file: str, prompt: str, extensions: tuple[str, ...], model: str | None
     PROMPT "-" reads the prompt from standard input.
     """
     from fleetspec.cli import validate_cmd
-    from fleetspec.router import config
+    from fleetspec.routing import config
 
     fleet, diagnostics = validate_cmd.load_and_check(file)
     if fleet is None or any(d.is_error for d in diagnostics):
@@ -71,7 +71,7 @@ def render(decision, routing, elapsed: float | None = None) -> str:
 
 
 def _headline(decision, routing) -> str:
-    from fleetspec.router import table
+    from fleetspec.routing import table
 
     reasons = {
         table.NO_MATCH: "nothing in the prompt matched a rule",

@@ -12,7 +12,8 @@ from fleetspec.cli import views
 
 def load_and_check(path: str):
     """(LoadedFleet or None, diagnostics): the file parsed, validated and cross-checked."""
-    from fleetspec.spec import checks, loading
+    from fleetspec.spec import loading
+    from fleetspec.validation import checks
 
     try:
         fleet = loading.load_path(path)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-from fleetspec.compile import deploy, router, slots, templating, vllm_args
-from fleetspec.reconcile import desired, labels
+from fleetspec.compile import deploy, desired, labels, router, slots, templating, vllm_args
 from fleetspec.spec import derived, models
 
 TEMPLATE = "compose/docker-compose.yaml.j2"

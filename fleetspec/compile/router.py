@@ -1,10 +1,10 @@
-"""The router's config file for a compiled fleet (pure): `router.config.document` with the upstreams
+"""The router's config file for a compiled fleet (pure): `routing.config.document` with the upstreams
 and adapter paths of one deployment style.
 
-The document format belongs to the router (`fleetspec/router/config.py`, "fleetspec-router/1"): it
+The document format belongs to routing (`fleetspec/routing/config.py`, "fleetspec-router/1"): it
 embeds the fleet itself, so the running router and `fleetspec route` compile the very same
 `RoutingTable` (rules, keyword/extension matchers, hash clusters, splits, fallback). Served names
-come from `vllm_args.served_adapter_name` on both sides. This module adds what only compile knows:
+come from `derived.served_adapter_name` on both sides. This module adds what only compile knows:
 where the engines are (`upstreams`, which differ per target) and where each adapter version lives
 as the engines see it (`adapter_paths`, relative paths resolved against fleet.yaml). Hash-rule
 `map_file` entries are read by the caller (an edge) and passed in as `cluster_maps`.
@@ -16,8 +16,8 @@ import pathlib
 from collections.abc import Mapping
 
 from fleetspec.compile import vllm_args
-from fleetspec.router import config
-from fleetspec.spec import models
+from fleetspec.routing import config
+from fleetspec.spec import derived, models
 
 
 def routing_table(spec: models.FleetSpec, upstreams: list[dict], base_dir: pathlib.Path | None = None,
@@ -32,7 +32,7 @@ def adapter_paths(spec: models.FleetSpec, base_dir: pathlib.Path | None) -> dict
         for version in specialist.all_versions:
             entry = specialist.version_entry(version)
             if entry is not None:
-                found[vllm_args.served_adapter_name(specialist.name, version)] = vllm_args.resolve_path(entry.path, base_dir)
+                found[derived.served_adapter_name(specialist.name, version)] = vllm_args.resolve_path(entry.path, base_dir)
     return found
 
 

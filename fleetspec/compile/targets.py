@@ -43,7 +43,7 @@ def launches(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib
 def compile_target(spec: models.FleetSpec, placed: list[slots.Slot], target: str, *, fmt: str = "shell",
                    base_dir: pathlib.Path | None = None, templates: str | pathlib.Path | None = None,
                    locate: vllm_args.Locate | None = None, cluster_maps: dict | None = None) -> Output:
-    """`cluster_maps`: entries of hash rules' map_file, read by the caller (router.config.load_cluster_maps)."""
+    """`cluster_maps`: entries of hash rules' map_file, read by the caller (routing.config.load_cluster_maps)."""
     # Flag-table problems of every server at once, before any output exists.
     problems = vllm_args.check_fleet(spec, locate)
     if problems:

@@ -4,10 +4,10 @@ Every target (shell line, JSON, `--config` YAML, docker-compose, Kubernetes, the
 starts from `replica_launch`, and flags come only from `catalog.vllm_flags.FLAGS`.
 
 Names clients and the reconciler rely on:
-  * Base model: served as `served_base_name(spec)`: the base model id when it is a Hugging Face id
+  * Base model: served as `derived.served_base_name(spec)`: the base model id when it is a Hugging Face id
     (`Qwen/QwQ-32B-Preview-AWQ`, what OpenAI clients already send), the fleet name when the model is
     a local directory (a host path is no name). Stable across revisions and quantization changes.
-  * Adapters: every adapter *version* is served under `served_adapter_name(name, version)` =
+  * Adapters: every adapter *version* is served under `derived.served_adapter_name(name, version)` =
     `<name>--<version>`, e.g. `python-lora--1.2.0`. The name is immutable per version: vLLM keys its
     prefix cache on (name, path), so new weights always arrive under a new name and the router moves
     the plain specialist alias (`python-lora`) to it. `+` (semver build metadata) becomes `_` so the
@@ -61,19 +61,6 @@ class ReplicaLaunch:
         return {"server": self.server, "replica": self.replica, "argv": list(self.argv), "env": dict(self.env)}
 
 
-def served_adapter_name(specialist_name: str, version: str) -> str:
-    return f"{specialist_name}--{version.replace('+', '_')}"
-
-
-def served_base_name(spec: models.FleetSpec) -> str:
-    model_id = spec.base_model.id
-    return spec.name if _is_local_path(model_id) else model_id
-
-
-def _is_local_path(text: str) -> bool:
-    return text.startswith(("/", "./", "../", "~")) or text in (".", "..")
-
-
 def resolve_path(path: str, base_dir: pathlib.Path | None) -> str:
     """Relative paths (`./x`, `../x`) are relative to fleet.yaml; absolute ones and Hugging Face ids
     pass unchanged. Lexical only: compiling never touches the filesystem."""
@@ -109,7 +96,7 @@ def served_adapters(spec: models.FleetSpec, server: models.Server, base_dir: pat
         for version in _live_versions(spec, specialist):
             entry = specialist.version_entry(version)
             if entry is not None:  # an unknown split version is reported by spec.checks
-                out.append(ServedAdapter(specialist.name, version, served_adapter_name(specialist.name, version),
+                out.append(ServedAdapter(specialist.name, version, derived.served_adapter_name(specialist.name, version),
                                          resolve_path(entry.path, base_dir)))
     return out
 
@@ -136,7 +123,7 @@ def engine_settings(spec: models.FleetSpec, server: models.Server, *, host: str,
     settings: dict = {
         "model": resolve_path(base.id, base_dir),
         "revision": base.revision,
-        "served_model_name": [served_base_name(spec)],
+        "served_model_name": [derived.served_base_name(spec)],
         "host": host,
         "port": port,
         "tensor_parallel_size": server.tensor_parallel_size,
@@ -229,7 +216,7 @@ def check_fleet(spec: models.FleetSpec, locate: Locate | None = None) -> list[er
     for index, specialist in enumerate(spec.specialists):
         seen: dict[str, str] = {}
         for version in specialist.all_versions:
-            served = served_adapter_name(specialist.name, version)
+            served = derived.served_adapter_name(specialist.name, version)
             if served in seen and seen[served] != version:
                 path = ("specialists", index, "version")
                 found.append(errors.Diagnostic(

@@ -21,8 +21,8 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(force: bool, as_json: bool) -> None:
     """Build fleetspec/sim:<version> (and its Debian base) unless an identical one exists."""
+    from fleetspec.drivers import docker as docker_driver
     from fleetspec.images import build as images
-    from fleetspec.reconcile.drivers import docker as docker_driver
 
     try:
         image = images.ensure_sim_image(docker_driver.connect(), force=force)

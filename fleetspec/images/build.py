@@ -22,8 +22,8 @@ import docker
 import docker.errors
 
 from fleetspec import errors
+from fleetspec.compile import labels
 from fleetspec.images import payload, rootfs
-from fleetspec.reconcile import labels
 
 BASE_REPOSITORY = "fleetspec/base"
 SIM_REPOSITORY = payload.SIM_REPOSITORY

@@ -354,21 +354,3 @@ def _locate(f: Diagnostic, locate) -> Diagnostic:
             return dataclasses.replace(f, location=location)
         path = path[:-1]  # a defaulted field has no position: point at its parent
     return f
-
-
-def plan_loaded(loaded, gpus_override: Sequence[spec_models.GpuGroup] | None = None,
-                inspected: Mapping[tuple[str, str], InspectedAdapter] | None = None,
-                extra: Sequence[Diagnostic] = ()) -> FleetPlan:
-    """Cross-field checks and the memory plan of a loaded fleet file, as one list of findings.
-
-    Where a check and the planner report the same problem (same code and path), the planner's
-    version is kept: it carries a fix computed from the memory model.
-    """
-    from fleetspec import errors
-    from fleetspec.spec import checks
-
-    checked = list(checks.check(loaded)) + list(extra)
-    planned = plan_fleet(loaded.spec, gpus_override, locate=loaded.locate, inspected=inspected)
-    seen = {(f.code, f.path) for f in planned.findings}
-    merged = [d for d in checked if (d.code, d.path) not in seen] + list(planned.findings)
-    return dataclasses.replace(planned, findings=tuple(sorted(merged, key=errors.sort_key)))

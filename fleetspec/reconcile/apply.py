@@ -13,9 +13,9 @@ import dataclasses
 from collections.abc import Callable
 
 from fleetspec import errors
+from fleetspec.compile import desired as desired_mod
 from fleetspec.engine_api import client as engine_client
 from fleetspec.engine_api import contract
-from fleetspec.reconcile import desired as desired_mod
 from fleetspec.reconcile import plan as plan_mod
 from fleetspec.reconcile.plan import Action, Kind
 
@@ -188,7 +188,7 @@ class Applier:
 
 
 def _specialist_of(served_name: str) -> str | None:
-    """The specialist part of a served name `<specialist>--<version>` (vllm_args.served_adapter_name)."""
+    """The specialist part of a served name `<specialist>--<version>` (derived.served_adapter_name)."""
     specialist, separator, _ = served_name.rpartition("--")
     return specialist if separator else None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import re
 
-from fleetspec.reconcile import desired as desired_mod
+from fleetspec.compile import desired as desired_mod
 from fleetspec.reconcile import observed as observed_mod
 from fleetspec.reconcile import plan
 from fleetspec.reconcile.plan import Action, Kind

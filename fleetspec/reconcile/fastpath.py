@@ -3,7 +3,7 @@
 Most applies change nothing (CI re-runs, a watch loop's neighbour, a habit). The full path spends
 ~0.2 s importing pydantic, the catalog and the Docker SDK only to find that out. This module is
 the shortcut, and it imports nothing beyond the standard library (and fleetspec's standard-library
-engine client).
+engine client and label names; tests/unit/test_reconcile_fastpath.py checks what loads).
 
 What it trusts and what it does not:
 - It caches what the fleet file *means*: after an apply that converged, the desired containers
@@ -29,6 +29,7 @@ import socket
 import urllib.parse
 
 from fleetspec import errors
+from fleetspec.compile import labels  # standard library only, like this module
 from fleetspec.engine_api import client as engine_client
 
 RECORD_VERSION = 1
@@ -68,14 +69,14 @@ def write_record(fleet_file: pathlib.Path, fleet: str, referenced: list[str], ho
                  containers: list[dict], router_id: str | None, key_variable: str | None = None) -> None:
     """`containers`: [{"id", "port", "adapters": {served name: path}}] of a converged fleet.
     `key_variable` names the environment variable with the engines' key: the key itself is never written."""
-    from fleetspec.reconcile import state  # only the full path writes records
+    from fleetspec.drivers import files  # only the full path writes records
 
     digest = inputs_hash(fleet_file, referenced)
     if digest is None:
         return
     record = {"version": RECORD_VERSION, "fleet": fleet, "inputs_hash": digest, "referenced": referenced,
               "host": host, "containers": containers, "router_id": router_id, "key_variable": key_variable}
-    state.write_atomic(record_path(fleet_file), json.dumps(record, sort_keys=True) + "\n")
+    files.write_atomic(record_path(fleet_file), json.dumps(record, sort_keys=True) + "\n")
 
 
 def forget(fleet_file: pathlib.Path) -> None:
@@ -124,7 +125,7 @@ def _docker_containers(fleet: str) -> list[dict] | None:
     address = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not address.startswith("unix://"):
         return None  # TCP/SSH engines (TLS, contexts) are left to the SDK on the full path
-    filters = urllib.parse.quote(json.dumps({"label": [f"dev.fleetspec.fleet={fleet}"]}))
+    filters = urllib.parse.quote(json.dumps(labels.fleet_filter(fleet)))
     connection = _UnixConnection(address[len("unix://"):])
     try:
         connection.request("GET", f"/containers/json?all=1&filters={filters}")

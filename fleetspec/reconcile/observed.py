@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from fleetspec.reconcile import desired
-from fleetspec.reconcile.drivers import base
+from fleetspec.compile import desired
+from fleetspec.drivers import base
 
 Key = tuple[str, int]  # (server, replica)
 

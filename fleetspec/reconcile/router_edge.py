@@ -15,8 +15,8 @@ import time
 import urllib.request
 
 from fleetspec import errors
-from fleetspec.compile import deploy
-from fleetspec.reconcile import desired, state
+from fleetspec.compile import deploy, desired
+from fleetspec.drivers import files
 
 
 def router_url(spec) -> str:
@@ -63,11 +63,11 @@ def router_drift(spec) -> list[str]:
 def update_router(driver, prepared, progress=lambda _: None) -> str:
     """Write the router's config, (re)start the router if its container changed, and wait until it
     serves the new config. The router re-reads its file itself: routes move without a restart."""
-    from fleetspec.router import config as router_config
+    from fleetspec.routing import config as router_config
 
     spec, want = prepared.fleet.spec, prepared.desired
     config_path = pathlib.Path(want.router.argv[want.router.argv.index("--config") + 1])
-    state.write_atomic(config_path, router_config.dumps(want.router_config))
+    files.write_atomic(config_path, router_config.dumps(want.router_config))
     current = [c for c in driver.observe(spec.name) if c.role == "router"]
     fresh = [c for c in current if c.running and c.spec_hash == want.router.spec_hash()]
     if not fresh:

@@ -14,14 +14,16 @@ import pathlib
 import re
 
 from fleetspec import errors
+from fleetspec.compile import desired
 from fleetspec.compile import slots as slots_mod
 from fleetspec.engine_api import client as engine_client
 from fleetspec.errors import Diagnostic
 from fleetspec.planner import report
 from fleetspec.reconcile import apply as apply_mod
-from fleetspec.reconcile import desired, diff, observed, router_edge, state
+from fleetspec.reconcile import diff, observed, router_edge, state
 from fleetspec.reconcile import plan as plan_mod
 from fleetspec.spec import loading, models
+from fleetspec.validation import checks as validation_checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ def memory_plan(fleet: loading.LoadedFleet) -> report.FleetPlan:
     inspected = {key: report.InspectedAdapter(info.max_rank, info.target_modules_present or None,
                                               sum(m.numel for m in info.modules) if info.tensors_known else None)
                  for key, info in reviewed.infos.items()}
-    return report.plan_loaded(fleet, override, inspected, _absent_as_warnings(reviewed.diagnostics))
+    return validation_checks.plan_loaded(fleet, override, inspected, _absent_as_warnings(reviewed.diagnostics))
 
 
 def _absent_as_warnings(diagnostics: list[Diagnostic], listed: int = 3) -> list[Diagnostic]:
@@ -101,8 +103,8 @@ def environment_for(spec, fleet: loading.LoadedFleet | None = None) -> desired.E
         env = desired.Environment("local")
     if fleet is None or not spec.runtime.router.enabled:
         return env
-    from fleetspec.reconcile import drivers
-    from fleetspec.router import config as router_config
+    from fleetspec import drivers
+    from fleetspec.routing import config as router_config
 
     # From base_dir, not the file's own path: `plan --against` reads the other file as if it lived here.
     path = drivers.run_dir(fleet.base_dir / pathlib.Path(fleet.file).name, spec.name).resolve() / "router.json"
@@ -120,7 +122,7 @@ def refuse_unmanaged(spec) -> None:
 
 def open_driver(prepared: Prepared):
     """The runtime driver; Kubernetes has none (PermanentError saying to compile and kubectl apply)."""
-    from fleetspec.reconcile import drivers
+    from fleetspec import drivers
 
     refuse_unmanaged(prepared.fleet.spec)
 
@@ -223,8 +225,8 @@ def _ensure_images(prepared: Prepared, progress) -> None:
     router_needs_it = prepared.desired.router is not None and not spec.runtime.router.image
     if spec.runtime.target != "docker" or (spec.runtime.engine != "sim" and not router_needs_it):
         return
+    from fleetspec.drivers import docker as docker_driver
     from fleetspec.images import build as images_build
-    from fleetspec.reconcile.drivers import docker as docker_driver
 
     progress("Making sure fleetspec's image (sim engine, router) is built (first time: about a minute)")
     images_build.ensure_sim_image(docker_driver.connect())

@@ -21,12 +21,9 @@ import pathlib
 import socket
 
 from fleetspec import errors
+from fleetspec.drivers import files
 
 STATE_VERSION = 1
-
-
-def state_dir(fleet_file: pathlib.Path) -> pathlib.Path:
-    return fleet_file.resolve().parent / ".fleetspec"
 
 
 @dataclasses.dataclass
@@ -58,7 +55,7 @@ class FleetState:
 
 
 def state_path(fleet_file: pathlib.Path, fleet_name: str) -> pathlib.Path:
-    return state_dir(fleet_file) / f"{fleet_name}.state.json"
+    return files.state_dir(fleet_file) / f"{fleet_name}.state.json"
 
 
 def load(fleet_file: pathlib.Path, fleet_name: str) -> FleetState:
@@ -81,24 +78,8 @@ def load(fleet_file: pathlib.Path, fleet_name: str) -> FleetState:
 
 def save(fleet_file: pathlib.Path, state: FleetState) -> pathlib.Path:
     path = state_path(fleet_file, state.fleet)
-    write_atomic(path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+    files.write_atomic(path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
     return path
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    with contextlib.suppress(OSError):  # directory fsync makes the rename durable; not all FS allow it
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class LockHeld(errors.TemporaryError):
@@ -108,7 +89,7 @@ class LockHeld(errors.TemporaryError):
 @contextlib.contextmanager
 def lock(fleet_file: pathlib.Path, fleet_name: str, command: str):
     """Hold the fleet's apply lock; raise LockHeld at once (never wait) if someone else has it."""
-    path = state_dir(fleet_file) / f"{fleet_name}.lock"
+    path = files.state_dir(fleet_file) / f"{fleet_name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
     try:

@@ -23,7 +23,8 @@ import urllib.parse
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import httpio, runtime_state, table
+from fleetspec.router import httpio, runtime_state
+from fleetspec.routing import table
 
 
 class AdminError(Exception):

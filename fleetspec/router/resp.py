@@ -6,18 +6,16 @@ SUBSCRIBE, PING). RESP2 is a few lines: every command is an array of bulk string
 `+simple`, `-error`, `:integer`, `$bulk` (`$-1`: nil) and `*array` (`*-1`: nil), each line ending
 in CRLF (https://redis.io/docs/latest/develop/reference/protocol-spec/).
 
-URLs: `redis://[[user]:password@]host[:port][/db]` and `rediss://` for TLS, as redis-cli and the
-`redis` package read them.
+Addresses and URLs (`redis://`, `rediss://`) are parsed by `fleetspec.routing.redis_url`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ssl
-import urllib.parse
 
-DEFAULT_PORT = 6379
+from fleetspec.routing import redis_url
+
 MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's own proto-max-bulk-len default
 
 
@@ -27,41 +25,6 @@ class RedisError(Exception):
 
 class Unavailable(Exception):
     """Redis could not be reached, or the connection broke before the answer came."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Address:
-    host: str
-    port: int = DEFAULT_PORT
-    db: int = 0
-    username: str | None = None
-    password: str | None = dataclasses.field(default=None, repr=False)
-    tls: bool = False
-
-    def display(self) -> str:
-        """Where it points, without credentials: safe for logs, /health and error messages."""
-        scheme = "rediss" if self.tls else "redis"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}/{self.db}"
-
-
-def parse_url(url: str) -> Address:
-    """Raises ValueError with a sentence that says what is wrong."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("a Redis URL starts with redis:// (or rediss:// for TLS)")
-    if not parts.hostname:
-        raise ValueError("the Redis URL names no host")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ValueError("the port of the Redis URL is not a number from 1 to 65535") from None
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the Redis URL's path must be a database number (like /0), not /{path}")
-    unquote = urllib.parse.unquote
-    return Address(parts.hostname, port, int(path or 0), unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password is not None else None, parts.scheme == "rediss")
 
 
 def encode(*args: str | bytes | int | float) -> bytes:
@@ -100,13 +63,13 @@ async def read_reply(reader: asyncio.StreamReader):
 class Connection:
     """One connection; calls on it are serialized, since replies come back in order."""
 
-    def __init__(self, address: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, address: redis_url.Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.address = address
         self.reader, self.writer = reader, writer
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, address: Address, timeout: float = 2.0) -> Connection:
+    async def open(cls, address: redis_url.Address, timeout: float = 2.0) -> Connection:
         """Connected, authenticated and on the right database, or Unavailable / RedisError."""
         context = ssl.create_default_context() if address.tls else None
         try:

@@ -34,7 +34,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from fleetspec.router import resp, table
+from fleetspec.router import resp
+from fleetspec.routing import redis_url, table
 
 log = logging.getLogger("fleetspec.router")
 
@@ -110,7 +111,7 @@ class MemoryState:
 class RedisState(MemoryState):
     backend = "redis"
 
-    def __init__(self, address: resp.Address, fleet: str, resync_seconds: float = RESYNC_SECONDS,
+    def __init__(self, address: redis_url.Address, fleet: str, resync_seconds: float = RESYNC_SECONDS,
                  timeout: float = 1.0):
         super().__init__()
         self.address, self.fleet = address, fleet
@@ -325,12 +326,12 @@ def _decode(flat: list) -> tuple[dict[tuple[int, str], ClusterOverride], list[st
     return found, malformed
 
 
-def for_config(address: resp.Address | None, fleet: str, resync_seconds: float = RESYNC_SECONDS) -> MemoryState:
+def for_config(address: redis_url.Address | None, fleet: str, resync_seconds: float = RESYNC_SECONDS) -> MemoryState:
     """The store a router config asks for: Redis at `address`, or this process's memory."""
     return MemoryState() if address is None else RedisState(address, fleet, resync_seconds)
 
 
-def same_store(state: MemoryState, address: resp.Address | None, fleet: str) -> bool:
+def same_store(state: MemoryState, address: redis_url.Address | None, fleet: str) -> bool:
     """Whether a reloaded config still points at the store this router follows."""
     if address is None:
         return not isinstance(state, RedisState)

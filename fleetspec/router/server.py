@@ -24,8 +24,9 @@ from collections.abc import Mapping
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import admin, httpio, metrics, openai, runtime_state, table, upstreams
-from fleetspec.router import config as config_mod
+from fleetspec.router import admin, httpio, metrics, openai, runtime_state, upstreams
+from fleetspec.routing import config as config_mod
+from fleetspec.routing import table
 
 log = logging.getLogger("fleetspec.router")
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import config as config_mod
 from fleetspec.router import httpio
+from fleetspec.routing import config as config_mod
 
 log = logging.getLogger("fleetspec.router")
 

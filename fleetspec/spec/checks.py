@@ -1,14 +1,13 @@
 """Cross-field validation: rules that relate several parts of a fleet file.
 
 Pure: takes a LoadedFleet (for locations) and returns diagnostics; never raises for user mistakes.
-Memory fit and GPU placement are the planner's job; this module only checks what can be known
-without the catalog's numbers, plus the few catalog facts vLLM itself validates at parse time.
+Only what the spec alone decides is checked here. Memory fit and GPU placement are the planner's
+job; what needs the catalog, the planner or the routing table is `fleetspec.validation.checks`.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import difflib
 import re
 from collections.abc import Iterator
@@ -22,16 +21,14 @@ ERROR, WARNING = Severity.ERROR, Severity.WARNING
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.IGNORECASE)
 
 
-def check(fleet) -> list[Diagnostic]:
-    """Every cross-field problem of the fleet (errors and warnings)."""
+def check_fields(fleet) -> list[Diagnostic]:
+    """Every cross-field problem of the fleet that the spec alone decides (errors and warnings).
+    The full validation, with the catalog's engine refusals and the routing analysis, is
+    `fleetspec.validation.checks.check`."""
     found: list[Diagnostic] = []
     for checker in (_unique_names, _lora_limits, _hosting, _versions, _routing_targets, _splits,
-                    _pinned, _gpu_inventory, _ports, _env_secrets, _quantization, _engine_refusals):
+                    _pinned, _gpu_inventory, _ports, _env_secrets, _quantization):
         found.extend(checker(fleet))
-    if not any(d.is_error for d in found):  # routing analysis assumes every target resolves
-        from fleetspec.router import checks as router_checks
-
-        found.extend(router_checks.check(fleet))
     return found
 
 
@@ -282,19 +279,6 @@ def _quantization(fleet) -> Iterator[Diagnostic]:
             f"vLLM 0.24 and later serve {method} only through the vllm-{'bnb' if method == 'bitsandbytes' else 'gguf'}-plugin package",
             "install the plugin in the engine image, or use an AWQ/GPTQ checkpoint",
         )
-
-
-def _engine_refusals(fleet) -> Iterator[Diagnostic]:
-    """What vLLM refuses at start-up for this model (tensor parallel splits, LoRA support, context
-    length), from the catalog's facts; the planner owns these rules, validation reports them too."""
-    from fleetspec.catalog import models as catalog_models
-    from fleetspec.planner import findings, report
-
-    facts = catalog_models.resolve(fleet.spec.base_model)
-    if facts is None:
-        return  # `fleetspec plan` asks for base_model.architecture; validation has nothing to check
-    for found in findings.model_findings(fleet.spec, facts):
-        yield dataclasses.replace(found, location=fleet.locate(report.parse_path(found.path)))
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

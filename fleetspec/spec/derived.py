@@ -59,3 +59,18 @@ def replica_ports(spec: models.FleetSpec) -> dict[tuple[str, int], int]:
             ports[(server.name, replica)] = next_free
             claimed.add(next_free)
     return ports
+
+
+def served_adapter_name(specialist_name: str, version: str) -> str:
+    """The name vLLM serves one adapter version under (`+` in a version becomes `_`)."""
+    return f"{specialist_name}--{version.replace('+', '_')}"
+
+
+def served_base_name(spec: models.FleetSpec) -> str:
+    """The name vLLM serves the base model under: its id, or the fleet name for a local path."""
+    model_id = spec.base_model.id
+    return spec.name if _is_local_path(model_id) else model_id
+
+
+def _is_local_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or text in (".", "..")

@@ -156,7 +156,7 @@ class DockerEventSource:
         import requests
         import urllib3
 
-        from fleetspec.reconcile import labels
+        from fleetspec.compile import labels
 
         # An engine that restarts or goes away must not end the watch: reconnect with back-off.
         dropped = (docker.errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
@@ -179,7 +179,7 @@ class DockerEventSource:
 
 
 def _docker_connect():
-    from fleetspec.reconcile.drivers import docker as docker_driver
+    from fleetspec.drivers import docker as docker_driver
 
     return docker_driver.connect()
 
@@ -204,7 +204,7 @@ class LocalLivenessSource:
     """Polls the local runtime's process records and posts when a running engine has exited."""
 
     def __init__(self, post: Post, run_dir: pathlib.Path, fleet_name: str, poll_s: float = LIVENESS_POLL_S):
-        from fleetspec.reconcile.drivers import local
+        from fleetspec.drivers import local
 
         self.post = post
         self.fleet_name = fleet_name
@@ -255,7 +255,7 @@ class Sources:
         if spec.runtime.target == "docker":
             self._runtime = DockerEventSource(self.post, spec.name)
         elif spec.runtime.target == "local":
-            from fleetspec.reconcile import drivers
+            from fleetspec import drivers
 
             self._runtime = LocalLivenessSource(self.post, drivers.run_dir(prepared.file, spec.name), spec.name)
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetspec import errors
-from fleetspec.spec import checks, loading
+from fleetspec.spec import loading
+from fleetspec.validation import checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = [p for p in sorted(ROOT.glob("examples/*.yaml")) + [ROOT / "fleet.yaml"] if p.exists()]

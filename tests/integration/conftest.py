@@ -18,7 +18,7 @@ import pytest
 import require
 
 from fleetspec import errors
-from fleetspec.reconcile import labels
+from fleetspec.compile import labels
 
 TEST_FLEET_PREFIX = "fst-"  # fst-<pid of the pytest process>-<n>: a valid fleet name that names its owner
 _TEST_FLEET = re.compile(rf"^{TEST_FLEET_PREFIX}(\d+)-")
@@ -39,7 +39,7 @@ def unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def docker_client():
     """A docker SDK client for the local engine; skips (or fails under CI) without one."""
-    from fleetspec.reconcile.drivers import docker as docker_driver
+    from fleetspec.drivers import docker as docker_driver
 
     try:
         client = docker_driver.connect(timeout_s=10)

@@ -12,8 +12,8 @@ import pytest
 from netkit import get
 
 from fleetspec import errors
-from fleetspec.reconcile import desired, labels
-from fleetspec.reconcile.drivers import docker as docker_driver
+from fleetspec.compile import desired, labels
+from fleetspec.drivers import docker as docker_driver
 
 MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 

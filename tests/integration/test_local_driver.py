@@ -24,10 +24,10 @@ import urllib.request
 import pytest
 from netkit import free_port, get
 
+from fleetspec import drivers as drivers_pkg
 from fleetspec import errors
-from fleetspec.reconcile import desired, labels
-from fleetspec.reconcile import drivers as drivers_pkg
-from fleetspec.reconcile.drivers import local
+from fleetspec.compile import desired, labels
+from fleetspec.drivers import local
 from fleetspec.sim import cli as sim_cli  # noqa: F401 - the engine below; a broken import fails, never skips
 
 PY = sys.executable
@@ -278,8 +278,8 @@ def test_engine_outlives_the_fleetspec_process_and_a_later_one_removes_it(fleet)
     port = free_port()
     creator = textwrap.dedent(f"""
         import pathlib, sys
-        from fleetspec.reconcile import desired, labels
-        from fleetspec.reconcile.drivers import local
+        from fleetspec.compile import desired, labels
+        from fleetspec.drivers import local
         spec = desired.ContainerSpec(
             name={fleet.name + "-main-0"!r}, image="local",
             argv=[sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"],

@@ -29,9 +29,10 @@ import pytest
 import yaml
 from adapter_factory import BIGGER_LLAMA, TINY_LLAMA, write_adapter
 
+from fleetspec import drivers as drivers_pkg
 from fleetspec.cli import app
-from fleetspec.reconcile import desired, labels, session, state
-from fleetspec.reconcile import drivers as drivers_pkg
+from fleetspec.compile import desired, labels
+from fleetspec.reconcile import session, state
 from fleetspec.sim.engine import sanitize_message
 
 MODEL = "fleetspec/tiny-test-llama"

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from netkit import free_port
 
-from fleetspec.router import config
+from fleetspec.routing import config
 from fleetspec.spec import models
 
 ENGINE_KEY = "engine-secret-7f3a"

@@ -23,7 +23,7 @@ import test_router_proxy as proxy  # the sim and router helpers of the proxy tes
 import yaml
 
 from fleetspec import errors
-from fleetspec.router import config, table
+from fleetspec.routing import config, table
 from fleetspec.spec import loading, models
 
 FLEET = textwrap.dedent("""\
@@ -95,11 +95,12 @@ def routing(embedding_extra) -> table.RoutingTable:
 def test_a_router_without_the_tier_never_imports_the_extra():
     code = textwrap.dedent("""\
         import json, sys
-        from fleetspec.router import config, server
+        from fleetspec.router import server
+        from fleetspec.routing import config
         from fleetspec.spec import loading
         spec = loading.load_path("fleet.yaml").spec
         config.parse(json.loads(config.dumps(config.document(spec, []))))
-        heavy = sorted(m for m in ("torch", "numpy", "sentence_transformers", "fleetspec.router.embedding")
+        heavy = sorted(m for m in ("torch", "numpy", "sentence_transformers", "fleetspec.routing.embedding")
                        if m in sys.modules)
         print(",".join(heavy) or "none")
         """)
@@ -109,7 +110,7 @@ def test_a_router_without_the_tier_never_imports_the_extra():
 
 
 def test_asking_for_the_tier_without_the_extra_says_how_to_install_it(monkeypatch):
-    from fleetspec.router import embedding
+    from fleetspec.routing import embedding
 
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import → ImportError
     monkeypatch.setattr(embedding, "_encoders", {})

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from netkit import free_port
 
-from fleetspec.router import config
+from fleetspec.routing import config
 from fleetspec.spec import models
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -24,6 +24,7 @@ import test_router_proxy as proxy  # the sim and router helpers of the proxy tes
 import yaml
 
 from fleetspec.router import resp, runtime_state
+from fleetspec.routing import redis_url
 from fleetspec.spec import models
 
 PASSWORD = "p@ss:w/rd 7"  # URL-hostile on purpose: it goes through ${VAR} percent-encoded
@@ -79,7 +80,7 @@ class RedisServer:
             self.proc.wait(timeout=10)
 
     async def call(self, *args):
-        conn = await resp.Connection.open(resp.Address("127.0.0.1", self.port, 3, password=PASSWORD), 2.0)
+        conn = await resp.Connection.open(redis_url.Address("127.0.0.1", self.port, 3, password=PASSWORD), 2.0)
         try:
             return await conn.call(*args)
         finally:
@@ -233,7 +234,7 @@ def test_redis_down_keeps_routing_with_the_last_map_and_says_so(shared, tmp_path
 def test_a_change_travels_by_pubsub_not_by_the_periodic_read(redis_server):
     """Two stores in one process, re-reading only every 60 s: the second one still hears of the
     first one's write within a second, because the write is PUBLISHed on the fleet's channel."""
-    address = resp.Address("127.0.0.1", redis_server.port, 3, password=PASSWORD)
+    address = redis_url.Address("127.0.0.1", redis_server.port, 3, password=PASSWORD)
 
     async def scenario():
         writer, reader = (runtime_state.RedisState(address, "pubsub", resync_seconds=60) for _ in range(2))

@@ -20,7 +20,7 @@ import require
 from fleetspec import errors
 from fleetspec.cli import plan_cmd
 from fleetspec.compile import slots, targets, vllm_args
-from fleetspec.spec import loading, models
+from fleetspec.spec import derived, loading, models
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FLEETS = sorted(ROOT.glob("examples/*.yaml")) + [ROOT / "fleet.yaml"]
@@ -94,7 +94,7 @@ def test_every_compiled_argv_parses_in_vllm_with_the_values_fleetspec_meant(orac
         assert answer["ok"], f"{launch.server}-{launch.replica}: {answer.get('error')}"
         args, settings = answer["args"], launch.settings
         assert args["model"] == spec.base_model.id
-        assert args["served_model_name"] == [vllm_args.served_base_name(spec)]
+        assert args["served_model_name"] == [derived.served_base_name(spec)]
         assert args["port"] == settings["port"] and args["host"] == settings["host"]
         assert args["tensor_parallel_size"] == settings["tensor_parallel_size"]
         assert args["gpu_memory_utilization"] == settings["gpu_memory_utilization"]

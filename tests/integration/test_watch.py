@@ -153,14 +153,14 @@ class Runtime:
 
     def containers(self) -> dict[str, str]:
         """Running engines (not the router): container name → id."""
-        from fleetspec.reconcile import drivers
+        from fleetspec import drivers
 
         if self.target == "docker":
-            from fleetspec.reconcile.drivers import docker as docker_driver
+            from fleetspec.drivers import docker as docker_driver
 
             driver = docker_driver.DockerDriver(self.client)
         else:
-            from fleetspec.reconcile.drivers import local
+            from fleetspec.drivers import local
 
             driver = local.LocalDriver(drivers.run_dir(self.fleet_file, self.name))
         return {c.name: c.id for c in driver.observe(self.name) if c.running and c.role == "engine"}
@@ -169,7 +169,7 @@ class Runtime:
         if self.target == "docker":
             self.client.api.kill(self.containers()[container_name])
             return
-        from fleetspec.reconcile import drivers
+        from fleetspec import drivers
 
         record = drivers.run_dir(self.fleet_file, self.name) / "procs" / f"{container_name}.json"
         os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)

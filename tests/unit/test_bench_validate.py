@@ -8,7 +8,8 @@ import pathlib
 
 import yaml
 
-from fleetspec.spec import checks, loading
+from fleetspec.spec import loading
+from fleetspec.validation import checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

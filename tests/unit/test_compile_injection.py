@@ -99,7 +99,7 @@ def test_kubernetes_keeps_argv_and_turns_references_into_secret_refs():
 
 
 def test_the_router_reads_back_the_config_compose_and_kubernetes_carry():
-    from fleetspec.router import config
+    from fleetspec.routing import config
 
     spec = nasty_spec()
     from_file = json.loads(compose.compile_project(spec, slots.sequential(spec))["router.json"])

@@ -9,7 +9,7 @@ import pytest
 from fleetspec import errors
 from fleetspec.catalog import vllm_flags
 from fleetspec.compile import slots, targets, vllm_args
-from fleetspec.spec import models
+from fleetspec.spec import derived, models
 
 
 def fleet(**changes) -> models.FleetSpec:
@@ -72,13 +72,13 @@ def test_user_env_wins_except_for_the_placed_gpus():
     ("a.b_c", "v2", "a.b_c--v2"),
 ])
 def test_served_adapter_names_are_versioned_and_url_safe(name, version, served):
-    assert vllm_args.served_adapter_name(name, version) == served
+    assert derived.served_adapter_name(name, version) == served
 
 
 @pytest.mark.parametrize(("model_id", "served"), [("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B"), ("/models/llama", "demo"),
                                                   ("./weights", "demo")])
 def test_the_base_is_served_under_its_hub_id_or_the_fleet_name(model_id, served):
-    assert vllm_args.served_base_name(fleet(base_model={"id": model_id})) == served
+    assert derived.served_base_name(fleet(base_model={"id": model_id})) == served
 
 
 @pytest.mark.parametrize(("path", "item"), [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fleetspec import errors
-from fleetspec.reconcile import desired, labels
-from fleetspec.reconcile.drivers import base
-from fleetspec.reconcile.drivers import docker as docker_driver
+from fleetspec.compile import desired, labels
+from fleetspec.drivers import base
+from fleetspec.drivers import docker as docker_driver
 
 
 def spec(**overrides) -> desired.ContainerSpec:

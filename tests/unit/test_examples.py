@@ -9,7 +9,8 @@ import pytest
 
 from fleetspec.adapters import inspect as adapter_inspect
 from fleetspec.planner import report
-from fleetspec.spec import checks, loading, models
+from fleetspec.spec import loading, models
+from fleetspec.validation import checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

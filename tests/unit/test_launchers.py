@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fleetspec import errors
-from fleetspec.reconcile.drivers import launchers
+from fleetspec.drivers import launchers
 
 
 def test_python3_is_fleetspecs_own_interpreter_whatever_started_fleetspec():

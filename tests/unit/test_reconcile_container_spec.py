@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fleetspec.reconcile import desired
+from fleetspec.compile import desired
 
 CANONICAL = (
     '{"argv":["vllm","serve","m","--port","8000"],"env":{"A":"1","B":"${TOKEN}"},"gpu_ids":["0","1"],'

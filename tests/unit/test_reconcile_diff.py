@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from fleetspec.reconcile import desired, diff, observed
-from fleetspec.reconcile.drivers import base
+from fleetspec.compile import desired
+from fleetspec.drivers import base
+from fleetspec.reconcile import diff, observed
 from fleetspec.reconcile.plan import Disruption, Kind
 
 ARGV = ("vllm", "serve", "tiny", "--max-model-len", "4096", "--enable-lora")

@@ -68,3 +68,20 @@ def test_a_forgotten_or_missing_record_takes_the_full_path(world):
 ])
 def test_only_plain_applies_are_candidates(argv, file):
     assert entry.noop_candidate(argv) == file
+
+
+def test_the_shortcut_loads_only_the_standard_library_and_light_fleetspec_modules():
+    """What `import fleetspec.reconcile.fastpath` pulls in, in a fresh interpreter: no pydantic,
+    yaml or docker, and only the fleetspec modules that are themselves standard-library only."""
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys; before = set(sys.modules); import fleetspec.reconcile.fastpath; "
+             "print(json.dumps(sorted(m for m in set(sys.modules) - before "
+             "if m.split('.')[0] not in sys.stdlib_module_names)))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                       text=True).stdout)
+    assert set(loaded) <= {"fleetspec", "fleetspec.errors", "fleetspec.compile", "fleetspec.compile.labels",
+                           "fleetspec.engine_api", "fleetspec.engine_api.client", "fleetspec.engine_api.contract",
+                           "fleetspec.reconcile", "fleetspec.reconcile.fastpath"}, loaded

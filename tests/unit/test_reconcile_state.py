@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from fleetspec.drivers import files
 from fleetspec.reconcile import state
 
 
@@ -43,8 +44,8 @@ def test_unreadable_state_file_is_a_clear_error(tmp_path):
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     target = tmp_path / "a" / "s.json"
-    state.write_atomic(target, "one")
-    state.write_atomic(target, "two")
+    files.write_atomic(target, "one")
+    files.write_atomic(target, "two")
     assert target.read_text() == "two"
     assert os.listdir(target.parent) == ["s.json"]
 

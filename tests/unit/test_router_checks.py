@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from fleetspec.errors import Severity
-from fleetspec.router import checks
+from fleetspec.routing import checks
 from fleetspec.spec import loading
 
 HEAD = textwrap.dedent("""\

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from fleetspec import errors
-from fleetspec.router import config
+from fleetspec.routing import config
 from fleetspec.spec import loading
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ def test_document_round_trips_to_the_same_decisions(example):
     loaded = config.parse(doc, env={"FLEETSPEC_ADMIN_TOKEN": "t"})
     assert loaded.spec == fleet.spec
     assert loaded.upstreams == tuple(UPSTREAMS)
-    from fleetspec.router import table
+    from fleetspec.routing import table
 
     direct = table.RoutingTable.from_spec(fleet.spec)
     for prompt in ("pytest fails in app.py", "Traceback (most recent call last):", "hello", "summarize a.ipynb"):

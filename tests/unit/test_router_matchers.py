@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetspec.router import matchers
+from fleetspec.routing import matchers
 
 MATCHER = matchers.TermMatcher(["Python", "pip", "c++", "ci-cd", "machine learning", "machine", ".net", "übersetze"])
 

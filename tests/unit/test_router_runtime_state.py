@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from fleetspec import errors
-from fleetspec.router import config, resp, runtime_state, table
+from fleetspec.router import resp, runtime_state
+from fleetspec.routing import config, redis_url, table
 from fleetspec.spec import loading, models
 
 
@@ -48,13 +49,13 @@ def test_an_unknown_reply_type_is_refused():
 
 
 @pytest.mark.parametrize("url, expected", [
-    ("redis://localhost", resp.Address("localhost", 6379, 0)),
-    ("redis://:secret@10.0.0.5:6380/2", resp.Address("10.0.0.5", 6380, 2, None, "secret")),
-    ("rediss://app:p%40ss@cache.internal/1", resp.Address("cache.internal", 6379, 1, "app", "p@ss", tls=True)),
-    ("redis://[::1]:7000", resp.Address("::1", 7000, 0)),
+    ("redis://localhost", redis_url.Address("localhost", 6379, 0)),
+    ("redis://:secret@10.0.0.5:6380/2", redis_url.Address("10.0.0.5", 6380, 2, None, "secret")),
+    ("rediss://app:p%40ss@cache.internal/1", redis_url.Address("cache.internal", 6379, 1, "app", "p@ss", tls=True)),
+    ("redis://[::1]:7000", redis_url.Address("::1", 7000, 0)),
 ])
 def test_urls(url, expected):
-    assert resp.parse_url(url) == expected
+    assert redis_url.parse_url(url) == expected
 
 
 @pytest.mark.parametrize("url, message", [
@@ -65,11 +66,11 @@ def test_urls(url, expected):
 ])
 def test_bad_urls_say_what_is_wrong(url, message):
     with pytest.raises(ValueError, match=message):
-        resp.parse_url(url)
+        redis_url.parse_url(url)
 
 
 def test_display_never_shows_the_password():
-    address = resp.parse_url("redis://app:hunter2@cache:6380/4")
+    address = redis_url.parse_url("redis://app:hunter2@cache:6380/4")
     assert address.display() == "redis://cache:6380/4"
     assert "hunter2" not in repr(address)
 
@@ -77,7 +78,7 @@ def test_display_never_shows_the_password():
 def test_redis_url_secrets_come_from_the_environment_percent_encoded():
     url = "redis://${REDIS_USER}:${REDIS_PASSWORD}@${REDIS_HOST}:6379/1"
     env = {"REDIS_USER": "router", "REDIS_PASSWORD": "p@ss:w/rd 7", "REDIS_HOST": "cache.internal"}
-    assert config.redis_address(url, env) == resp.Address("cache.internal", 6379, 1, "router", "p@ss:w/rd 7")
+    assert config.redis_address(url, env) == redis_url.Address("cache.internal", 6379, 1, "router", "p@ss:w/rd 7")
     assert config.redis_address(None, env) is None
 
 
@@ -151,14 +152,14 @@ def test_effective_lays_allowed_mappings_over_the_table_and_ignores_the_rest():
 
 
 def test_the_store_follows_the_config():
-    address = resp.parse_url("redis://cache:6379/0")
+    address = redis_url.parse_url("redis://cache:6379/0")
     memory = runtime_state.for_config(None, "shop")
     assert memory.health() == {"backend": "memory", "healthy": True}
     shared = runtime_state.for_config(address, "shop")
     assert (shared.hash_key, shared.channel) == ("fleetspec:shop:router:clusters", "fleetspec:shop:router:changes")
     assert runtime_state.same_store(memory, None, "shop") and not runtime_state.same_store(memory, address, "shop")
-    assert runtime_state.same_store(shared, resp.parse_url("redis://cache/0"), "shop")
-    assert not runtime_state.same_store(shared, resp.parse_url("redis://cache/1"), "shop")
+    assert runtime_state.same_store(shared, redis_url.parse_url("redis://cache/0"), "shop")
+    assert not runtime_state.same_store(shared, redis_url.parse_url("redis://cache/1"), "shop")
 
 
 def test_memory_state_tells_the_router_of_every_change():

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from fleetspec.router import splits, table
+from fleetspec.routing import splits, table
 from fleetspec.spec import loading
 
 FLEET = textwrap.dedent("""\
@@ -209,7 +209,7 @@ def test_bucket_is_fixed_across_processes():
     assert splits.bucket("user-42", "python") == 11
     assert splits.bucket("alice", "python") == 83
     assert splits.bucket("alice", "sql") == 28
-    code = "from fleetspec.router import splits; print(splits.bucket('user-42', 'python'))"
+    code = "from fleetspec.routing import splits; print(splits.bucket('user-42', 'python'))"
     for seed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed})

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from fleetspec.router import checks, embedding, table
+from fleetspec.routing import checks, embedding, table
 from fleetspec.spec import loading
 
 FLEET = textwrap.dedent("""\

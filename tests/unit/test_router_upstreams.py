@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetspec.router import config, httpio, openai, upstreams
+from fleetspec.router import httpio, openai, upstreams
+from fleetspec.routing import config
 
 
 def pool(*specs) -> upstreams.Upstreams:

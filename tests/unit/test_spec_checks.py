@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-from fleetspec.spec import checks, derived, loading
+from fleetspec.spec import derived, loading
+from fleetspec.validation import checks
 
 BASE = """\
 name: demo

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pathlib
 import types
 
+from fleetspec.drivers import base
 from fleetspec.reconcile import apply as apply_mod
 from fleetspec.reconcile import observed
 from fleetspec.reconcile import plan as plan_mod
-from fleetspec.reconcile.drivers import base
 from fleetspec.reconcile.plan import Action, Kind
 from fleetspec.spec import loading
 from fleetspec.watch import backoff, lines, loop, reconciler, sources

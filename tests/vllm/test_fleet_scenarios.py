@@ -27,10 +27,10 @@ import yaml
 from load_loop import LoadLoop
 from vllm_install import Installation
 
+from fleetspec import drivers
 from fleetspec.cli import app
 from fleetspec.engine_api import contract
 from fleetspec.engine_api.client import EngineClient
-from fleetspec.reconcile import drivers
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "cpu-real-vllm.yaml"
 ENGINE_START_S = 240  # one engine on two busy cores, with margin
@@ -136,7 +136,7 @@ class RealFleet:
 
     def engines(self) -> dict[str, tuple[str, int]]:
         """Running engine name → (id, pid): what changes when an engine restarts."""
-        from fleetspec.reconcile.drivers import local
+        from fleetspec.drivers import local
 
         driver = local.LocalDriver(drivers.run_dir(self.file, self.name))
         out = {}
@@ -157,7 +157,7 @@ class RealFleet:
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
             self.cli("destroy", str(self.file), "--yes")
-        from fleetspec.reconcile.drivers import local
+        from fleetspec.drivers import local
 
         driver = local.LocalDriver(drivers.run_dir(self.file, self.name))
         for container in driver.observe(self.name):

@@ -33,8 +33,8 @@ import sys
 import time
 
 from fleetspec import errors
-from fleetspec.reconcile import desired, labels, state
-from fleetspec.reconcile.drivers import base, launchers
+from fleetspec.compile import desired, labels
+from fleetspec.drivers import base, files, launchers
 
 IMAGE = "local"  # what observe() reports as the image: there is none
 _STOP_GRACE_S = 10.0  # SIGTERM → SIGKILL, as for Docker
@@ -109,7 +109,7 @@ class LocalDriver:
         _check_ports_free(spec.name, ports)
         record = self._spawn(spec, launchers.command(spec.argv, env.get("PATH")), env, ports)
         try:
-            state.write_atomic(self.procs_dir / f"{spec.name}.json", json.dumps(record.to_json(), indent=2) + "\n")
+            files.write_atomic(self.procs_dir / f"{spec.name}.json", json.dumps(record.to_json(), indent=2) + "\n")
         except OSError:
             self._stop(record)  # a process nobody can find again must not keep running
             raise

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from fleetspec import errors
-from fleetspec.reconcile import desired, labels
+from fleetspec.compile import desired, labels
 
 RUNNING = "running"
 EXITED = "exited"

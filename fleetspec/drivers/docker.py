@@ -18,8 +18,8 @@ import docker.types
 import requests
 
 from fleetspec import errors
-from fleetspec.reconcile import desired, labels
-from fleetspec.reconcile.drivers import base
+from fleetspec.compile import desired, labels
+from fleetspec.drivers import base
 
 _STOP_GRACE_S = 10  # SIGTERM → SIGKILL; vLLM shuts down in well under this
 

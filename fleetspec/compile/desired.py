@@ -1,5 +1,8 @@
 """Desired state: what should run. For now only the container description every driver consumes.
 
+It lives in compile because compose stamps the same spec hash as a label that the reconciler
+later compares (`compile.compose`, `reconcile.diff`), and every driver consumes it.
+
 `ContainerSpec` is frozen and made of plain values so that its canonical JSON, and therefore its
 spec hash, is the same on every machine and every run: a changed hash is the one reason to replace
 a container. Adapters are deliberately not part of it; they change on a live server.
@@ -12,8 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 
-from fleetspec.compile import deploy, vllm_args
-from fleetspec.reconcile import labels
+from fleetspec.compile import deploy, labels, vllm_args
 from fleetspec.spec import derived
 
 
@@ -184,7 +186,7 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
     """
     if not spec.runtime.router.enabled or env.router_config_path is None:
         return None, None
-    from fleetspec.router import config as router_config
+    from fleetspec.routing import config as router_config
 
     host = reachable_host(spec)
     upstreams = [router_config.Upstream(r.server, r.replica, f"http://{host}:{r.port}")

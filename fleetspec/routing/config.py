@@ -33,8 +33,8 @@ import yaml
 
 from fleetspec import errors
 from fleetspec.errors import Diagnostic, Severity
-from fleetspec.router import resp
-from fleetspec.router import table as table_mod
+from fleetspec.routing import redis_url
+from fleetspec.routing import table as table_mod
 from fleetspec.spec import models
 
 FORMAT = "fleetspec-router/1"
@@ -62,9 +62,9 @@ class RouterConfig:
     admin_token: str | None  # resolved; None: the admin API is off
     client_api_key: str | None  # resolved runtime.router.api_key; None: clients need no key
     engine_api_key: str | None  # resolved runtime.engine_api_key: what the router sends the engines
-    redis: resp.Address | None  # resolved runtime.router.redis_url; None: runtime state in memory
+    redis: redis_url.Address | None  # resolved runtime.router.redis_url; None: runtime state in memory
     refresh_seconds: float
-    hash: str  # sha256 of the canonical document, as reconcile.desired computes it
+    hash: str  # sha256 of the canonical document, as compile.desired computes it
 
     def adapter_path(self, specialist: str, version: str) -> str | None:
         served = self.table.served.get((specialist, version))
@@ -158,7 +158,7 @@ def routing_table(spec: models.FleetSpec, cluster_maps: Mapping[int, Mapping[str
     loads the model: the only path that imports the embedding extra)."""
     index = None
     if spec.routing.embedding.enabled:
-        from fleetspec.router import embedding
+        from fleetspec.routing import embedding
 
         index = embedding.index_for(spec)
     return table_mod.RoutingTable.from_spec(spec, cluster_maps, embedding=index)
@@ -179,7 +179,7 @@ def resolve_secret(value: str | None, env: Mapping[str, str], field: str, otherw
     return resolved
 
 
-def redis_address(url: str | None, env: Mapping[str, str]) -> resp.Address | None:
+def redis_address(url: str | None, env: Mapping[str, str]) -> redis_url.Address | None:
     """runtime.router.redis_url with every `${VAR}` in it replaced from the environment (values are
     percent-encoded on the way in, so a password may hold `@`, `:` or `/`)."""
     if url is None:
@@ -195,7 +195,7 @@ def redis_address(url: str | None, env: Mapping[str, str]) -> resp.Address | Non
 
     expanded = _SECRET_ANYWHERE.sub(value, url)
     try:
-        return resp.parse_url(expanded)
+        return redis_url.parse_url(expanded)
     except ValueError as exc:
         raise errors.PermanentError(f"runtime.router.redis_url cannot be used: {exc}; write it like "
                                     "redis://:${REDIS_PASSWORD}@redis-host:6379/0") from None

@@ -1,5 +1,8 @@
 """Docker label keys fleetspec stamps on what it creates; the only place they are spelled.
 
+Used by compose (compile), the drivers, images, watch and the reconcile fast path, so it lives low
+in compile and imports nothing: the fast path loads it without leaving the standard library.
+
 Observed state is found by these labels, never by container names, so a container renamed or
 created by hand is still recognised (or ignored) for the right reason.
 """

@@ -1,5 +1,5 @@
 """Plan-time checks of the routing rules: rules that can never fire, and rules whose target no
-server runs. Pure; `check(fleet)` returns located diagnostics like `spec.checks.check`.
+server runs. Pure; `check(fleet)` returns located diagnostics like `spec.checks.check_fields`.
 
 Whether a target is declared at all is `spec.checks`' job; rules with undeclared targets are
 skipped here (and never count as covering a later rule, since they never fire).
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 
 from fleetspec.errors import Diagnostic, Severity
-from fleetspec.router import matchers
+from fleetspec.routing import matchers
 from fleetspec.spec import models
 
 try:  # Python's own regex parser (3.11+), to prove a pattern matches every prompt

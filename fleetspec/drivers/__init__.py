@@ -9,23 +9,22 @@ from __future__ import annotations
 import pathlib
 
 from fleetspec import errors
-from fleetspec.reconcile import state
-from fleetspec.reconcile.drivers import base
+from fleetspec.drivers import base, files
 
 
 def run_dir(fleet_file: pathlib.Path, fleet_name: str) -> pathlib.Path:
     """Where the local runtime keeps its process records and logs: beside the state file."""
-    return state.state_dir(fleet_file) / "run" / fleet_name
+    return files.state_dir(fleet_file) / "run" / fleet_name
 
 
 def for_runtime(target: str, fleet_file: pathlib.Path, fleet_name: str) -> base.Driver:
     """The driver for `runtime.target`; raises TemporaryError when the Docker engine does not answer."""
     if target == "docker":
-        from fleetspec.reconcile.drivers import docker
+        from fleetspec.drivers import docker
 
         return docker.DockerDriver()
     if target == "local":
-        from fleetspec.reconcile.drivers import local
+        from fleetspec.drivers import local
 
         # Engines run from the fleet file's directory, so relative paths in their argv mean what
         # they mean in fleet.yaml.

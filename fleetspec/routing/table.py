@@ -11,7 +11,7 @@ for another specialist that the same walk would have picked next.
 
 When no rule matched and the fleet enables routing.embedding, the nearest specialist by sentence
 embedding takes the prompt if its similarity reaches the threshold (rule kind "embedding"). The
-index is built outside (`router.embedding`, heavy and optional) and handed in, so this module stays
+index is built outside (`routing.embedding`, heavy and optional) and handed in, so this module stays
 free of numpy and torch.
 """
 
@@ -22,9 +22,8 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 
-from fleetspec.compile import vllm_args
-from fleetspec.router import matchers, splits
-from fleetspec.spec import models
+from fleetspec.routing import matchers, splits
+from fleetspec.spec import derived, models
 
 AUTO = "auto"
 NO_MATCH = "no-match"  # seed 001's "no_domain_match": nothing in the prompt pointed anywhere
@@ -146,7 +145,7 @@ class RoutingTable:
     _extension_rules: Mapping[str, tuple[int, ...]]
     _always: tuple[int, ...]  # regex, hash-cluster and signals rules: looked at for every prompt
     _signals: _SignalIndex | None
-    embedding: object | None = None  # router.embedding.Index: rank(prompt) and threshold
+    embedding: object | None = None  # routing.embedding.Index: rank(prompt) and threshold
 
     # -- compiling ---------------------------------------------------------------------------------
 
@@ -157,14 +156,14 @@ class RoutingTable:
         `map_file` (read by the caller), keyed by rule index; the inline `map` wins over them.
         `embedding` is the specialists' embedding index when routing.embedding is enabled."""
         specialists = {s.name: s for s in spec.specialists}
-        served = {(s.name, v): vllm_args.served_adapter_name(s.name, v) for s in spec.specialists for v in s.all_versions}
+        served = {(s.name, v): derived.served_adapter_name(s.name, v) for s in spec.specialists for v in s.all_versions}
         rules = tuple(_compile_rule(i, rule, specialists, (cluster_maps or {}).get(i, {}))
                       for i, rule in enumerate(spec.routing.rules))
         signals = _SignalIndex(spec.specialists) if any(
             r.ref.kind == "specialist_signals" for r in rules) else None
         terms = {t for r in rules for t in r.terms} | (signals.terms if signals else set())
         return cls(
-            fleet=spec.name, base_served_name=vllm_args.served_base_name(spec), fallback=spec.routing.fallback,
+            fleet=spec.name, base_served_name=derived.served_base_name(spec), fallback=spec.routing.fallback,
             sticky_key=spec.routing.sticky_key, rules=rules, specialists=specialists, served=served,
             aliases=_aliases(spec, served), splits={
                 s.specialist: splits.Split.from_weights(s.specialist, s.weights) for s in spec.routing.splits},
@@ -265,7 +264,7 @@ class RoutingTable:
             version, where = split.pick(key)
         specialist = self.specialists[chosen.specialist]
         version = version or specialist.version
-        served = self.served.get((specialist.name, version)) or vllm_args.served_adapter_name(specialist.name, version)
+        served = self.served.get((specialist.name, version)) or derived.served_adapter_name(specialist.name, version)
         return Decision(specialist.name, version, served, chosen.rule, runner_up, matched=chosen.matched,
                         cluster=cluster, bucket=where)
 
@@ -375,7 +374,7 @@ def _target(text: str, specialists: Mapping[str, models.Specialist]) -> Target |
 
 def _aliases(spec: models.FleetSpec, served: Mapping[tuple[str, str], str]) -> dict[str, Target | None]:
     """Every `model` a client may send: base names, specialist names, name@version, served names."""
-    aliases: dict[str, Target | None] = {spec.base_model.id: None, vllm_args.served_base_name(spec): None}
+    aliases: dict[str, Target | None] = {spec.base_model.id: None, derived.served_base_name(spec): None}
     for (name, version), served_name in served.items():
         aliases.setdefault(served_name, Target(name, version))
         aliases[f"{name}@{version}"] = Target(name, version)
