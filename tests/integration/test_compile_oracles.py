@@ -16,7 +16,7 @@ import require
 import yaml
 
 from fleetspec.cli import compile_cmd, plan_cmd
-from fleetspec.compile import compose, k8s, slots, targets, vllm_args
+from fleetspec.compile import compose, deploy, k8s, slots, targets, vllm_args
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FLEETS = sorted(ROOT.glob("examples/*.yaml")) + [ROOT / "fleet.yaml"]
@@ -65,7 +65,10 @@ def test_every_compose_project_passes_docker_compose_config_and_runs_the_compile
         launch = vllm_args.replica_launch(loaded.spec, loaded.spec.server(slot.server), slot.replica,
                                           host="0.0.0.0", port=8000, base_dir=loaded.base_dir)
         assert [*service["entrypoint"], *service["command"]] == launch.argv
-        expected_ids = [str(g) for g in slot.gpus] if loaded.spec.runtime.engine == "vllm" else None
+        server = loaded.spec.server(slot.server)
+        # A CPU host reserves no device: vLLM's CPU build runs in host RAM.
+        reserves_gpus = loaded.spec.runtime.engine == "vllm" and not deploy.on_host(loaded.spec, server)
+        expected_ids = [str(g) for g in slot.gpus] if reserves_gpus else None
         devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
         assert (devices[0]["device_ids"] if devices else None) == expected_ids
 

@@ -93,7 +93,8 @@ def test_every_compiled_argv_parses_in_vllm_with_the_values_fleetspec_meant(orac
         answer = oracle.ask(launch.argv, launch.env, vllm_args.to_config_yaml(launch), launch.extra_args)
         assert answer["ok"], f"{launch.server}-{launch.replica}: {answer.get('error')}"
         args, settings = answer["args"], launch.settings
-        assert args["model"] == spec.base_model.id
+        # A local checkpoint path is resolved against the fleet file, as vllm serve needs it.
+        assert args["model"] == vllm_args.resolve_path(spec.base_model.id, loading.load_path(fleet).base_dir)
         assert args["served_model_name"] == [derived.served_base_name(spec)]
         assert args["port"] == settings["port"] and args["host"] == settings["host"]
         assert args["tensor_parallel_size"] == settings["tensor_parallel_size"]
