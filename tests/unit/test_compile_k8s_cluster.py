@@ -1,0 +1,191 @@
+"""Kubernetes manifests that match what the cluster does: the adapter agent and its ConfigMap, the
+shared read-only model volume, requests from the fleet and the plan, Ingress paths, sessionAffinity,
+and which changes are hot (ConfigMap only) or a rollout."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import yaml
+
+from fleetspec.compile import adapter_set, k8s, k8s_changes, slots
+from fleetspec.planner import report
+from fleetspec.spec import loading, models
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SEED_003 = ROOT / "examples" / "003-llama3-multi-adapter.yaml"
+
+
+def manifests_of(fleet: models.FleetSpec) -> dict[str, dict]:
+    plan = report.plan_fleet(fleet)
+    assert plan.fits, [f.render() for f in plan.errors]
+    files = k8s.compile_manifests(fleet, slots.from_plan(plan))
+    return {name: yaml.safe_load(text) for name, text in files.items() if name != k8s.KUSTOMIZATION}
+
+
+def seed_003(**changes) -> models.FleetSpec:
+    data = yaml.safe_load(SEED_003.read_text())
+    for path, value in changes.items():
+        target = data
+        *parents, last = path.split(".")
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+    return models.FleetSpec.model_validate(data)
+
+
+def pod_spec(documents: dict, deployment: str) -> dict:
+    return documents[f"{deployment}-deployment.yaml"]["spec"]["template"]["spec"]
+
+
+def containers(documents: dict, deployment: str) -> dict[str, dict]:
+    return {c["name"]: c for c in pod_spec(documents, deployment)["containers"]}
+
+
+def test_every_lora_pod_runs_the_agent_beside_an_engine_started_without_adapters():
+    documents = manifests_of(seed_003())
+    pod = containers(documents, "vllm-chat")
+    assert list(pod) == ["vllm", "agent"]
+    assert "--lora-modules" not in pod["vllm"]["command"]  # the agent loads them: a change never rolls out
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"} in pod["vllm"]["env"]
+    agent = pod["agent"]
+    assert agent["command"][:4] == ["python3", "-m", "fleetspec", "agent"]
+    assert agent["command"][agent["command"].index("--engine") + 1] == "http://127.0.0.1:8000"
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    # A directory mount, never subPath: only those receive kubelet's ConfigMap updates.
+    assert mounts["adapter-set"] == {
+        "name": "adapter-set",
+        "mountPath": k8s.AGENT_CONFIG_DIR,
+        "readOnly": True,
+    }
+    assert mounts["agent-state"]["readOnly"] is False
+    volumes = {v["name"]: v for v in pod_spec(documents, "vllm-chat")["volumes"]}
+    assert volumes["adapter-set"]["configMap"] == {"name": "vllm-chat-adapters"}
+    assert volumes["agent-state"] == {"name": "agent-state", "emptyDir": {}}
+
+
+def test_the_adapter_set_configmap_holds_what_the_agent_parses():
+    documents = manifests_of(seed_003())
+    configmap = documents["vllm-tasks-adapters-configmap.yaml"]
+    parsed = adapter_set.parse(configmap["data"][adapter_set.FILE])
+    assert parsed.server == "tasks" and parsed.base == "casperhansen/llama-3-8b-instruct-awq"
+    assert parsed.mapping == {"code--1": "/adapters/code", "summarization--1": "/adapters/summarization"}
+
+
+def test_probes_engine_health_and_agent_readiness():
+    pod = containers(manifests_of(seed_003()), "vllm-chat")
+    engine = {
+        kind: pod["vllm"][kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert all(probe == {"path": "/health", "port": "http"} for probe in engine.values())
+    assert pod["agent"]["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "agent"}
+    assert pod["agent"]["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "agent"}
+    assert pod["agent"]["ports"] == [{"name": "agent", "containerPort": 8081, "protocol": "TCP"}]
+
+
+def test_the_base_model_volume_is_shared_read_only_in_every_engine_pod():
+    documents = manifests_of(seed_003())
+    for deployment in ("vllm-chat", "vllm-tasks"):
+        spec = pod_spec(documents, deployment)
+        volume = next(v for v in spec["volumes"] if v["name"] == "model-cache")
+        assert volume["persistentVolumeClaim"] == {"claimName": "base-models", "readOnly": True}
+        engine = containers(documents, deployment)["vllm"]
+        mount = next(m for m in engine["volumeMounts"] if m["name"] == "model-cache")
+        assert mount == {"name": "model-cache", "mountPath": "/root/.cache/huggingface", "readOnly": True}
+        assert {"name": "HF_HUB_OFFLINE", "value": "1"} in engine["env"]
+    claim = documents["base-models-pvc.yaml"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+
+
+def test_a_host_path_model_volume_and_no_volume_at_all():
+    on_node = manifests_of(
+        seed_003(
+            **{
+                "runtime.kubernetes.model_volume": "host_path",
+                "runtime.kubernetes.model_host_path": "/var/lib/models",
+            }
+        )
+    )
+    volume = next(v for v in pod_spec(on_node, "vllm-chat")["volumes"] if v["name"] == "model-cache")
+    assert volume["hostPath"] == {"path": "/var/lib/models", "type": "Directory"}
+    assert "base-models-pvc.yaml" not in on_node
+    own = manifests_of(seed_003(**{"runtime.kubernetes.model_volume": "none"}))
+    assert {"name": "hf-cache", "emptyDir": {}} in pod_spec(own, "vllm-chat")["volumes"]
+
+
+def test_requests_and_limits_come_from_the_fleet_and_gpus_from_the_plan():
+    resources = containers(manifests_of(seed_003()), "vllm-chat")["vllm"]["resources"]
+    assert resources == {
+        "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+        "limits": {"cpu": "4", "memory": "12Gi", "nvidia.com/gpu": "1"},
+    }
+
+
+def test_time_sliced_pods_request_the_shared_resource():
+    fleet = seed_003(
+        **{
+            "servers.0.gpu_memory_utilization": 0.45,
+            "servers.1.gpu_memory_utilization": 0.45,
+            "servers.0.replicas": 2,
+            "runtime.kubernetes.gpu_sharing": {"mode": "time-slicing", "replicas": 2},
+        }
+    )
+    resources = containers(manifests_of(fleet), "vllm-chat")["vllm"]["resources"]
+    assert (
+        resources["requests"]["nvidia.com/gpu.shared"] == "1" == resources["limits"]["nvidia.com/gpu.shared"]
+    )
+    assert "nvidia.com/gpu" not in resources["requests"]
+
+
+def test_ingress_paths_per_specialist_and_server_all_go_through_the_router():
+    ingress = manifests_of(seed_003())["router-ingress.yaml"]
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert [p["path"] for p in paths] == ["/", "/chatbot", "/code", "/summarization", "/chat", "/tasks"]
+    assert {p["backend"]["service"]["name"] for p in paths} == {"router"}
+    assert {p["pathType"] for p in paths} == {"Prefix"}
+    plain = manifests_of(seed_003(**{"runtime.kubernetes.ingress_paths": False}))["router-ingress.yaml"]
+    assert [p["path"] for p in plain["spec"]["rules"][0]["http"]["paths"]] == ["/"]
+
+
+def test_session_affinity_where_the_seed_used_it_and_a_headless_service_for_discovery():
+    documents = manifests_of(seed_003())
+    assert documents["vllm-chat-service.yaml"]["spec"]["sessionAffinity"] == "ClientIP"
+    assert documents["router-service.yaml"]["spec"]["sessionAffinity"] == "ClientIP"
+    headless = documents["vllm-chat-pods-service.yaml"]["spec"]
+    assert headless["clusterIP"] == "None" and "sessionAffinity" not in headless
+    assert headless["selector"] == documents["vllm-chat-service.yaml"]["spec"]["selector"]
+    default = manifests_of(seed_003(**{"runtime.kubernetes.session_affinity": "None"}))
+    assert "sessionAffinity" not in default["vllm-chat-service.yaml"]["spec"]
+
+
+def compiled(fleet: models.FleetSpec) -> dict[str, str]:
+    return k8s.compile_manifests(fleet, slots.from_plan(report.plan_fleet(fleet)))
+
+
+def test_an_adapter_version_bump_is_configmap_only_and_a_flag_change_rolls_out():
+    before = compiled(seed_003())
+    bump = compiled(seed_003(**{"specialists.0.version": "2", "specialists.0.path": "/adapters/chatbot-2"}))
+    changes = {(c.kind, c.name): c for c in k8s_changes.compare(before, bump)}
+    assert set(changes) == {("ConfigMap", "vllm-chat-adapters"), ("ConfigMap", "llama3-multi-adapter-router")}
+    assert all(c.effect == k8s_changes.HOT and not c.restarts for c in changes.values())
+    assert "load chatbot--2 then unload chatbot--1" in changes[("ConfigMap", "vllm-chat-adapters")].detail
+
+    flags = compiled(seed_003(**{"servers.0.max_num_seqs": 16}))
+    (rollout,) = [c for c in k8s_changes.compare(before, flags) if c.kind == "Deployment"]
+    assert rollout.name == "vllm-chat" and rollout.effect == k8s_changes.ROLLOUT and rollout.restarts
+    assert "--max-num-seqs 14 → 16" in rollout.detail
+
+    scaled = compiled(seed_003(**{"servers.1.replicas": 0}))
+    removed = {c.name: c.effect for c in k8s_changes.compare(before, scaled)}
+    assert removed["vllm-tasks"] == k8s_changes.DELETE
+
+
+def test_the_compiled_adapter_set_round_trips_through_json():
+    text = compiled(seed_003())["vllm-chat-adapters-configmap.yaml"]
+    data = json.loads(yaml.safe_load(text)["data"][adapter_set.FILE])
+    assert data["format"] == adapter_set.FORMAT and data["fleet"] == "llama3-multi-adapter"
+
+
+def test_the_seed_003_example_loads_as_a_file():
+    assert loading.load_path(SEED_003).spec.runtime.kubernetes.model_volume == "pvc"
