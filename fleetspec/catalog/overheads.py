@@ -23,6 +23,14 @@ class BatchDefault:
 
 
 @dataclasses.dataclass(frozen=True)
+class V0Defaults:
+    max_num_seqs: int
+    min_batched_tokens: int
+    chunked_prefill_above_len: int
+    chunked_batched_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
 class CpuOverheads:
     worker_base_bytes: int
     side_processes_bytes: int
@@ -44,6 +52,8 @@ class Overheads:
     cudagraph_per_layer_bytes: int
     cudagraph_subtracted_since: tuple[int, ...]
     cudagraph_lora_factor: float
+    v1_engine_since: tuple[int, ...]
+    v0_defaults: V0Defaults
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
     cpu: CpuOverheads
@@ -74,6 +84,8 @@ def load() -> Overheads:
         cudagraph_per_layer_bytes=_gib(graphs["per_layer_gib"]),
         cudagraph_subtracted_since=_version(graphs["subtracted_since"]),
         cudagraph_lora_factor=graphs["lora_factor"],
+        v1_engine_since=_version(data["engine"]["v1_default_since"]),
+        v0_defaults=V0Defaults(**data["engine"]["v0_defaults"]),
         block_size=data["block_size"],
         batch_defaults=tuple(
             BatchDefault(row["min_memory_gib"], row["max_num_batched_tokens"], row["max_num_seqs"],

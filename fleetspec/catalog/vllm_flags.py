@@ -175,3 +175,44 @@ def option_strings(version: str) -> Mapping[str, int | str] | None:
     """Option string → the values it takes (0, 1, "?", "+") in that release; None when not dumped."""
     major, minor = parse_version(version)
     return _option_tables().get(f"{major}.{minor}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A word of a server's `extra_args`, checked against the table and the release's own parser. Used by
+# `fleetspec validate` (located in the fleet file) and by compile, which refuses to write such argv.
+
+
+def extra_arg_problems(word: str, version: str) -> list[tuple[str, str, str]]:
+    """(code, message, hint) for what is wrong with one extra_args word on this vLLM release; [] if nothing."""
+    release = parse_version(version)
+    name = "--" + word.split("=", 1)[0][2:].replace("_", "-") if word.startswith("--") else None
+    if name in REMOVED_FLAGS:
+        removed_in, hint = REMOVED_FLAGS[name]
+        if release >= removed_in:
+            return [("removed-vllm-flag", f"vLLM {version} no longer has {name}; it would refuse to start.", hint)]
+        return []
+    if name == "--api-key":
+        return [("api-key-in-argv", "--api-key in extra_args puts the engines' key in every process listing and "
+                 "compiled file.", "Remove it and set runtime.engine_api_key: ${VLLM_API_KEY} instead; fleetspec "
+                 "hands the key to vLLM through its environment and sends it on every call.")]
+    known = option_strings(version) if name else None
+    if known is not None and name not in known:
+        major, minor = release
+        return [("unknown-vllm-flag", f"vLLM {major}.{minor} has no {name}; it would exit at start with "
+                 f"\"unrecognized arguments: {name}\".", _unknown_flag_hint(name, version))]
+    row = flag_owner(word)
+    if row is not None:
+        return [("flag-set-by-fleetspec",
+                 f"{row.flag} is written by fleetspec from {row.spec_field}; passing it again in extra_args "
+                 "would silently override what the planner checked.",
+                 f"Remove it from extra_args and set {row.spec_field} instead.")]
+    return []
+
+
+def _unknown_flag_hint(name: str, version: str) -> str:
+    """Where the flag does exist (another dumped release), or that it is probably a typo."""
+    elsewhere = [v for v in dumped_releases() if name in (option_strings(v) or {})]
+    if elsewhere:
+        return (f"{name} exists in vLLM {', '.join(elsewhere)}; remove it, or set runtime.vllm_version to a "
+                "release that has it.")
+    return f"Check the spelling against `vllm serve --help` of vLLM {version}, or remove it."

@@ -30,6 +30,14 @@ class GpuBudget:
     largest_model_len: int  # longest max_model_len that would fit
     max_concurrency: float
     host: bool = False  # vLLM's CPU build: every term is host RAM; cuda_context holds its side processes
+    # V1's sampler warm-up after the KV cache is allocated (0 on V0 and on the CPU build), and the
+    # GPU memory free when it runs with this replica alone on its GPUs (memory.warmup_free_bytes).
+    sampler_warmup: int = 0
+    warmup_free: int = 0
+
+    @property
+    def warmup_fits(self) -> bool:
+        return self.sampler_warmup <= self.warmup_free
 
     @property
     def fits(self) -> bool:
@@ -50,6 +58,7 @@ class GpuBudget:
             "kv_cache_gib": gib(max(self.kv_cache, 0)), "cuda_context_gib": gib(self.cuda_context),
             "cudagraph_in_budget": self.cudagraph_in_budget,
             "kv_bytes_per_token": round(self.kv_bytes_per_token, 2),
+            "sampler_warmup_gib": gib(self.sampler_warmup), "warmup_free_gib": gib(self.warmup_free),
             "memory": "host" if self.host else "gpu",
         }
 
@@ -83,6 +92,8 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     per_token = memory.kv_bytes_per_token(facts, tp, pp, s.kv_bytes, s.kv_cache_dtype)
     request = memory.kv_bytes_per_request(facts, tp, pp, s.kv_bytes, s.max_model_len,
                                           s.max_num_batched_tokens, s.kv_cache_dtype, s.block_size)
+    warmup = 0 if s.host or not memory.warms_up_sampler_after_kv(s.vllm_version) else \
+        memory.sampler_bytes(facts, s.max_num_seqs)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
                                        s.kv_cache_dtype, block=s.block_size)
     return GpuBudget(
@@ -92,4 +103,6 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
         kv_tokens=memory.kv_tokens(kv_cache, per_token, s.block_size),
         request_bytes=request, max_model_len=s.max_model_len, largest_model_len=largest,
         max_concurrency=max(kv_cache, 0) / request if request else 0.0,
+        sampler_warmup=warmup,
+        warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget),
     )

@@ -51,6 +51,19 @@ def batch_defaults(gpu: catalog_gpus.GpuFacts) -> tuple[int, int]:
     return last.max_num_batched_tokens, last.max_num_seqs
 
 
+def v0_batch_defaults(server: spec_models.Server, max_model_len: int) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) of the V0 engine (vLLM < 0.8, overheads.yaml
+    engine.v0_defaults): no per-device table, and without chunked prefill one step must hold a
+    whole max_model_len prompt."""
+    d = overheads.load().v0_defaults
+    seqs = server.max_num_seqs or d.max_num_seqs
+    if server.max_num_batched_tokens:
+        return seqs, server.max_num_batched_tokens
+    if max_model_len > d.chunked_prefill_above_len:
+        return seqs, d.chunked_batched_tokens
+    return seqs, max(max_model_len, d.min_batched_tokens)
+
+
 def model_dtype(base: spec_models.BaseModelSpec, facts: catalog_models.ModelFacts) -> str:
     return facts.default_dtype if base.dtype == "auto" else base.dtype
 
@@ -60,16 +73,19 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
     base = spec.base_model
     configured_len = spec.max_model_len_of(server)
     max_model_len = configured_len or facts.max_position_embeddings or FALLBACK_MAX_MODEL_LEN
+    version = derived.vllm_version_tuple(spec.runtime.vllm_version)
     default_tokens, default_seqs = batch_defaults(gpu)
     max_num_seqs = server.max_num_seqs or default_seqs
     batched = server.max_num_batched_tokens or min(default_tokens, max_num_seqs * max_model_len)
+    if version < overheads.load().v1_engine_since and not gpu.host:
+        max_num_seqs, batched = v0_batch_defaults(server, max_model_len)
     dtype_bytes = quantization.dtype_bytes(model_dtype(base, facts))
     lora_bytes = dtype_bytes
     if server.lora is not None and server.lora.lora_dtype != "auto":
         lora_bytes = quantization.dtype_bytes(server.lora.lora_dtype)
     method = base.quantization if base.quantization != "none" else facts.checkpoint_quantization
     return EngineSettings(
-        vllm_version=derived.vllm_version_tuple(spec.runtime.vllm_version),
+        vllm_version=version,
         tensor_parallel_size=server.tensor_parallel_size,
         pipeline_parallel_size=server.pipeline_parallel_size,
         gpu_memory_utilization=derived.utilization(spec, server),

@@ -20,8 +20,16 @@ GIB = 1 << 30
 MAX_LORA_VOCAB = 258048  # logits_processor.py:90-92
 
 
+SIZE_UNITS = (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10))  # largest first
+
+
 def gib(value: float) -> str:
-    return f"{value / GIB:.1f} GiB" if abs(value) >= GIB else f"{value / GIB:.2f} GiB"
+    """A size in a sentence, in the largest unit that still shows it: 39.1 GiB, 0.50 GiB, 0.15 MiB
+    (a tiny model's LoRA buffers read "0.00 GiB" otherwise), 56.00 KiB."""
+    if abs(value) >= GIB:
+        return f"{value / GIB:.1f} GiB"
+    name, scale = next((u for u in SIZE_UNITS if abs(value) / u[1] >= 0.01), SIZE_UNITS[-1])
+    return f"{value / scale:.2f} {name}" if value else "0.00 GiB"
 
 
 def finding(severity: Severity, code: str, path: tuple, message: str, hint: str = "") -> Diagnostic:
@@ -44,7 +52,26 @@ def model_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts
         found.extend(_tensor_parallel(facts, server, i, spec))
         found.extend(_lora_support(facts, server, i))
         found.extend(_context_limit(spec, facts, server, i))
-    return found
+    scope = version_scope_finding(spec.runtime.vllm_version)
+    return found + ([scope] if scope else [])
+
+
+def version_scope_finding(version: str) -> Diagnostic | None:
+    """Say how far the memory model's constants are from the release the fleet names: they were
+    measured on vLLM 0.19 (overheads.yaml); V0 (< 0.8) and releases outside 0.6-0.34 are extrapolated."""
+    v = tuple(int(p) for p in version.split("."))
+    low, high = memory.MODELLED_RELEASES
+    if low <= v[:2] <= high and memory.warms_up_sampler_after_kv(v):  # a V1 release
+        return None
+    if not low <= v[:2] <= high:
+        what = (f"vLLM {version} is outside the releases the memory model follows "
+                f"({low[0]}.{low[1]} to {high[0]}.{high[1]}); every measured term is extrapolated")
+    else:
+        what = (f"vLLM {version} runs the V0 engine: weights, KV bytes and batch defaults follow its code, "
+                "but activation, non-torch and CUDA-graph sizes are extrapolated from vLLM 0.19 measurements")
+    return finding(INFO, "memory-model-extrapolated", ("runtime", "vllm_version"), what,
+                   "compare `plan` with the engine's own startup log (bench/score_startup_logs.py) before relying on "
+                   "the last GiB")
 
 
 def _tensor_parallel(facts, server, i, spec) -> list[Diagnostic]:
@@ -241,6 +268,30 @@ def headroom_finding(gpu_id: int, gpu: catalog_gpus.GpuFacts, used_fraction: flo
         f"the CUDA context and graphs that need {gib(outside)}; vLLM stops with \"Free memory on device "
         "... is less than desired GPU memory utilization\"",
         f"keep the gpu_memory_utilization of the replicas on this GPU at {ceiling:.2f} or less in total",
+    )
+
+
+def warmup_finding(gpu_id: int, gpu: catalog_gpus.GpuFacts, used_fraction: float, resident_outside: int,
+                   replicas: list[tuple[int, budget.GpuBudget]]) -> Diagnostic | None:
+    """After the KV cache is allocated vLLM captures CUDA graphs (outside the budget before 0.21) and,
+    on the V1 engine, warms the sampler up over max_num_seqs rows; both need memory the budget does
+    not hold, so a replica that sized its KV cache can still die here (Worker.compile_or_warm_up_model,
+    GPUModelRunner._dummy_sampler_run: "CUDA out of memory occurred when warming up sampler")."""
+    free = gpu.total_bytes * (1 - used_fraction) - resident_outside
+    worst_index, worst = max(replicas, key=lambda r: r[1].sampler_warmup - r[1].activation)
+    # The replica warming up gets back the activation peak its budget reserved for the profile run.
+    missing = worst.sampler_warmup - worst.activation - free
+    graphs = resident_outside - sum(b.cuda_context for _, b in replicas)
+    if missing <= 0 or (worst.sampler_warmup == 0 and graphs <= 0):
+        return None
+    step = "warming up the sampler" if worst.sampler_warmup else "capturing CUDA graphs"
+    return finding(
+        ERROR, "fails-after-kv-cache-allocation", ("servers", worst_index, "gpu_memory_utilization"),
+        f"GPU {gpu_id} ({gpu.type}) sizes its KV cache, then runs out of memory {step}: the CUDA context and "
+        f"graphs outside the budget ({gib(resident_outside)}) and the sampler warm-up over max_num_seqs rows "
+        f"({gib(worst.sampler_warmup)}) need {gib(missing)} more than the {gib(gpu.total_bytes * (1 - used_fraction))} "
+        "left outside the budgets plus the activation room the profile run reserved",
+        "lower gpu_memory_utilization or max_num_seqs, or set enforce_eager (no CUDA graphs)",
     )
 
 

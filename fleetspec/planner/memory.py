@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads, quantization
 
+# Releases whose memory behaviour this module follows (V0 engine 0.6-0.7, V1 0.8 onward); outside,
+# findings.version_scope_finding says the numbers are extrapolated.
+MODELLED_RELEASES = ((0, 6), (0, 34))
 VOCAB_PADDING = 64  # DEFAULT_VOCAB_PADDING_SIZE (vocab_parallel_embedding.py:36)
 FP8_DS_MLA_BYTES_PER_LAYER = 656  # vllm-facts §4.3
 
@@ -100,13 +103,17 @@ def derived_parameters(facts: catalog_models.ModelFacts) -> int:
 
 def _layer_scale(facts: catalog_models.ModelFacts) -> float:
     """Published count ÷ shape-derived count of the decoder layers: covers what config keys omit
-    (shared experts, dense first layers). Ignored when implausible (a catalog typo, not a model)."""
+    (shared experts, dense first layers, a two-matrix MLP the shapes read as three). A count given
+    in the fleet's inline `architecture` is the user's statement about the checkpoint and is
+    trusted (issue #18, item 3); a catalog count far from its own shapes is taken for a typo."""
     if not facts.num_parameters:
         return 1.0
     a = facts.architecture
     embeddings = derived_parameters(facts) - a.num_hidden_layers * _layer_params(facts, 1).total
     ratio = (facts.num_parameters - embeddings) / (a.num_hidden_layers * _layer_params(facts, 1).total)
-    return ratio if 0.8 <= ratio <= 1.25 else 1.0
+    if ratio <= 0:  # fewer parameters than the embeddings alone: not a count of this model
+        return 1.0
+    return ratio if not facts.from_catalog or 0.8 <= ratio <= 1.25 else 1.0
 
 
 def params_per_gpu(facts: catalog_models.ModelFacts, tp: int, pp: int) -> ParamSplit:
@@ -119,12 +126,26 @@ def params_per_gpu(facts: catalog_models.ModelFacts, tp: int, pp: int) -> ParamS
     return ParamSplit(layers * layer.linear * scale, layers * layer.other * scale + edges)
 
 
+def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
+    """The rotary embedding's cos/sin table, a buffer allocated with the weights and so part of
+    "Model loading took": [max_position_embeddings, rotary_dim] in the model dtype
+    (RotaryEmbedding._compute_cos_sin_cache, vllm/model_executor/layers/rotary_embedding/base.py),
+    one per GPU because get_rope caches one module per configuration (_ROPE_DICT). Partial rotary
+    factors are not in the catalog, so the full head dimension is used (a slight over-estimate)."""
+    a = facts.architecture
+    if facts.learned_positions or not a.max_position_embeddings:
+        return 0
+    rotary_dim = (a.qk_rope_head_dim or 0) if facts.attention == "mla" else a.attention_head_dim
+    return a.max_position_embeddings * rotary_dim * dtype_bytes
+
+
 def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
                  method: str = "none", group_size: int | None = None) -> int:
-    """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype."""
+    """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
+    plus the buffers vLLM allocates with them (the rotary cos/sin cache)."""
     split = params_per_gpu(facts, tp, pp)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
-    return round(split.linear * cost.bytes_per_weight + split.other * dtype_bytes)
+    return round(split.linear * cost.bytes_per_weight + split.other * dtype_bytes) + rope_cache_bytes(facts, dtype_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,13 +355,38 @@ def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_
     sampler over max_num_seqs rows of fp32 logits (fit in overheads.yaml)."""
     c = overheads.load()
     base = c.activation_base_bytes["moe" if facts.is_moe else "dense"] * batched_tokens / c.reference_batched_tokens
-    sampler = c.sampler_factor * max_num_seqs * facts.architecture.vocab_size * 4
-    total = base + sampler
+    total = base + sampler_bytes(facts, max_num_seqs)
     if pp > 1:
         total *= c.activation_pp_factor
     if _version_tuple(vllm_version) < c.activation_old_before:
         total *= c.activation_old_factor
     return round(total)
+
+
+def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int) -> int:
+    """Transient peak of one dummy sampler pass over `max_num_seqs` rows of full-vocabulary fp32
+    logits (`GPUModelRunner._dummy_sampler_run`: logits, top-k/top-p sort values and int64 indices,
+    softmax; the fitted `sampler_factor` is that peak in units of one fp32 logits tensor)."""
+    return round(overheads.load().sampler_factor * max_num_seqs * facts.architecture.vocab_size * 4)
+
+
+def warms_up_sampler_after_kv(vllm_version: tuple[int, ...] | str) -> bool:
+    """The V1 engine (default since 0.8) runs the sampler once more after the KV cache is allocated
+    and the CUDA graphs are captured (`Worker.compile_or_warm_up_model`, v1/worker/gpu_worker.py:
+    "Warm up sampler and preallocate memory buffer for logits ... called after `capture_model` on
+    purpose"); the V0 engine sampled only inside its profile run."""
+    return _version_tuple(vllm_version) >= overheads.load().v1_engine_since
+
+
+def warmup_free_bytes(total: int, budget: int, cuda_context: int, activation: int, cudagraph: int,
+                      cudagraph_in_budget: bool) -> int:
+    """GPU memory free when the sampler warm-up runs, for one replica alone on its GPUs.
+
+    The budget reserved the profile run's activation peak, and vLLM empties its cache before
+    allocating the KV cache, so that peak is free again; the CUDA context sits outside the budget;
+    graphs captured outside the budget (vLLM < 0.21) were taken from the same free memory first."""
+    outside_graphs = 0 if cudagraph_in_budget else cudagraph
+    return total - budget - cuda_context + activation - outside_graphs
 
 
 def _parallel_key(tp: int, pp: int) -> str:

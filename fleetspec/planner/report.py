@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
 from fleetspec.errors import Diagnostic, Location, Severity
-from fleetspec.planner import budget, engine, findings, memory, placement
+from fleetspec.planner import budget, engine, findings, memory, placement, scheduling
 from fleetspec.spec import models as spec_models
 
 GIB = 1 << 30
@@ -170,6 +170,7 @@ def plan_fleet(spec: spec_models.FleetSpec, gpus_override: Sequence[spec_models.
     planner = _Planner(spec, facts, slots, inspected or {})
     assignments, shortages = placement.place(planner.demands(), slots, planner.prefer)
     found.extend(shortages)
+    found.extend(scheduling.check(spec, assignments, slots))  # k8s: what the scheduler will do
     servers = tuple(planner.server_plan(i, assignments, found) for i in range(len(spec.servers)))
     found.extend(planner.headroom(assignments))
     if facts is not None:
@@ -294,12 +295,19 @@ class _Planner:
                 booked.setdefault(gpu_id, []).append((a.server_index, a.gpu))
         out = []
         for gpu_id, users in sorted(booked.items()):
-            used = outside = 0.0
+            used = outside = graphs = 0.0
+            warmups: list[tuple[int, budget.GpuBudget]] = []
             for i, gpu in users:
                 settings, b = self.budget(i, gpu)
                 used += settings.gpu_memory_utilization
-                outside += b.cuda_context + (0 if b.cudagraph_in_budget else b.cudagraph)
+                outside += b.cuda_context
+                graphs += 0 if b.cudagraph_in_budget else b.cudagraph
+                warmups.append((i, b))
             problem = findings.headroom_finding(gpu_id, users[0][1], used, round(outside), users[-1][0])
+            # Only once every process has started: graphs captured outside the budget, then each
+            # replica's sampler warm-up in the activation room its own budget freed (memory.py).
+            problem = problem or findings.warmup_finding(gpu_id, users[0][1], used, round(outside + graphs),
+                                                         warmups)
             if problem is not None:
                 out.append(problem)
         return out

@@ -224,7 +224,7 @@ def test_enforce_eager_is_offered_when_dropping_cuda_graphs_is_enough():
     assert "set enforce_eager: true (frees 2.2 GiB of CUDA graphs; decoding gets slower)" in problem.hint
     data["servers"][0]["enforce_eager"] = True
     fixed = plan(data)
-    assert fixed.fits and fixed.servers[0].replicas[0].budget.kv_tokens == 5792
+    assert fixed.fits and fixed.servers[0].replicas[0].budget.kv_tokens == 5760
 
 
 def test_embedded_sim_fleet_plans_on_the_pretend_gpu():

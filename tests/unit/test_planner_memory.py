@@ -147,16 +147,19 @@ def test_catalog_parameter_counts_match_the_shapes():
 
 
 def test_llama8b_bf16_weights_at_tp1_and_tp2():
-    assert memory.weight_bytes(LLAMA8, 1, 1, 2) == 8030261248 * 2
+    rope = 131072 * 128 * 2  # cos/sin cache, [max_position_embeddings, head_dim] bf16, on every GPU
+    assert memory.rope_cache_bytes(LLAMA8, 2) == rope
+    assert memory.weight_bytes(LLAMA8, 1, 1, 2) == 8030261248 * 2 + rope
     linear = 32 * (4096 * 2048 + 2 * 4096 * 512 + 2048 * 4096 + 3 * 4096 * 7168)
     other = 32 * 2 * 4096 + 2 * (128256 // 2) * 4096 + 4096
-    assert memory.weight_bytes(LLAMA8, 2, 1, 2) == (linear + other) * 2
+    assert memory.weight_bytes(LLAMA8, 2, 1, 2) == (linear + other) * 2 + rope
 
 
 def test_awq_weights_keep_embeddings_in_half_precision():
     linear = 64 * (5120 * 5120 + 2 * 5120 * 1024 + 5120 * 5120 + 3 * 5120 * 27648)
     other = 64 * (5120 + 2 * 1024 + 2 * 5120) + 2 * 152064 * 5120 + 5120
-    expected = round(linear * (0.5 + 2.5 / 128) + other * 2)
+    rope = 32768 * 128 * 2
+    expected = round(linear * (0.5 + 2.5 / 128) + other * 2) + rope
     assert memory.weight_bytes(QWQ_AWQ, 1, 1, 2, "awq", 128) == expected
     assert expected / GIB == pytest.approx(18.0, abs=0.05)
 
@@ -164,7 +167,15 @@ def test_awq_weights_keep_embeddings_in_half_precision():
 def test_fp8_weights_are_one_byte_per_linear_weight():
     linear = 32 * (4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336)
     other = 32 * 2 * 4096 + 2 * 128256 * 4096 + 4096
-    assert memory.weight_bytes(LLAMA8, 1, 1, 2, "fp8") == linear + other * 2
+    assert memory.weight_bytes(LLAMA8, 1, 1, 2, "fp8") == linear + other * 2 + 131072 * 128 * 2
+
+
+def test_rope_cache_matches_the_0_19_weights_log_and_is_absent_with_learned_positions():
+    # vLLM 0.19 logged "Model loading took 14.99 GiB" for Llama-3.1-8B bf16 (tests/data/calibration.yaml):
+    # parameters alone give 14.96 GiB, the 32 MiB cos/sin cache makes up the difference.
+    assert round(memory.weight_bytes(LLAMA8, 1, 1, 2) / GIB, 2) == 14.99
+    gpt2 = facts("microsoft/DialoGPT-medium")
+    assert memory.rope_cache_bytes(gpt2, 2) == 0
 
 
 def test_pipeline_stage_holds_its_layers_and_one_embedding():
@@ -205,3 +216,14 @@ def test_cudagraphs_count_against_the_budget_from_0_21():
 def test_budget_is_the_ceiling_of_total_times_utilization():
     h100 = gpus.resolve(spec.GpuGroup(type="H100-80GB"))
     assert memory.budget_bytes(h100.total_bytes, 0.92) == -(-h100.total_bytes * 92 // 100)
+
+
+def test_an_inline_parameter_count_is_trusted_even_far_from_the_shapes():
+    # phi-2 (config.json of microsoft/phi-2): a two-matrix fc1/fc2 MLP, which an unknown family's
+    # shapes count as three; its published 2.78 B parameters correct the weights.
+    arch = {"model_type": "phi", "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "vocab_size": 51200, "max_position_embeddings": 2048}
+    shapes_only = models.resolve(spec.BaseModelSpec(id="microsoft/phi-2", architecture=arch))
+    counted = models.resolve(spec.BaseModelSpec(id="microsoft/phi-2", architecture={**arch, "num_parameters": 2779683840}))
+    assert memory.params_per_gpu(counted, 1, 1).total == pytest.approx(2779683840, rel=0.002)
+    assert memory.params_per_gpu(shapes_only, 1, 1).total > 1.2 * 2779683840

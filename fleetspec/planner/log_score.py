@@ -1,0 +1,120 @@
+"""Score the planner against vLLM startup logs: plan the setup a log ran, compare with what it logged.
+
+Pure: a case is the log's text plus the facts a log does not print (the GPU type, the
+utilization when it was not the default); bench/score_startup_logs.py reads the files. The method
+is llm-d-planner's: per record, |planned − logged| / logged for weights and KV tokens; the summary
+gives median and p90; a log that failed is a hit only when the plan does not fit, and a plan that
+does not fit a log that started is a false alarm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Iterable, Mapping
+
+from fleetspec.planner import report, startup_log
+from fleetspec.spec import models as spec_models
+
+GIB = 1 << 30
+_DTYPES = {
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "float": "float32",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    id: str
+    errors: dict[str, float]  # (planned − logged) / logged per scored quantity
+    logged_failure: str | None
+    plan_fits: bool
+    unmodelled: str | None = None  # why the planner could not plan it (counts as a miss)
+
+    @property
+    def failure_predicted(self) -> bool | None:
+        if self.logged_failure is None:
+            return None
+        return not self.plan_fits
+
+
+def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.FleetSpec:
+    """The fleet of one replica that reproduces the logged run; the case's own keys win over the log."""
+    cfg = facts.config
+    tp = int(case.get("tensor_parallel_size", cfg.get("tensor_parallel_size", 1)))
+    pp = int(case.get("pipeline_parallel_size", cfg.get("pipeline_parallel_size", 1)))
+    quant = str(case.get("quantization", cfg.get("quantization") or "none"))
+    base = {
+        "id": case.get("model") or cfg["model"],
+        "quantization": "none" if quant == "None" else quant,
+        "dtype": _DTYPES.get(str(case.get("dtype", cfg.get("dtype", "auto"))), "auto"),
+        "kv_cache_dtype": str(case.get("kv_cache_dtype", cfg.get("kv_cache_dtype", "auto"))),
+    }
+    if case.get("max_model_len") or cfg.get("max_model_len"):
+        base["max_model_len"] = int(case.get("max_model_len") or cfg["max_model_len"])
+    server = {
+        "name": "logged",
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": pp,
+        "enforce_eager": bool(case.get("enforce_eager", cfg.get("enforce_eager", False))),
+    }
+    for key in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens"):
+        if case.get(key) is not None:
+            server[key] = case[key]
+    group = {"type": case["gpu"], "count": tp * pp}
+    version = case.get("vllm_version") or facts.vllm_version or "0.33.0"
+    return spec_models.FleetSpec.model_validate(
+        {
+            "name": "logged",
+            "base_model": base,
+            "gpus": [group],
+            "servers": [server],
+            "runtime": {"vllm_version": version},
+        }
+    )
+
+
+def score(case: Mapping, text: str) -> Scored:
+    facts = startup_log.parse(text)
+    try:
+        plan = report.plan_fleet(fleet_for(case, facts))
+    except (ValueError, KeyError) as exc:  # a setup the spec cannot express
+        return Scored(str(case["id"]), {}, facts.failure, True, unmodelled=str(exc).splitlines()[0])
+    server = plan.servers[0] if plan.servers else None
+    if server is None or not server.replicas or server.replicas[0].budget is None:
+        reason = next((f.message for f in plan.findings if f.severity.value == "error"), "no budget planned")
+        return Scored(str(case["id"]), {}, facts.failure, plan.fits, unmodelled=reason)
+    b = server.replicas[0].budget
+    planned = {
+        "weights_gib": b.weights / GIB,
+        "kv_cache_gib": max(b.kv_cache, 0) / GIB,
+        "kv_tokens": b.kv_tokens,
+        "cudagraph_gib": b.cudagraph / GIB,
+    }
+    errors = {k: (planned[k] - v) / v for k, v in facts.measured().items() if v}
+    return Scored(str(case["id"]), errors, facts.failure, plan.fits)
+
+
+def p90(values: list[float]) -> float:
+    """90th percentile, nearest-rank (the value 90 % of records are at or below)."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-9 * len(ordered) // 10) - 1)]
+
+
+def summary(results: Iterable[Scored]) -> dict:
+    results = list(results)
+    out: dict = {"records": len(results), "unmodelled": sum(1 for r in results if r.unmodelled)}
+    for key in ("weights_gib", "kv_tokens", "kv_cache_gib"):
+        values = [abs(r.errors[key]) for r in results if key in r.errors]
+        if values:
+            out[key] = {"n": len(values), "median": statistics.median(values), "p90": p90(values)}
+    failed = [r for r in results if r.logged_failure is not None]
+    out["failures"] = {
+        "logged": len(failed),
+        "predicted": sum(1 for r in failed if r.failure_predicted),
+        "false_alarms": sum(1 for r in results if r.logged_failure is None and not r.plan_fits),
+    }
+    return out
