@@ -1,9 +1,11 @@
-"""Just enough HTTP/1.1 over asyncio streams for a proxy: requests in, responses out, and a small
-keep-alive client for the engines. Bodies stream through in the chunks they arrive in, so an SSE
-token stream reaches the client as the engine writes it.
+"""HTTP/1.1 over asyncio streams for a proxy: requests in (strictly parsed, bounded in time and
+size), responses out, and a small keep-alive client for the engines. Response bodies stream
+through in the pieces they arrive in, so an SSE token stream reaches the client as the engine
+writes it.
 
 Why not a framework: the router must add well under a millisecond per request, start instantly
-in a bare container, and depend on nothing beyond the standard library.
+in a bare container, and depend on nothing beyond the standard library. The syntax rules live in
+`httpwire`; the bounds in `httplimits`.
 """
 
 from __future__ import annotations
@@ -15,21 +17,19 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_BODY_BYTES = 64 * 1024 * 1024
+from fleetspec.router import httplimits, httpwire
+from fleetspec.router.httpwire import ProtocolError
+
+__all__ = ["ProtocolError"]
+
+MAX_HEAD_BYTES = httplimits.Limits.max_head_bytes
+MAX_BODY_BYTES = httplimits.Limits.max_body_bytes
 READ_SIZE = 64 * 1024
 # Per-connection headers a proxy must not forward (RFC 9110 §7.6.1), plus the framing it redoes.
 # `expect` is answered here (100 Continue) and must not reach the engine, which would answer it again.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "host", "expect"})
-
-
-class ProtocolError(Exception):
-    """The peer spoke broken HTTP; `status` is what to answer a client with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 @dataclasses.dataclass
@@ -39,6 +39,8 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     keep_alive: bool
+    version: tuple[int, int] = (1, 1)
+    held: int = 0  # body bytes reserved from the router's in-flight budget, given back once answered
 
     @property
     def path(self) -> str:
@@ -48,12 +50,17 @@ class Request:
     def query(self) -> dict[str, str]:
         return dict(urllib.parse.parse_qsl(self.target.partition("?")[2]))
 
+    def forwardable(self) -> list[tuple[str, str]]:
+        """Headers an engine may see: neither hop-by-hop nor named by the Connection field."""
+        named = httpwire.connection_tokens(self.headers)
+        return [(k, v) for k, v in self.headers.items() if k not in HOP_BY_HOP and k not in named]
+
 
 @dataclasses.dataclass
 class ResponseHead:
     status: int
     headers: list[tuple[str, str]]
-    length: int | None  # Content-Length; None with chunked or close-delimited bodies
+    length: int | None  # Content-Length (0 for HEAD, 204, 304); None with chunked or close-delimited bodies
     chunked: bool
     keep_alive: bool
 
@@ -61,86 +68,142 @@ class ResponseHead:
         return next((v for k, v in self.headers if k.lower() == name), None)
 
 
-def _parse_headers(lines: Iterable[bytes]) -> list[tuple[str, str]]:
-    headers = []
-    for line in lines:
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError(400, f"malformed header line {line[:80]!r}")
-        headers.append((name, value.strip()))
-    return headers
+# -- the server side: reading client requests -----------------------------------------------------
 
 
-def _header_dict(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        key = name.lower()
-        out[key] = f"{out[key]}, {value}" if key in out else value
-    return out
+class RequestReader:
+    """Reads the requests of one client connection, each within the limits: the wait for its first
+    byte (idle keep-alive), the rest of its head, and its body, in time and in bytes."""
 
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: httplimits.Limits,
+                 budget: httplimits.BodyBudget):
+        self.reader, self.writer, self.limits, self.budget = reader, writer, limits, budget
+        self.started = False  # True once bytes of a request arrived that were not answered yet
 
-async def _read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial.strip():
-            return None  # the peer closed between messages: the normal end of keep-alive
-        raise ProtocolError(400, "the connection closed in the middle of the headers") from None
-    except asyncio.LimitOverrunError:
-        raise ProtocolError(431, "request headers are larger than 64 KiB") from None
-    return head[:-4].split(b"\r\n")
+    async def next(self) -> Request | None:
+        """The next request, or None when the client closed the connection or left it idle too long.
+        Raises ProtocolError with the status to answer (and then close)."""
+        self.started = False
+        head = await self._head()
+        if head is None:
+            return None
+        lines = httpwire.split_head(head)
+        line = httpwire.parse_request_line(lines[0])
+        fields = httpwire.parse_fields(lines[1:])
+        headers = httpwire.field_dict(fields)
+        if line.version == (1, 1) and sum(1 for name, _ in fields if name.lower() == "host") != 1:
+            raise ProtocolError(400, "An HTTP/1.1 request must carry exactly one Host header.")
+        tokens = httpwire.connection_tokens(headers)
+        keep_alive = "close" not in tokens if line.version == (1, 1) else "keep-alive" in tokens
+        framing = httpwire.request_framing(headers, line.version)
+        request = Request(line.method, line.target, headers, b"", keep_alive, line.version)
+        request.body, request.held = await self._body(framing, headers, line.version)
+        return request
 
-
-async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None = None) -> Request | None:
-    """The next request on a connection, or None when the client closed it. Clients that wait for
-    `100 Continue` before sending a body (curl does above 1 KiB) get it on `writer`."""
-    lines = await _read_head(reader)
-    if lines is None:
-        return None
-    parts = lines[0].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise ProtocolError(400, f"malformed request line {lines[0][:80]!r}")
-    method, target, version = parts
-    headers = _header_dict(_parse_headers(lines[1:]))
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    if writer is not None and headers.get("expect", "").lower() == "100-continue":
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    body = await _read_body(reader, headers)
-    return Request(method, target, headers, body, keep_alive)
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        pieces = []
-        async for piece in _chunks(reader):
-            pieces.append(piece)
-            if sum(map(len, pieces)) > MAX_BODY_BYTES:
-                raise ProtocolError(413, "the request body is larger than 64 MiB")
-        return b"".join(pieces)
-    try:
-        length = int(headers.get("content-length") or 0)
-    except ValueError:
-        raise ProtocolError(400, "Content-Length is not a number") from None
-    if length > MAX_BODY_BYTES or length < 0:
-        raise ProtocolError(413, "the request body is larger than 64 MiB")
-    return await reader.readexactly(length) if length else b""
-
-
-async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    while True:
-        size_line = await reader.readline()
+    async def _head(self) -> bytes | None:
+        loop = asyncio.get_running_loop()
         try:
-            size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
-        except ValueError:
-            raise ProtocolError(502, f"malformed chunk size {size_line[:40]!r}") from None
+            async with asyncio.timeout(self.limits.idle_timeout_s) as deadline:
+                first = await self.reader.readexactly(1)
+                self.started = True
+                deadline.reschedule(loop.time() + self.limits.header_timeout_s)
+                head = first + await self.reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
+            if not self.started:
+                return None  # idle keep-alive connection: closed without a word, as servers do
+            raise ProtocolError(408, f"The request head did not arrive within {self.limits.header_timeout_s:g} s.") from None
+        except asyncio.IncompleteReadError as exc:
+            if not self.started or not exc.partial.strip():
+                return None  # the peer closed between messages: the normal end of keep-alive
+            raise ProtocolError(400, "The connection closed in the middle of the request head.") from None
+        except asyncio.LimitOverrunError:
+            raise ProtocolError(431, f"The request head is larger than {self.limits.max_head_bytes} bytes.") from None
+        while head.startswith(b"\r\n"):  # RFC 9112 §2.2: empty lines before a request are ignored
+            head = head[2:]
+        if len(head) <= 4:
+            raise ProtocolError(400, "The request has no request line.")
+        return head[:-4]
+
+    def _continue(self, headers: dict[str, str], version: tuple[int, int], send: bool = True) -> None:
+        """Clients that wait for `100 Continue` before sending a body (curl does above 1 KiB) get
+        it once the router has decided to read the body (and not at all without one)."""
+        expect = headers.get("expect")
+        if expect is None or version < (1, 1):
+            return  # HTTP/1.0 servers must ignore Expect (RFC 9110 §10.1.1)
+        if expect.lower() != "100-continue":
+            raise ProtocolError(417, f"Expectation {expect[:40]!r} is not supported; only 100-continue is.")
+        if send:
+            self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _busy(self) -> ProtocolError:
+        return ProtocolError(503, "The router is holding as many request bodies as it may; retry shortly.",
+                             (("Retry-After", str(self.limits.retry_after_s)),))
+
+    async def _body(self, framing: httpwire.Framing, headers: dict[str, str],
+                    version: tuple[int, int]) -> tuple[bytes, int]:
+        cap = self.limits.max_body_bytes
+        if framing.length == 0:
+            if "expect" in headers:
+                self._continue(headers, version, send=False)
+            return b"", 0
+        if framing.length is not None and framing.length > cap:
+            raise ProtocolError(413, f"The request body is larger than {cap} bytes.")
+        reserve = framing.length if framing.length is not None else 0
+        if not self.budget.reserve(reserve):
+            raise self._busy()
+        held = reserve
+        try:
+            self._continue(headers, version)
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                if framing.length is not None:
+                    return await self.reader.readexactly(framing.length), held
+                pieces: list[bytes] = []
+                async for size in _chunk_sizes(self.reader, cap):
+                    if not self.budget.reserve(size):
+                        raise self._busy()
+                    held += size
+                    pieces.append(await self.reader.readexactly(size))
+                    if await self.reader.readexactly(2) != b"\r\n":
+                        raise ProtocolError(400, "Chunk data is not followed by CRLF.")
+                return b"".join(pieces), held
+        except TimeoutError:
+            self.budget.release(held)
+            raise ProtocolError(408, f"The request body did not arrive within {self.limits.body_timeout_s:g} s.") from None
+        except asyncio.IncompleteReadError:
+            self.budget.release(held)
+            raise ProtocolError(400, "The connection closed in the middle of the request body.") from None
+        except BaseException:
+            self.budget.release(held)
+            raise
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    """One CRLF-terminated line of chunked framing, without the CRLF."""
+    try:
+        line = await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(400, f"A chunk-size or trailer line is longer than {httpwire.MAX_CHUNK_LINE} bytes.") from None
+    return line[:-2]
+
+
+async def _chunk_sizes(reader: asyncio.StreamReader, cap: int) -> AsyncIterator[int]:
+    """The size of each chunk, checked against `cap` before a byte of it is read; the caller reads
+    the data and its CRLF. The trailer section is read (bounded) and dropped."""
+    total = 0
+    while True:
+        size = httpwire.chunk_size(await _line(reader))
         if size == 0:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass  # trailers: dropped
+            trailer = 0
+            while line := await _line(reader):
+                trailer += len(line)
+                if trailer > MAX_HEAD_BYTES:
+                    raise ProtocolError(431, "The chunked trailer section is larger than 64 KiB.")
+                httpwire.parse_fields(httpwire.split_head(line))
             return
-        data = await reader.readexactly(size)
-        await reader.readexactly(2)
-        yield data
+        total += size
+        if total > cap:
+            raise ProtocolError(413, f"The request body is larger than {cap} bytes.")
+        yield size
 
 
 def response_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -160,6 +223,10 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 
 # -- the client side: talking to engines ----------------------------------------------------------
+
+
+class Stalled(TimeoutError):
+    """The engine stopped sending in the middle of an answer for longer than the idle limit."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -183,17 +250,19 @@ MAX_IDLE_REUSE_S = 4.0
 class Pool:
     """Idle keep-alive connections per engine address."""
 
-    def __init__(self, connect_timeout: float = 2.0, max_idle: int = 64,
+    def __init__(self, connect_timeout: float = httplimits.Limits.upstream_connect_s, max_idle: int = 64,
                  max_idle_reuse_s: float = MAX_IDLE_REUSE_S):
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.max_idle_reuse_s = max_idle_reuse_s
         self._idle: dict[tuple[str, int], list[Connection]] = {}
 
-    async def acquire(self, address: tuple[str, int]) -> Connection:
+    async def acquire(self, address: tuple[str, int], fresh_only: bool = False) -> Connection:
+        """A connection to `address`: an idle one the engine has not closed, else a new one.
+        Raises OSError or TimeoutError when the engine cannot be reached: nothing was sent."""
         idle = self._idle.get(address)
         now = time.monotonic()
-        while idle:
+        while idle and not fresh_only:
             conn = idle.pop()
             fresh = now - conn.idle_since < self.max_idle_reuse_s
             if fresh and not conn.reader.at_eof() and not conn.writer.is_closing():
@@ -227,38 +296,84 @@ def address_of(url: str) -> tuple[str, int]:
 
 
 def request_bytes(method: str, path: str, host: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A request rebuilt from parsed fields. Every name and value came through httpwire (or from the
+    router itself); a CR, LF or NUL in one would still split the line, so the head is checked whole."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers),
              f"Content-Length: {len(body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    head = "\r\n".join(lines)
+    if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1 or "\0" in head:
+        raise ValueError("a header to forward contains CR, LF or NUL")
+    return (head + "\r\n\r\n").encode("latin-1") + body
 
 
-async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:
+async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") -> ResponseHead:
+    """The engine's answer head (1xx interim answers skipped). Malformed answers are ProtocolError 502."""
     while True:
-        lines = await _read_head(reader)
-        if lines is None:
-            raise ConnectionResetError("the engine closed the connection before answering")
-        parts = lines[0].decode("latin-1").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(502, f"the engine sent a malformed status line {lines[0][:80]!r}")
-        if not parts[1].startswith("1"):
-            break  # 1xx answers are interim: the real one follows
-    pairs = _parse_headers(lines[1:])
-    headers = _header_dict(pairs)
-    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-    length = None if chunked or "content-length" not in headers else int(headers["content-length"])
-    keep_alive = "close" not in headers.get("connection", "").lower() and (chunked or length is not None)
-    return ResponseHead(int(parts[1]), pairs, length, chunked, keep_alive)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise ConnectionResetError("the engine closed the connection before answering") from None
+            raise ConnectionResetError("the engine closed the connection in the middle of its answer head") from None
+        except asyncio.LimitOverrunError:
+            raise ProtocolError(502, "The engine's answer head is larger than 64 KiB.") from None
+        try:
+            lines = httpwire.split_head(head[:-4])
+            version, status = httpwire.parse_status_line(lines[0])
+            if status >= 200 or status == 101:
+                pairs = httpwire.parse_fields(lines[1:])
+                break
+        except ProtocolError as exc:
+            raise ProtocolError(502, f"The engine sent a malformed answer: {exc}") from None
+    headers = httpwire.field_dict(pairs)
+    framing = httpwire.response_framing(headers, status, method)
+    tokens = httpwire.connection_tokens(headers)
+    persistent = "close" not in tokens if version == (1, 1) else "keep-alive" in tokens
+    keep_alive = persistent and (framing.chunked or framing.length is not None)
+    return ResponseHead(status, pairs, framing.length, framing.chunked, keep_alive)
 
 
-async def response_body(reader: asyncio.StreamReader, head: ResponseHead) -> AsyncIterator[bytes]:
-    """The body in the pieces it arrives in."""
+async def _read(reader: asyncio.StreamReader, n: int, idle_s: float) -> bytes:
+    try:
+        async with asyncio.timeout(idle_s):
+            return await reader.read(n)
+    except TimeoutError:
+        raise Stalled(f"the engine sent nothing for {idle_s:g} s in the middle of its answer") from None
+
+
+async def response_body(reader: asyncio.StreamReader, head: ResponseHead,
+                        idle_s: float = httplimits.Limits.upstream_idle_s) -> AsyncIterator[bytes]:
+    """The body in the pieces it arrives in. Raises Stalled when the engine goes silent for idle_s,
+    ConnectionResetError when it closes too early, ProtocolError (502) when it breaks the framing."""
     if head.chunked:
-        async for piece in _chunks(reader):
-            yield piece
-        return
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(asyncio.get_running_loop().time() + idle_s)
+                    size = httpwire.chunk_size(await _line(reader))
+                    if size == 0:
+                        while await _line(reader):
+                            deadline.reschedule(asyncio.get_running_loop().time() + idle_s)
+                        return
+                    remaining = size
+                    while remaining:
+                        data = await reader.read(min(READ_SIZE, remaining))
+                        if not data:
+                            raise ConnectionResetError("the engine closed the connection in the middle of a chunk")
+                        remaining -= len(data)
+                        deadline.reschedule(asyncio.get_running_loop().time() + idle_s)
+                        yield data
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise ProtocolError(502, "The engine's chunk data is not followed by CRLF.")
+        except TimeoutError:
+            raise Stalled(f"the engine sent nothing for {idle_s:g} s in the middle of its answer") from None
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("the engine closed the connection in the middle of its answer") from None
+        except ProtocolError as exc:
+            raise ProtocolError(502, f"The engine broke its chunked framing: {exc}") from None
     remaining = head.length
     while remaining is None or remaining > 0:
-        data = await reader.read(READ_SIZE if remaining is None else min(READ_SIZE, remaining))
+        data = await _read(reader, READ_SIZE if remaining is None else min(READ_SIZE, remaining), idle_s)
         if not data:
             if remaining is not None:
                 raise ConnectionResetError("the engine closed the connection in the middle of the body")
@@ -270,23 +385,28 @@ async def response_body(reader: asyncio.StreamReader, head: ResponseHead) -> Asy
 
 async def fetch(pool: Pool, url: str, method: str, path: str, body: bytes = b"",
                 headers: Iterable[tuple[str, str]] = (), timeout: float = 5.0) -> tuple[int, bytes]:
-    """One whole request/response exchange (health checks, model lists, adapter loads)."""
+    """One whole request/response exchange (health checks, model lists, adapter loads). A request
+    that may be repeated (GET...) is sent again on a new connection when a reused one turns out to be
+    closed; a POST is never sent twice, since the engine may have acted on it."""
     address = address_of(url)
+    data = request_bytes(method, path, f"{address[0]}:{address[1]}", headers, body)
 
-    async def exchange() -> tuple[int, bytes]:
-        conn = await pool.acquire(address)
+    async def exchange(fresh_only: bool) -> tuple[int, bytes]:
+        conn = await pool.acquire(address, fresh_only)
         try:
-            conn.writer.write(request_bytes(method, path, f"{address[0]}:{address[1]}", headers, body))
+            conn.writer.write(data)
             await conn.writer.drain()
-            head = await read_response_head(conn.reader)
-            data = b"".join([piece async for piece in response_body(conn.reader, head)])
-        except BaseException:
+            head = await read_response_head(conn.reader, method)
+            answer = b"".join([piece async for piece in response_body(conn.reader, head, timeout)])
+        except BaseException as exc:
             conn.close()
+            if conn.reused and method in IDEMPOTENT and isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
+                return await exchange(True)
             raise
         if head.keep_alive:
             pool.release(conn)
         else:
             conn.close()
-        return head.status, data
+        return head.status, answer
 
-    return await asyncio.wait_for(exchange(), timeout)
+    return await asyncio.wait_for(exchange(False), timeout)
