@@ -99,8 +99,10 @@ def _remember(rule, name: str, spec: models.FleetSpec, seen: _Coverage) -> None:
             seen.add_extensions((matchers.normalize_extension(e) for e in s.extensions), name)
     elif isinstance(rule, models.HashClusterRule):
         clusters = rule.hash_clusters
-        live = {c for c, t in clusters.map.items() if _declared(spec, t)}
-        if clusters.map_file is None and all(f"{clusters.prefix}{n}" in live for n in range(clusters.num_clusters)):
+        # Every cluster id mapped to a live target: counted over the map, never over range(num_clusters)
+        # (a number from the file; the map's keys are unique, so distinct valid ids are counted once).
+        live = sum(1 for c, t in clusters.map.items() if _declared(spec, t) and cluster_number(c, clusters) is not None)
+        if clusters.map_file is None and live == clusters.num_clusters:
             seen.catch_all = name
     elif not _declared(spec, rule.to):
         return  # never fires, so it shadows nothing
@@ -183,15 +185,24 @@ def _clusters_never_hashed(fleet) -> Iterator[Diagnostic]:
         if not isinstance(rule, models.HashClusterRule):
             continue
         clusters = rule.hash_clusters
-        valid = {f"{clusters.prefix}{n}" for n in range(clusters.num_clusters)}
         for cluster in clusters.map:
-            if cluster not in valid:
+            if cluster_number(cluster, clusters) is None:
                 yield fleet.diagnostic(
                     WARNING, "cluster-never-hashed", ("routing", "rules", index, "hash_clusters", "map", cluster),
                     f"no prompt can land in cluster {cluster}: ids run from {clusters.prefix}0 to "
                     f"{clusters.prefix}{clusters.num_clusters - 1}",
                     "fix the cluster id, or raise num_clusters to match how clusters were mined",
                 )
+
+
+def cluster_number(cluster: str, clusters: models.HashClusters) -> int | None:
+    """n when `cluster` is an id the hash can produce (prefix + n written as the router writes it,
+    0 <= n < num_clusters), else None."""
+    digits = cluster.removeprefix(clusters.prefix) if cluster.startswith(clusters.prefix) else ""
+    if not digits.isascii() or not digits.isdigit() or (len(digits) > 1 and digits[0] == "0"):
+        return None
+    number = int(digits) if len(digits) <= 12 else clusters.num_clusters  # longer is out of range anyway
+    return number if number < clusters.num_clusters else None
 
 
 def _embedding_blind(fleet) -> Iterator[Diagnostic]:

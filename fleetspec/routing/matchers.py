@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from fleetspec.spec import regex as regex_dialect
+
 _WORD = re.compile(r"\w+")
 # For ASCII text (most prompts) splitting bytes is 2-3x faster than the regex: every ASCII byte
 # that `\w` would not match becomes a space. Same words, same boundaries.
@@ -19,6 +21,33 @@ _ASCII_NON_WORD = bytes(b if chr(b).isalnum() or b == ord("_") or b >= 128 else 
 # A file extension after a word character: `main.py`, `src/app.tsx`. `(?<=\w\.)` sits after the
 # literal dot so the regex engine can jump from dot to dot instead of testing every position.
 _EXTENSION = re.compile(r"\.(?<=\w\.)([0-9a-z_+-]+)")
+
+
+# Matching looks at most at the first and the last 128 Ki characters of a prompt (the instructions
+# and the question; a pasted file in between rarely decides the specialist). Every matcher is linear,
+# so this bounds one routing decision at about a millisecond however large the request body is.
+MATCH_WINDOW = 128 * 1024
+
+
+def window(prompt: str) -> str:
+    """The part of a prompt that rules match against: all of it up to 256 Ki characters, else its
+    first and last MATCH_WINDOW characters (joined by a newline, so no word spans the cut)."""
+    if len(prompt) <= 2 * MATCH_WINDOW:
+        return prompt
+    return prompt[:MATCH_WINDOW] + "\n" + prompt[-MATCH_WINDOW:]
+
+
+class RuleRegex:
+    """A routing rule's pattern, compiled by RE2 (`spec.regex`), searched in the prompt's window."""
+
+    __slots__ = ("pattern", "_compiled")
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self._compiled = regex_dialect.compile_pattern(pattern)
+
+    def search(self, prompt: str):
+        return self._compiled.search(window(prompt))
 
 
 def normalize_term(term: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import difflib
-import re
 from collections.abc import Iterator
 
 from fleetspec.errors import Diagnostic, Severity
@@ -17,8 +16,6 @@ from fleetspec.spec import derived, models
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
-# Env values that look like real credentials rather than ${VAR} references.
-_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.IGNORECASE)
 
 
 def check_fields(fleet) -> list[Diagnostic]:
@@ -27,7 +24,7 @@ def check_fields(fleet) -> list[Diagnostic]:
     `fleetspec.validation.checks.check`."""
     found: list[Diagnostic] = []
     for checker in (_unique_names, _lora_limits, _hosting, _versions, _routing_targets, _splits,
-                    _pinned, _gpu_inventory, _ports, _env_secrets, _quantization):
+                    _pinned, _gpu_inventory, _ports, _env_secrets, _router_secrets, _quantization):
         found.extend(checker(fleet))
     return found
 
@@ -117,7 +114,7 @@ def _pinned(fleet) -> Iterator[Diagnostic]:
     for j, server in enumerate(spec.servers):
         if server.lora is None:
             continue
-        pinned = [s.name for s in spec.specialists if s.pinned and server in spec.hosts_of(s)]
+        pinned = [s.name for s in spec.hosted_by(server) if s.pinned]
         if len(pinned) > server.lora.max_loras:
             yield fleet.diagnostic(
                 ERROR, "pinned-above-max-loras", ("servers", j, "lora", "max_loras"),
@@ -263,12 +260,33 @@ def _ports(fleet) -> Iterator[Diagnostic]:
 def _env_secrets(fleet) -> Iterator[Diagnostic]:
     for i, server in enumerate(fleet.spec.servers):
         for key, value in server.env.items():
-            if _SECRET_NAME.search(key) and value and not models.SECRET_REF.search(value):
+            if models.literal_secret(key, value):
                 yield fleet.diagnostic(
                     WARNING, "inline-secret", ("servers", i, "env", key),
                     f"{key} holds a literal value; it would be written into compiled files and process lists",
                     f"write it as ${{{key}}} and export {key} where fleetspec runs",
                 )
+
+
+def _router_secrets(fleet) -> Iterator[Diagnostic]:
+    """The admin token and a Redis password written out: they would reach the router's config file
+    (and a Kubernetes Secret fleetspec has to write), where a ${VAR} reference stays a reference."""
+    router = fleet.spec.runtime.router
+    if router.admin_token and not models.SECRET_REF.search(router.admin_token):
+        yield fleet.diagnostic(
+            WARNING, "inline-secret", ("runtime", "router", "admin_token"),
+            "admin_token holds a literal token; it would be written into the router's compiled config and "
+            "anyone who can read the fleet file or its output could use the admin API",
+            "write admin_token: ${FLEETSPEC_ADMIN_TOKEN} and export FLEETSPEC_ADMIN_TOKEN where fleetspec and "
+            "the router run",
+        )
+    if models.literal_redis_password(router.redis_url):
+        yield fleet.diagnostic(
+            WARNING, "inline-secret", ("runtime", "router", "redis_url"),
+            "redis_url holds a literal password; it would be written into the router's compiled config",
+            "write the password as ${REDIS_PASSWORD}, e.g. redis://:${REDIS_PASSWORD}@redis:6379/0, and export "
+            "REDIS_PASSWORD where fleetspec and the router run",
+        )
 
 
 def _quantization(fleet) -> Iterator[Diagnostic]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 
 import pydantic
 
 from fleetspec import errors
 from fleetspec.errors import Diagnostic, Location, Severity
-from fleetspec.spec import models, paths, pydantic_errors, yaml_source
+from fleetspec.spec import limits, models, paths, pydantic_errors, yaml_source
 
 format_path = paths.format_path
 
@@ -46,8 +47,9 @@ def load_path(path: str | pathlib.Path) -> LoadedFleet:
     try:
         size = file.stat().st_size
         if size > yaml_source.MAX_DOCUMENT_BYTES:
-            # Refuse before reading: a multi-megabyte "fleet file" is a mistake, not a fleet.
-            return load_text("x" * (yaml_source.MAX_DOCUMENT_BYTES + 1), str(path))
+            # Refuse before reading it whole: only the top-level keys are scanned, line by line, to
+            # say which part is large.
+            raise errors.SpecError([yaml_source.too_large(size, str(path), _section_sizes(file, size)).diagnostic])
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise errors.SpecError([Diagnostic(
@@ -60,6 +62,31 @@ def load_path(path: str | pathlib.Path) -> LoadedFleet:
             "a fleet file is UTF-8 text readable by you",
         )]) from None
     return load_text(text, str(path), base_dir=file.resolve().parent)
+
+
+_TOP_KEY = re.compile(rb"^([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:", re.MULTILINE)
+
+
+def _section_sizes(file: pathlib.Path, size: int) -> dict[str, int] | None:
+    """Bytes per top-level key of a block-style file, read a MiB at a time; None for files too big to
+    be worth scanning."""
+    if size > 16 * yaml_source.MAX_DOCUMENT_BYTES:
+        return None
+    sizes: dict[str, int] = {}
+    key, at_line_start = "", True
+    with file.open("rb") as handle:
+        while chunk := handle.read(2**20):
+            chunk += handle.readline(2**20)  # end on a line boundary where the line is not huge
+            position = 0
+            for match in _TOP_KEY.finditer(chunk):
+                if match.start() == 0 and not at_line_start:
+                    continue  # the middle of a line cut by the previous chunk
+                sizes[key] = sizes.get(key, 0) + match.start() - position
+                key, position = match.group(1).decode(), match.start()
+            sizes[key] = sizes.get(key, 0) + len(chunk) - position
+            at_line_start = chunk.endswith(b"\n")
+    sizes.pop("", None)
+    return sizes
 
 
 def load_text(text: str, file: str = "fleet.yaml", base_dir: pathlib.Path | None = None) -> LoadedFleet:
@@ -75,12 +102,15 @@ def load_text(text: str, file: str = "fleet.yaml", base_dir: pathlib.Path | None
         )])
     config_diagnostics = _read_local_config(data, base_dir, source)
     try:
-        spec = models.FleetSpec.model_validate(data)
+        spec = models.FleetSpec.model_validate(data, context={})  # the context carries the error budget
     except pydantic.ValidationError as exc:
         diagnostics = pydantic_errors.to_diagnostics(exc.errors(), data, source)
         raise errors.SpecError(_dedupe(diagnostics + config_diagnostics)) from None
     if config_diagnostics:
         raise errors.SpecError(config_diagnostics)
+    over = limits.check(spec, source.locate)
+    if over:  # no later stage may see a fleet whose totals are unbounded
+        raise errors.SpecError(over)
     return LoadedFleet(spec, file, base_dir, source, text)
 
 

@@ -9,7 +9,7 @@ import typing
 import pydantic
 
 from fleetspec.errors import Diagnostic, Severity
-from fleetspec.spec import models, paths
+from fleetspec.spec import models, paths, yaml_source
 
 # Union members tagged by a discriminator put the tag into `loc`; users never wrote it.
 _TAGGED_UNIONS = {("routing", "rules", int), ("gpus",)}
@@ -53,7 +53,10 @@ def to_diagnostics(raw_errors: list[dict], data: object, source) -> list[Diagnos
     """All errors of one validation, minus "missing `to`" when the same mapping has a typo `too`."""
     typos = {(tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in raw_errors if e["type"] == "extra_forbidden"}
     kept = [e for e in raw_errors if not (e["type"] == "missing" and _explained_by_typo(e, typos))]
-    return [to_diagnostic(e, data, source) for e in kept]
+    found = [to_diagnostic(e, data, source) for e in kept]
+    # Past the error budget every failing object says so once; one such line is enough.
+    first = next((d for d in found if d.message == models.TOO_MANY_ERRORS), None)
+    return [d for d in found if d.message != models.TOO_MANY_ERRORS] + ([first] if first else [])
 
 
 def _explained_by_typo(error: dict, typos: set) -> bool:
@@ -91,7 +94,12 @@ def _explain(kind: str, loc: tuple, raw_loc: tuple, value, ctx: dict, source) ->
     if kind in _TYPE_WORDS:
         return _type_problem(kind, loc, value, source)
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return _bound_problem(kind, field, value, ctx)
+        return _bound_problem(kind, _field_name(loc), value, ctx)
+    if kind in ("too_long", "string_too_long"):
+        return _length_problem(kind, _field_name(loc), value, ctx)
+    if kind == "finite_number":
+        return (f"{field} must be a finite number, got {_show(value)}", f"write a number for {field}, "
+                "not .inf or .nan", "out-of-range")
     if kind == "string_pattern_mismatch":
         words, example = _PATTERN_WORDS.get(ctx.get("pattern"), ("a value of the expected form", ""))
         return f"`{value}` is not {words}", example, "bad-value"
@@ -114,8 +122,9 @@ def _type_problem(kind: str, loc: tuple, value, source) -> tuple[str, str, str]:
     wanted = _TYPE_WORDS[kind]
     shown = _show(value)
     hint = ""
-    if kind == "string_type" and loc in source.plain_scalars and isinstance(value, int | float | bool):
-        written = source.plain_scalars[loc]
+    if kind == "string_type" and isinstance(value, int | float | bool):
+        # The loader keeps only spellings it cannot rebuild (`1e3`); `16` and `true` are written as shown.
+        written = source.plain_scalars.get(loc) or yaml_source.canonical(value)
         hint = f'YAML reads {written} as a {type(value).__name__}; put it in quotes: "{written}"'
     elif kind in ("bool_type", "bool_parsing"):
         hint = _bool_hint(loc, value, source)
@@ -128,6 +137,8 @@ def _type_problem(kind: str, loc: tuple, value, source) -> tuple[str, str, str]:
 
 def _bool_hint(loc: tuple, value, source) -> str:
     written = source.plain_scalars.get(loc)
+    if written is None and not isinstance(value, str):  # a number: plain, written as shown
+        written = yaml_source.canonical(value)
     if written is None:  # quoted (or not from the file at all)
         return f"remove the quotes: {value.lower()}" if isinstance(value, str) and value.lower() in ("true", "false") \
             else "write true or false"
@@ -137,11 +148,46 @@ def _bool_hint(loc: tuple, value, source) -> str:
     return f"YAML 1.2 reads {written} as {'text' if isinstance(value, str) else 'a number'}, not a boolean; write {meant}"
 
 
+def _field_name(loc: tuple) -> str:
+    """The field a list item or mapping value belongs to: `ids` for gpus[0].ids[3]."""
+    return next((str(p) for p in reversed(loc) if isinstance(p, str)), "the file")
+
+
+def _number(bound, value) -> str:
+    if isinstance(value, float) and isinstance(bound, int):
+        bound = float(bound)  # `at most 1.0` for a fraction, `at most 4,096` for a count
+    return f"{bound:,}" if isinstance(bound, int) else str(bound)
+
+
 def _bound_problem(kind: str, field: str, value, ctx: dict) -> tuple[str, str, str]:
     words = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}[kind]
-    bound = ctx.get(words[1])
-    return f"{field} must be {words[0]} {bound}, got {_show(value)}", f"set {field} to a value {words[0]} {bound}", "out-of-range"
+    bound = _number(ctx.get(words[1]), value)
+    reason = models.LIMIT_REASONS.get(field) if kind.startswith("less") else None
+    message = f"{field} must be {words[0]} {bound}, got {_show(value)}"
+    if reason:
+        message += f"; fleetspec limits it because {reason}"
+    return message, f"set {field} to a value {words[0]} {bound}", "out-of-range"
+
+
+def _length_problem(kind: str, field: str, value, ctx: dict) -> tuple[str, str, str]:
+    limit = ctx.get("max_length")
+    if kind == "string_too_long":
+        return (f"{field} is {len(value):,} characters long; at most {limit:,} are allowed, because "
+                f"{models.LIMIT_REASONS.get(field, models.LENGTH_REASON)}", f"shorten {field}", "too-long")
+    count = ctx.get("actual_length") or (len(value) if hasattr(value, "__len__") else None)
+    reason = models.LIMIT_REASONS.get(field, models.LENGTH_REASON)
+    return (f"{field} has {f'{count:,}' if isinstance(count, int) else 'too many'} entries; at most {limit:,} are allowed, because {reason}",
+            _split_hint(field), "too-long")
+
+
+def _split_hint(field: str) -> str:
+    return {
+        "specialists": "split the fleet into several fleet files, each with its own servers and specialists",
+        "servers": "split the fleet into several fleet files",
+        "gpus": "describe identical GPUs as one group with a `count`",
+        "rules": "merge rules that send prompts to the same specialist",
+    }.get(field, f"shorten {field}")
 
 
 def _show(value) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from fleetspec import errors
 from fleetspec.catalog import models as catalog_models
+from fleetspec.catalog import vllm_flags
 from fleetspec.errors import Diagnostic
 from fleetspec.planner import findings, report
 from fleetspec.routing import checks as routing_checks
@@ -21,7 +22,7 @@ from fleetspec.spec import models as spec_models
 
 def check(fleet) -> list[Diagnostic]:
     """Every cross-field problem of the fleet (errors and warnings)."""
-    found = spec_checks.check_fields(fleet) + list(_engine_refusals(fleet))
+    found = spec_checks.check_fields(fleet) + list(_engine_refusals(fleet)) + list(_extra_args(fleet))
     if not any(d.is_error for d in found):  # routing analysis assumes every target resolves
         found.extend(routing_checks.check(fleet))
     return found
@@ -35,6 +36,17 @@ def _engine_refusals(fleet) -> Iterator[Diagnostic]:
         return  # `fleetspec plan` asks for base_model.architecture; validation has nothing to check
     for found in findings.model_findings(fleet.spec, facts):
         yield dataclasses.replace(found, location=fleet.locate(report.parse_path(found.path)))
+
+
+def _extra_args(fleet) -> Iterator[Diagnostic]:
+    """extra_args words vLLM would refuse, or that override a flag fleetspec compiles (`--port`), located
+    at the word: compile refuses them too, but validate is where a pull request should hear it."""
+    version = fleet.spec.runtime.vllm_version
+    for index, server in enumerate(fleet.spec.servers):
+        for position, word in enumerate(server.extra_args):
+            for code, message, hint in vllm_flags.extra_arg_problems(word, version):
+                yield fleet.diagnostic(errors.Severity.ERROR, code, ("servers", index, "extra_args", position),
+                                       message, hint)
 
 
 def plan_loaded(loaded, gpus_override: Sequence[spec_models.GpuGroup] | None = None,

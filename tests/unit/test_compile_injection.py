@@ -87,8 +87,11 @@ def test_kubernetes_keeps_argv_and_turns_references_into_secret_refs():
     files = k8s.compile_manifests(spec, slots.sequential(spec))
     deployment = yaml.safe_load(files["vllm-main-deployment.yaml"])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    launch = _launches(spec)[0]
+    # On Kubernetes the engine starts without adapters; its agent loads them from the ConfigMap.
+    launch = vllm_args.replica_launch(spec, spec.servers[0], 0, host="0.0.0.0", port=8000, preload_adapters=False)
     assert [k8s.unexpand(w) for w in container["command"]] == launch.argv
+    adapters = json.loads(yaml.safe_load(files["vllm-main-adapters-configmap.yaml"])["data"]["adapters.json"])
+    assert "/adapters/with space,comma=eq" in adapters["adapters"].values()
     env = {e["name"]: e for e in container["env"]}
     secret = k8s.secret_name(spec)
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": secret, "key": "HF_TOKEN"}}
