@@ -16,7 +16,7 @@ from fleetspec.adapters import inspect as adapter_inspect
 from fleetspec.adapters import report as adapter_report
 from fleetspec.adapters.report import Locate, Report, Target
 from fleetspec.errors import Diagnostic
-from fleetspec.spec import models
+from fleetspec.spec import hosting, models
 
 
 def check_adapter(
@@ -46,9 +46,9 @@ def check_fleet(
 ) -> list[Diagnostic]:
     """Check every inspected specialist version (`infos` keyed by (name, version)), then rank padding."""
     found: list[Diagnostic] = []
+    hosting_index = hosting.index(spec)
     for index, specialist in enumerate(spec.specialists):
-        names = {s.name for s in spec.hosts_of(specialist)}
-        hosts = tuple((i, s) for i, s in enumerate(spec.servers) if s.name in names)
+        hosts = tuple((i, spec.servers[i]) for i in hosting_index.host_positions(specialist))
         for where, version in version_fields(index, specialist):
             info = infos.get((specialist.name, version))
             if info is None:
@@ -73,7 +73,7 @@ def _padding(spec, infos, locate) -> list[Diagnostic]:
             continue
         ranks = [
             rank
-            for specialist in spec.specialists if server.name in {s.name for s in spec.hosts_of(specialist)}
+            for specialist in spec.hosted_by(server)
             for version in specialist.all_versions
             if (info := infos.get((specialist.name, version))) is not None
             for rank in info.ranks

@@ -96,7 +96,7 @@ def _not_served(report: Report, index: int, server: models.Server) -> None:
     allowed = set(server.lora.target_modules or []) if server.lora else set()
     if not allowed:
         return
-    missing = sorted({m.suffix for m in report.info.modules} - _served(allowed))
+    missing = sorted({m.suffix for m in report.info.modules} - served_modules(allowed))
     if missing:
         report.warning(
             "adapter-module-not-served",
@@ -106,7 +106,7 @@ def _not_served(report: Report, index: int, server: models.Server) -> None:
         )
 
 
-def _served(allowed: set[str]) -> set[str]:
+def served_modules(allowed: set[str]) -> set[str]:
     """A packed module (qkv_proj) is wrapped when it or any of its parts is listed; then all parts are served."""
     served = set(allowed)
     for child, parent in _PACKED.items():

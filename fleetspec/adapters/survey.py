@@ -32,10 +32,11 @@ def survey(loaded: loading.LoadedFleet) -> Survey:
         found.append(warning)
     infos: dict[tuple[str, str], adapter_inspect.AdapterInfo] = {}
     cache: dict[pathlib.Path, adapter_inspect.AdapterInfo] = {}
+    confinement = paths.Confinement(spec.runtime.adapter_roots, loaded.base_dir)
     for index, specialist in enumerate(spec.specialists):
         for where, version in checks.version_fields(index, specialist):
             raw = specialist.version_entry(version).path
-            info = _read_one(loaded, raw, where, cache, found)
+            info = _read_one(loaded, confinement, raw, where, cache, found)
             if info is not None:
                 infos[(specialist.name, version)] = info
     return Survey(infos, found)
@@ -51,9 +52,9 @@ def review(loaded: loading.LoadedFleet) -> Survey:
     return Survey(found.infos, sorted(diagnostics, key=errors.sort_key))
 
 
-def _read_one(loaded, raw: str, where: tuple, cache: dict, found: list) -> adapter_inspect.AdapterInfo | None:
-    spec = loaded.spec
-    real, refused = paths.check_path(raw, loaded.base_dir, spec.runtime.adapter_roots, where, loaded.locate)
+def _read_one(loaded, confinement: paths.Confinement, raw: str, where: tuple, cache: dict,
+              found: list) -> adapter_inspect.AdapterInfo | None:
+    real, refused = confinement.check(raw, where, loaded.locate)
     found += refused
     if real is None:
         return None
