@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import pathlib
-import struct
 
+from fleetspec.adapters import writer
 from fleetspec.spec import models
 
 # hidden 64, 4 heads × 16 (q = 64), 2 kv heads × 16 (kv = 32), intermediate 128, 2 layers, vocab 256
@@ -42,7 +42,7 @@ LLAMA_8B = models.Architecture(
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1, "I8": 1}
+DTYPE_BYTES = writer.DTYPE_BYTES
 
 
 def dims(arch: models.Architecture, module: str) -> tuple[int, int]:
@@ -95,17 +95,7 @@ def _rank_for(name: str, rank: int, ranks: dict[str, int] | None) -> int:
 
 def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]]) -> tuple[bytes, int]:
     """(8-byte length + JSON header, size of the data section) for these tensors in name order."""
-    header, offset = {}, 0
-    for name in sorted(tensors):
-        dtype, shape = tensors[name]
-        size = DTYPE_BYTES[dtype]
-        for dim in shape:
-            size *= dim
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8 bytes with spaces
-    return struct.pack("<Q", len(blob)) + blob, offset
+    return writer.header_bytes(tensors)
 
 
 def write_safetensors(path: pathlib.Path, tensors: dict[str, tuple[str, list[int]]], *,

@@ -21,3 +21,25 @@ def get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def free_port_range(count: int, low: int = 20000, high: int = 32000) -> int:
+    """A port P with P..P+count-1 all free on 127.0.0.1, below the ephemeral range (the kernel hands
+    out ephemeral ports to clients, which could take one of ours between the check and the bind)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(low, high - count)
+        if all(_bindable(port + i) for i in range(count)):
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports between {low} and {high}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

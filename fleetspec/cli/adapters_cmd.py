@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from fleetspec import errors
-from fleetspec.cli import views
+from fleetspec.cli import overrides_opt, views
 
 
 @click.group()
@@ -34,12 +34,12 @@ def inspect_command(path: str, output: str) -> int:
 @adapters.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "output", type=click.Choice(["human", "json"]), default="human", show_default=True)
-def check_command(file: str, output: str) -> int:
+@overrides_opt.options
+def check_command(file: str, output: str, **override) -> int:
     """Check every adapter of a fleet file against its base model and servers. Exit 1 on any error."""
     from fleetspec.adapters import survey
-    from fleetspec.spec import loading
 
-    loaded = loading.load_path(file)
+    loaded = overrides_opt.load(file, overrides_opt.make(**override))
     found = survey.review(loaded)
     diagnostics = found.diagnostics
     if output == "json":
@@ -55,6 +55,27 @@ def check_command(file: str, output: str) -> int:
         views.print_diagnostics(diagnostics)
         click.echo(f"{file}: {len(found.infos)} adapter(s) read, {views.count_words(diagnostics)}.")
     return 1 if errors.errors_only(diagnostics) else 0
+
+
+@adapters.command("stand-ins")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace adapters already there (stand-ins of an earlier run).")
+def standins_command(file: str, directory: str, overwrite: bool) -> int:
+    """Write stand-in adapters for every adapter FILE names, below DIRECTORY: the declared ranks, the base
+    model's shapes, zero weights (sparse files). Then bring the fleet up with `--adapters-in DIRECTORY`."""
+    import pathlib
+
+    from fleetspec.adapters import standins
+    from fleetspec.spec import loading
+
+    written = standins.write(loading.load_path(file), pathlib.Path(directory), overwrite=overwrite)
+    for item in written:
+        click.echo(f"{item.specialist}@{item.version}: rank {item.rank} on {', '.join(item.modules)}, "
+                   f"{size_text(item.size)} of zeros (sparse) in {item.path}")
+    click.echo(f"Wrote {len(written)} stand-in adapter(s). Try the fleet with: fleetspec apply {file} "
+               f"--runtime local --engine sim --adapters-in {directory}")
+    return 0
 
 
 def summary(info) -> str:

@@ -16,9 +16,11 @@ import click
 # name → "module:attribute" of a click.Command. Keep this table sorted by name.
 COMMANDS: dict[str, str] = {
     "adapters": "fleetspec.cli.adapters_cmd:adapters",
+    "agent": "fleetspec.cli.agent_cmd:agent",
     "apply": "fleetspec.cli.apply_cmd:apply",
     "compile": "fleetspec.cli.compile_cmd:compile_",
     "destroy": "fleetspec.cli.apply_cmd:destroy",
+    "gaps": "fleetspec.cli.gaps_cmd:gaps",
     "plan": "fleetspec.cli.plan_cmd:plan",
     "rollback": "fleetspec.cli.apply_cmd:rollback",
     "route": "fleetspec.cli.route_cmd:route",

@@ -39,7 +39,31 @@ def plan_markdown(reconcile_plan: plan_mod.ReconcilePlan) -> str:
     return "\n".join([*rows, "", f"**{reconcile_plan.summary()}** {_disruption_line(reconcile_plan)}"]) + notes
 
 
-def outcomes_text(result: apply_mod.ApplyResult) -> str:
+def destroy_text(fleet: str, containers) -> str:
+    """What `destroy` will stop and remove (observed containers or processes), before it asks."""
+    ordered = sorted(containers, key=lambda c: (c.role == "router", c.server or "", c.replica or 0, c.name))
+    lines = [f"fleetspec will stop and remove every server and the router of fleet {fleet}:", ""]
+    for c in ordered:
+        slot = "router" if c.role == "router" else (f"{c.server}/{c.replica}" if c.server else "leftover")
+        lines.append(f"  - {slot:<10} {_identity(c)}, {c.status}")
+    counts = [_count(sum(c.noun == noun for c in ordered), noun) for noun in sorted({c.noun for c in ordered})]
+    lines += ["", f"Plan: {' and '.join(counts)} to stop and remove. Adapter files and the fleet file are left "
+              "as they are."]
+    return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "es" if noun.endswith("s") else "s")
+
+
+def _identity(container) -> str:
+    """"process demo-main-0 (PID 4242)" on the local runtime, "container demo-main-0 (id 7620cb0f4ac3)" on Docker."""
+    if container.noun == "process":
+        return f"process {container.name}" + (f" (PID {container.pid})" if container.pid else "")
+    return f"container {container.name} (id {container.id[:12]})"
+
+
+def outcomes_text(result: apply_mod.ApplyResult, teardown: bool = False) -> str:
     marks = {apply_mod.OK: "done", apply_mod.UNCHANGED: "unchanged", apply_mod.SKIPPED: "skipped",
              apply_mod.FAILED: "FAILED"}
     lines = []
@@ -49,9 +73,14 @@ def outcomes_text(result: apply_mod.ApplyResult) -> str:
         lines.append(f"  {marks[outcome.status]:>9}  {a.kind.value} {subject} ({outcome.seconds:.1f} s): {outcome.message}")
     failed = len(result.failed)
     lines.append("" if not lines else "")
-    lines.append("Apply complete." if not failed else
-                 f"Apply finished with {failed} failure{'s' * (failed != 1)}; everything else was applied. "
-                 "Fix the cause above and run apply again.")
+    if teardown:
+        lines.append(f"Destroyed: {len(result.outcomes)} removed." if not failed else
+                     f"Destroy finished with {failed} failure{'s' * (failed != 1)}; everything else was removed. "
+                     "Fix the cause above and run destroy again.")
+    else:
+        lines.append("Apply complete." if not failed else
+                     f"Apply finished with {failed} failure{'s' * (failed != 1)}; everything else was applied. "
+                     "Fix the cause above and run apply again.")
     return "\n".join(lines)
 
 
@@ -76,6 +105,7 @@ def status_rows(want: desired_mod.DesiredState, have: observed_mod.ObservedState
         rows.append({
             "server": key[0], "replica": key[1],
             "container": container.name if container else None,
+            "pid": container.pid if container else None, "log": container.log_path if container else None,
             "status": container.status if container else "absent",
             "healthy": bool(seen and seen.healthy),
             "url": seen.base_url if seen else None,
@@ -97,6 +127,7 @@ def router_row(want: desired_mod.DesiredState, have: observed_mod.ObservedState,
     elif have.router_config_hash != want.router_config_hash():
         problems.append("serves an older routing config (the next apply updates it)")
     return {"container": have.router.name if have.router else None,
+            "pid": have.router.pid if have.router else None,
             "status": have.router.status if have.router else "absent", "url": url,
             "config_hash": have.router_config_hash, "drift": problems}
 
@@ -111,11 +142,13 @@ def status_text(fleet: str, rows: list[dict], strays: int, router: dict | None =
             adapters = ", ".join(row["adapters"]) or "none"
         else:
             adapters = "-" if row["status"] == "absent" else "(unknown: the engine is not answering)"
-        lines.append(f"  {row['server']}/{row['replica']}  {health:<14} {row['url'] or '-':<24} "
+        pid = f"PID {row['pid']:<8} " if row.get("pid") else ""
+        lines.append(f"  {row['server']}/{row['replica']}  {health:<14} {row['url'] or '-':<24} {pid}"
                      f"GPUs {','.join(row['gpus']) or '-':<6} adapters: {adapters}")
         lines.extend(f"      drift: {d}" for d in row["drift"])
     if router is not None:
-        lines.append(f"  router  {router['status']:<14} {router['url']}")
+        pid = f" PID {router['pid']}" if router.get("pid") else ""
+        lines.append(f"  router  {router['status']:<14} {router['url']:<24}{pid}")
         lines.extend(f"      drift: {d}" for d in router["drift"])
     if strays:
         lines.append(f"  {strays} leftover container(s) of this fleet will be removed by the next apply.")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import click
 
 from fleetspec.errors import Diagnostic, Severity
+from fleetspec.planner.findings import SIZE_UNITS
 
 _COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
 
@@ -46,3 +47,19 @@ def count_words(diagnostics: Sequence[Diagnostic]) -> str:
     if warnings:
         parts.append(f"{warnings} warning{'s' * (warnings != 1)}")
     return " and ".join(parts) or "no problems"
+
+
+def size_unit(values: Iterable[float]) -> tuple[str, int]:
+    """(name, bytes) of the largest unit in which every nonzero figure shows at two decimals, so a
+    table or a sum of figures shares one unit and none reads 0.00: GiB for real models, MiB for
+    the demo's tiny one. Sizes in bytes."""
+    nonzero = [abs(v) for v in values if v]
+    for unit in SIZE_UNITS:
+        if all(v / unit[1] >= 0.005 for v in nonzero):
+            return unit
+    return SIZE_UNITS[-1]
+
+
+def in_unit(value: float, unit: tuple[str, int]) -> str:
+    """A size in bytes as a figure in `unit` (from size_unit), two decimals, no unit name."""
+    return f"{value / unit[1]:.2f}"

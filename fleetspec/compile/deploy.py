@@ -67,9 +67,7 @@ def adapter_paths(spec: models.FleetSpec, server: models.Server, base_dir: pathl
     if server.lora is None:
         return []
     found = []
-    for specialist in spec.specialists:
-        if not vllm_args.hosts(specialist, server):
-            continue
+    for specialist in spec.hosted_by(server):
         for version in specialist.all_versions:
             entry = specialist.version_entry(version)
             if entry is not None:

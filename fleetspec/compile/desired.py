@@ -107,11 +107,14 @@ class DesiredReplica:
     adapters: Mapping[str, str]  # served adapter name → path as the engine sees it
     port: int  # host port of the engine's HTTP API
     startup_budget_s: int = 600  # start → healthy; longer silence means the engine is dead or hung
+    # Allowed, not required (`preload: false`): the router loads these on demand and vLLM's LRU
+    # evicts them; the reconciler neither loads nor unloads them while the file declares them.
+    on_demand: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"server": self.server, "replica": self.replica, "port": self.port,
                 "spec_hash": self.container.spec_hash(), "container": self.container.to_json(),
-                "adapters": dict(sorted(self.adapters.items()))}
+                "adapters": dict(sorted(self.adapters.items())), "on_demand": dict(sorted(self.on_demand.items()))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +158,8 @@ def build(spec, slots, env: Environment, base_dir=None) -> DesiredState:
     """Desired state of every replica placed by the planner (`slots`: compile.slots.Slot list)."""
     ports = derived.replica_ports(spec)
     replicas: dict[tuple[str, int], DesiredReplica] = {}
+    served: dict[str, dict[str, str]] = {}  # per server: its replicas all serve the same adapters
+    on_demand: dict[str, dict[str, str]] = {}
     for slot in slots:
         server = spec.server(slot.server)
         port = ports[(slot.server, slot.replica)]
@@ -163,10 +168,14 @@ def build(spec, slots, env: Environment, base_dir=None) -> DesiredState:
             labels.FLEET: spec.name, labels.SERVER: server.name, labels.REPLICA: str(slot.replica),
             labels.ROLE: labels.ROLE_ENGINE,
         })
-        adapters = {a.served_name: a.path for a in vllm_args.served_adapters(spec, server, base_dir)}
+        if server.name not in served:
+            served[server.name] = {a.served_name: a.path for a in vllm_args.served_adapters(spec, server, base_dir)}
+            on_demand[server.name] = {a.served_name: a.path
+                                      for a in vllm_args.on_demand_adapters(spec, server, base_dir)}
         budget = deploy.startup_seconds(server, slot.weights_gib)
-        replicas[(slot.server, slot.replica)] = DesiredReplica(server.name, slot.replica, container, adapters, port,
-                                                               budget)
+        replicas[(slot.server, slot.replica)] = DesiredReplica(server.name, slot.replica, container,
+                                                               dict(served[server.name]), port, budget,
+                                                               dict(on_demand[server.name]))
     router, router_config = _router(spec, replicas, env, base_dir)
     return DesiredState(spec.name, replicas, router, router_config)
 
@@ -191,7 +200,9 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
     host = reachable_host(spec)
     upstreams = [router_config.Upstream(r.server, r.replica, f"http://{host}:{r.port}")
                  for _, r in sorted(replicas.items())]
-    adapter_paths = {name: path for r in replicas.values() for name, path in r.adapters.items()}
+    # Every version the router may load itself: on demand, or a previous version to fall back to.
+    adapter_paths = {name: path for r in replicas.values() for name, path in (*r.adapters.items(), *r.on_demand.items())}
+    adapter_paths.update(_previous_versions(spec, base_dir))
     document = router_config.document(spec, upstreams, cluster_maps=env.cluster_maps, adapter_paths=adapter_paths)
     path = env.router_config_path
     serve = ["-m", "fleetspec.router", "serve", "--config", path, "--host", spec.runtime.bind_address,
@@ -210,6 +221,16 @@ def _router(spec, replicas: Mapping, env: Environment, base_dir) -> tuple[Contai
                                                      spec.runtime.bind_address)])
     return container, document
 
+
+
+def _previous_versions(spec, base_dir) -> dict[str, str]:
+    """Served name → path of each hosted specialist's previous_version (`routing.fallback: previous`)."""
+    found = {}
+    for specialist in spec.specialists:
+        entry = specialist.version_entry(specialist.previous_version) if specialist.previous_version else None
+        if entry is not None and spec.hosts_of(specialist):
+            found[derived.served_adapter_name(specialist.name, entry.version)] = vllm_args.resolve_path(entry.path, base_dir)
+    return found
 
 
 def _engine_container(spec, server, slot, port: int, env: Environment, base_dir) -> ContainerSpec:

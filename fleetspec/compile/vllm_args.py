@@ -41,7 +41,7 @@ import yaml
 from fleetspec import errors
 from fleetspec.catalog import vllm_flags
 from fleetspec.planner import host as cpu_host
-from fleetspec.spec import derived, models, paths
+from fleetspec.spec import derived, hosting, models, paths
 
 Locate = Callable[[tuple], errors.Location | None]
 SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -87,11 +87,24 @@ def served_adapters(spec: models.FleetSpec, server: models.Server, base_dir: pat
                     ) -> list[ServedAdapter]:
     """Adapter versions a server should hold from the start: each hosted, preloaded specialist's
     active version, then the other versions a split sends traffic to. Declaration order."""
+    return _adapters(spec, server, base_dir, preloaded=True)
+
+
+def on_demand_adapters(spec: models.FleetSpec, server: models.Server, base_dir: pathlib.Path | None = None,
+                       ) -> list[ServedAdapter]:
+    """Adapter versions a server may hold but need not (`preload: false`): the router loads them on
+    the first request, vLLM's LRU evicts them, and the reconciler neither loads nor unloads them
+    while they stay in the file."""
+    return _adapters(spec, server, base_dir, preloaded=False)
+
+
+def _adapters(spec: models.FleetSpec, server: models.Server, base_dir: pathlib.Path | None, *, preloaded: bool,
+              ) -> list[ServedAdapter]:
     if server.lora is None:
         return []
     out: list[ServedAdapter] = []
-    for specialist in spec.specialists:
-        if not specialist.preload or not hosts(specialist, server):
+    for specialist in spec.hosted_by(server):
+        if specialist.preload is not preloaded:
             continue
         for version in _live_versions(spec, specialist):
             entry = specialist.version_entry(version)
@@ -99,13 +112,6 @@ def served_adapters(spec: models.FleetSpec, server: models.Server, base_dir: pat
                 out.append(ServedAdapter(specialist.name, version, derived.served_adapter_name(specialist.name, version),
                                          resolve_path(entry.path, base_dir)))
     return out
-
-
-def hosts(specialist: models.Specialist, server: models.Server) -> bool:
-    """`FleetSpec.hosts_of` for one pair, without building the list (1,000 specialists × servers)."""
-    if specialist.servers is not None:
-        return server.name in specialist.servers
-    return server.lora is not None
 
 
 def _live_versions(spec: models.FleetSpec, specialist: models.Specialist) -> list[str]:
@@ -230,7 +236,7 @@ def check_fleet(spec: models.FleetSpec, locate: Locate | None = None) -> list[er
 
 def check_server(spec: models.FleetSpec, server: models.Server, locate: Locate | None = None,
                  ) -> list[errors.Diagnostic]:
-    index = spec.servers.index(server)
+    index = hosting.index(spec).position_of(server)
     release = vllm_flags.facts(spec.runtime.vllm_version)
     version = spec.runtime.vllm_version
     found: list[errors.Diagnostic] = []
@@ -257,44 +263,9 @@ def check_server(spec: models.FleetSpec, server: models.Server, locate: Locate |
             "no longer say what the engine holds.",
             "Remove it; give the server more or less of the host with gpu_memory_utilization instead.")
     for position, word in enumerate(server.extra_args):
-        _check_extra_arg(word, release.version, version, lambda code, msg, hint, p=position: add(
-            ("servers", index, "extra_args", p), code, msg, hint))
+        for code, message, hint in vllm_flags.extra_arg_problems(word, version):
+            add(("servers", index, "extra_args", position), code, message, hint)
     return found
-
-
-def _check_extra_arg(word: str, release: vllm_flags.Version, version: str, add) -> None:
-    name = "--" + word.split("=", 1)[0][2:].replace("_", "-") if word.startswith("--") else None
-    if name in vllm_flags.REMOVED_FLAGS:
-        removed_in, hint = vllm_flags.REMOVED_FLAGS[name]
-        if release >= removed_in:
-            add("removed-vllm-flag", f"vLLM {version} no longer has {name}; it would refuse to start.", hint)
-        return
-    if name == "--api-key":
-        add("api-key-in-argv", "--api-key in extra_args puts the engines' key in every process listing and "
-            "compiled file.", "Remove it and set runtime.engine_api_key: ${VLLM_API_KEY} instead; fleetspec "
-            "hands the key to vLLM through its environment and sends it on every call.")
-        return
-    known = vllm_flags.option_strings(version) if name else None
-    if known is not None and name not in known:
-        major, minor = release
-        add("unknown-vllm-flag", f"vLLM {major}.{minor} has no {name}; it would exit at start with "
-            f"\"unrecognized arguments: {name}\".", _unknown_flag_hint(name, version))
-        return
-    row = vllm_flags.flag_owner(word)
-    if row is not None:
-        add("flag-set-by-fleetspec",
-            f"{row.flag} is written by fleetspec from {row.spec_field}; passing it again in extra_args "
-            "would silently override what the planner checked.",
-            f"Remove it from extra_args and set {row.spec_field} instead.")
-
-
-def _unknown_flag_hint(name: str, version: str) -> str:
-    """Where the flag does exist (another dumped release), or that it is probably a typo."""
-    elsewhere = [v for v in vllm_flags.dumped_releases() if name in (vllm_flags.option_strings(v) or {})]
-    if elsewhere:
-        return (f"{name} exists in vLLM {', '.join(elsewhere)}; remove it, or set runtime.vllm_version to a "
-                "release that has it.")
-    return f"Check the spelling against `vllm serve --help` of vLLM {version}, or remove it."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,13 @@ class ObservedContainer:
     exit_code: int | None = None
     started_at: str | None = None  # ISO 8601 from the runtime; changes on every (re)start
     labels: tuple[tuple[str, str], ...] = ()
+    pid: int | None = None  # local runtime: the running process's PID (Docker: None, the id says it)
+    log_path: str | None = None  # local runtime: the file its output goes to (Docker: `docker logs`)
+
+    @property
+    def noun(self) -> str:
+        """What a user calls this on its runtime: a process (local) or a container (Docker)."""
+        return runtime_noun(self.image)
 
     @property
     def running(self) -> bool:
@@ -50,6 +57,13 @@ class ObservedContainer:
         data["ports"] = [{"container_port": c, "host_ip": ip, "host_port": h} for c, ip, h in self.ports]
         data["labels"] = dict(self.labels)
         return data
+
+
+LOCAL_IMAGE = "local"  # the image the local runtime reports and desired state asks for: there is none
+
+
+def runtime_noun(image: str) -> str:
+    return "process" if image == LOCAL_IMAGE else "container"
 
 
 def identity_from_labels(found: Mapping[str, str]) -> dict:
@@ -89,3 +103,7 @@ class Driver(Protocol):
     def wait_running(self, container_id: str, timeout_s: float = 60.0) -> ObservedContainer: ...
 
     def logs_tail(self, container_id: str, lines: int = 50) -> str: ...
+
+    def describe(self, container_id: str) -> str:
+        """A started container as its user finds it: "process NAME (PID N, log PATH)", "container NAME (id ID)"."""
+        ...

@@ -8,7 +8,6 @@ engine's own explanation is kept in the message because it is usually the useful
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 
@@ -30,11 +29,9 @@ def connect(timeout_s: float = 10.0) -> docker.DockerClient:
         client = docker.from_env(timeout=int(max(1, timeout_s)))
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise errors.TemporaryError(
-            f"No Docker engine answered at {where} ({exc}). Start the engine (`dockerd`, or "
-            "`systemctl start docker`), point DOCKER_HOST at it, or use `runtime: {target: local}`."
-        ) from exc
+        from fleetspec import drivers
+
+        raise drivers.no_docker_engine(exc) from exc
     return client
 
 
@@ -107,6 +104,14 @@ class DockerDriver:
             except docker.errors.NotFound:
                 return ""
         return raw.decode("utf-8", errors="replace")
+
+    def describe(self, container_id: str) -> str:
+        """How a user finds this container: its name and id (what `docker ps` and `docker logs` take)."""
+        try:
+            name = self._inspect(container_id).name
+        except errors.FleetspecError:
+            return f"container {container_id[:12]}"
+        return f"container {name} (id {container_id[:12]}, logs: `docker logs {name}`)"
 
     def _inspect(self, container_id: str) -> base.ObservedContainer:
         with _engine_errors(f"inspect container {container_id[:12]}"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import tempfile
 
 
 def state_dir(fleet_file: pathlib.Path) -> pathlib.Path:
@@ -15,13 +16,24 @@ def state_dir(fleet_file: pathlib.Path) -> pathlib.Path:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the new one, never a part.
+
+    The temp file is unique per call (threads of one process may write the same record at once)
+    and starts with a dot, which readers of a directory of records skip; a failed write removes it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)  # mkstemp makes 0600; records are as readable as any file written here
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
     with contextlib.suppress(OSError):  # directory fsync makes the rename durable; not all FS allow it
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -5,6 +5,15 @@ fleetspec exiting leaves the fleet running, exactly as with Docker. What fleetsp
 process lives in `RUN_DIR/procs/<name>.json` (written atomically) and its output in
 `RUN_DIR/logs/<name>.log`; both are re-read on every call, never cached.
 
+Losing `.fleetspec` (an `rm -rf`, a fresh checkout over the old one) must not lose the fleet: each
+process also carries a marker in its environment (MARK_*: the fleet file's absolute path, the run
+directory, and the record's identity: id, name, labels, ports), which the kernel keeps for the
+process's whole life and anyone of the same user reads in /proc/<pid>/environ, as Docker keeps
+labels. `observe` finds processes by their record or by their marker, so `status` and `destroy`
+see a fleet whose records are gone or garbled (a garbled record is reported and skipped), and
+never claim another fleet's processes: a marker matches only this driver's fleet file and run dir,
+never a fleet name alone, which other checkouts on a shared machine use too.
+
 A pid alone does not identify a process: pids are reused. The record keeps the kernel's start
 time of the process (/proc/<pid>/stat field 22), and a live pid with another start time is
 someone else's process: it is reported as exited and never signalled. Linux only, like vLLM.
@@ -31,18 +40,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from fleetspec import errors
 from fleetspec.compile import desired, labels
-from fleetspec.drivers import base, files, launchers
+from fleetspec.drivers import base, files, launchers, procs
 
-IMAGE = "local"  # what observe() reports as the image: there is none
+IMAGE = base.LOCAL_IMAGE  # what observe() reports as the image: there is none
 _STOP_GRACE_S = 10.0  # SIGTERM → SIGKILL, as for Docker
 _KILL_WAIT_S = 5.0  # after SIGKILL the kernel needs moments, not seconds
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's container-name rule: safe as a file name
-_PROC = pathlib.Path("/proc")
-ALIVE, DEAD, REUSED = "alive", "dead", "reused"
+_PROC = procs.PROC
+ALIVE, DEAD, REUSED = procs.ALIVE, procs.DEAD, procs.REUSED
+MARK_FLEET_FILE = "FLEETSPEC_FLEET_FILE"  # absolute path of the fleet file (or run dir, see LocalDriver)
+MARK_RUN_DIR = "FLEETSPEC_RUN_DIR"  # absolute path of the run directory the records live in
+MARK_PROCESS = "FLEETSPEC_PROCESS"  # JSON: the record's identity, enough to observe and stop the process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +85,19 @@ class ProcessRecord:
 
 
 class LocalDriver:
+    """`fleet_file`: the fleet these processes belong to, written into each one's marker. Without it
+    (tests, read-only observers) the marker names the run directory only, which also decides."""
+
     def __init__(self, run_dir: pathlib.Path, *, cwd: pathlib.Path | None = None, poll_s: float = 0.05,
-                 stop_grace_s: float = _STOP_GRACE_S):
+                 stop_grace_s: float = _STOP_GRACE_S, fleet_file: pathlib.Path | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.run_dir = pathlib.Path(run_dir)
         self.cwd = pathlib.Path(cwd) if cwd is not None else self.run_dir
         self.poll_s = poll_s
         self.stop_grace_s = stop_grace_s
+        self.fleet_file = str(pathlib.Path(fleet_file).resolve()) if fleet_file is not None else None
+        self._warn = warn or _warn_on_stderr
+        self._warned: set[str] = set()
         self._children: dict[str, subprocess.Popen] = {}  # id → our own child, for reaping and exit codes
 
     @property
@@ -111,9 +131,16 @@ class LocalDriver:
         try:
             files.write_atomic(self.procs_dir / f"{spec.name}.json", json.dumps(record.to_json(), indent=2) + "\n")
         except OSError:
-            self._stop(record)  # a process nobody can find again must not keep running
+            self._stop(record)  # its marker would find it again, but a half-done start is undone, as on Docker
             raise
         return record.id
+
+    def describe(self, container_id: str) -> str:
+        """How a user finds this process: its name, PID and log file."""
+        record = self._record_by_id(container_id)
+        if record is None:
+            return f"process {container_id[:12]}"
+        return f"process {record.name} (PID {record.pid}, log {_shown(self.log_path(record.name))})"
 
     def remove(self, container_id: str) -> None:
         """SIGTERM the process group, SIGKILL after a grace period, delete the record; gone is fine."""
@@ -156,6 +183,11 @@ class LocalDriver:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.procs_dir.mkdir(parents=True, exist_ok=True)
         created = _now()
+        identity = {"id": container_id, "name": spec.name, "argv": list(spec.argv),
+                    "labels": {**spec.label_dict, labels.SPEC_HASH: spec.spec_hash()}, "ports": ports,
+                    "gpu_ids": list(spec.gpu_ids), "created_at": created}
+        env = {**env, MARK_FLEET_FILE: self._fleet_mark(), MARK_RUN_DIR: str(self.run_dir.resolve()),
+               MARK_PROCESS: json.dumps(identity, separators=(",", ":"))}
         with open(log_path, "ab") as log:
             log.write(f"--- fleetspec: {spec.name} (id {container_id[:12]}) started {created}: "
                       f"{shlex.join(argv)}\n".encode())
@@ -172,12 +204,9 @@ class LocalDriver:
                     "Check that the engine is installed and that the working directory exists."
                 ) from exc
         self._children[container_id] = child
-        return ProcessRecord(
-            id=container_id, name=spec.name, pid=child.pid, proc_start=_start_time(child.pid),
-            argv=list(spec.argv), labels={**spec.label_dict, labels.SPEC_HASH: spec.spec_hash()},
-            ports=ports, gpu_ids=list(spec.gpu_ids), cwd=str(self.cwd), log_offset=offset,
-            created_at=created, started_at=_now(),
-        )
+        identity.pop("created_at")
+        return ProcessRecord(**identity, pid=child.pid, proc_start=_start_time(child.pid), cwd=str(self.cwd),
+                             log_offset=offset, created_at=created, started_at=_now())
 
     def _stop(self, record: ProcessRecord) -> None:
         for sig, wait_s in ((signal.SIGTERM, self.stop_grace_s), (signal.SIGKILL, _KILL_WAIT_S)):
@@ -218,7 +247,8 @@ class LocalDriver:
             # Like Docker, only a running container has published ports.
             ports=tuple((p["container_port"], p["host_ip"], p["host_port"]) for p in record.ports) if running else (),
             exit_code=None if running else self._exit_code(record.id),
-            started_at=record.started_at,
+            started_at=record.started_at, pid=record.pid if running else None,
+            log_path=str(self.log_path(record.name)),
             **base.identity_from_labels(record.labels),
         )
 
@@ -230,21 +260,100 @@ class LocalDriver:
         return child.returncode if child.returncode >= 0 else 128 - child.returncode
 
     def _records(self) -> list[ProcessRecord]:
-        if not self.procs_dir.is_dir():
-            return []
-        found = []
-        for path in sorted(self.procs_dir.glob("*.json")):
-            if not path.name.startswith("."):  # temp files of an atomic write in progress
-                record = _read_record(path)
+        """Every process of this run dir: its record file, else (record lost or garbled) its marker."""
+        found: dict[str, ProcessRecord] = {}
+        if self.procs_dir.is_dir():
+            for path in sorted(self.procs_dir.glob("*.json")):
+                if path.name.startswith("."):
+                    continue  # temp files of an atomic write in progress
+                record = self._read_or_report(path)
                 if record is not None:
-                    found.append(record)
-        return found
+                    found.setdefault(record.id, record)
+        for record in marked_processes(self.run_dir, self.fleet_file):
+            found.setdefault(record.id, record)
+        return sorted(found.values(), key=lambda r: (r.name, r.id))
+
+    def _read_or_report(self, path: pathlib.Path) -> ProcessRecord | None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None  # removed since the directory was listed
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._garbled(path, str(exc))
+        try:
+            return ProcessRecord.from_json(json.loads(text))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return self._garbled(path, f"{type(exc).__name__}: {exc}")
+
+    def _garbled(self, path: pathlib.Path, why: str) -> None:
+        if str(path) not in self._warned:
+            self._warned.add(str(path))
+            self._warn(f"the process record {path} is garbled ({why}); it is skipped, and its process, if it "
+                       "still runs, is found by the marker in its environment instead. fleetspec rewrites the "
+                       "record the next time it starts that process.")
+        return None
 
     def _record_by_id(self, container_id: str) -> ProcessRecord | None:
         return next((r for r in self._records() if r.id == container_id), None)
 
     def _record_by_name(self, name: str) -> ProcessRecord | None:
-        return _read_record(self.procs_dir / f"{name}.json")
+        return next((r for r in self._records() if r.name == name), None)
+
+    def _fleet_mark(self) -> str:
+        return self.fleet_file or str(self.run_dir.resolve())
+
+
+def marked_processes(run_dir: pathlib.Path, fleet_file: str | None) -> list[ProcessRecord]:
+    """Live session leaders whose environment marks them as started in `run_dir` for `fleet_file`
+    (or, without one, for `run_dir`), as records rebuilt from the marker and /proc."""
+    run_mark = f"{MARK_RUN_DIR}={pathlib.Path(run_dir).resolve()}".encode()
+    found = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()  # another user's process: PermissionError
+        except OSError:
+            continue
+        if run_mark not in environ:
+            continue
+        record = _from_marker(int(entry.name), environ.split(b"\0"), run_mark,
+                              fleet_file or str(pathlib.Path(run_dir).resolve()))
+        if record is not None:
+            found.append(record)
+    return found
+
+
+def _from_marker(pid: int, environ: list[bytes], run_mark: bytes, fleet_mark: str) -> ProcessRecord | None:
+    variables = dict(item.decode("utf-8", "replace").partition("=")[::2] for item in environ if b"=" in item)
+    if run_mark not in environ or variables.get(MARK_FLEET_FILE) != fleet_mark:
+        return None  # another fleet file's process that happens to share the run dir
+    fields = _stat_fields(pid)
+    # Engine workers inherit the marker; only the session leader fleetspec spawned is the "container".
+    if fields is None or fields[0] in ("Z", "X") or fields[3] != str(pid):
+        return None
+    try:
+        identity = json.loads(variables.get(MARK_PROCESS, ""))
+        return ProcessRecord(
+            id=identity["id"], name=identity["name"], pid=pid, proc_start=int(fields[19]),
+            argv=list(identity["argv"]), labels=dict(identity["labels"]), ports=list(identity["ports"]),
+            gpu_ids=list(identity["gpu_ids"]), cwd=os.readlink(_PROC / str(pid) / "cwd"), log_offset=0,
+            created_at=identity["created_at"], started_at=identity["created_at"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _shown(path: pathlib.Path) -> str:
+    """A path as short as it can be while still meaning the same file from the user's shell."""
+    try:
+        return str(path.resolve().relative_to(pathlib.Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def child_env(spec: desired.ContainerSpec) -> dict[str, str]:
@@ -326,35 +435,17 @@ def _check_ports_free(name: str, ports: list[dict]) -> None:
                 ) from None
 
 
-def _read_record(path: pathlib.Path) -> ProcessRecord | None:
-    try:
-        return ProcessRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None  # gone, or not written by fleetspec (its records are written atomically): not ours
-
-
 def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from field 3 (state) on; None when there is no such process."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()  # field 2 (comm) may hold spaces and parentheses
+    return procs.stat_fields(pid)
 
 
 def _start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None  # field 22
+    return procs.start_time(pid)
 
 
 def _leader(record: ProcessRecord) -> str:
     """ALIVE: our process runs; DEAD: it is gone (or a zombie); REUSED: its pid is someone else's now."""
-    fields = _stat_fields(record.pid)
-    if fields is None:
-        return DEAD
-    if record.proc_start is not None and int(fields[19]) != record.proc_start:
-        return REUSED
-    return DEAD if fields[0] in ("Z", "X") else ALIVE
+    return procs.leader(record.pid, record.proc_start)
 
 
 def _group_alive(pgid: int) -> bool:

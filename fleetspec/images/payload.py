@@ -8,6 +8,7 @@ versions the tests run. That works because the base image's python3 has the same
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -138,16 +139,37 @@ def _package_files() -> dict[str, tuple[bytes, bool]]:
 
 
 def _distribution_files(dist: importlib.metadata.Distribution) -> dict[str, tuple[bytes, bool]]:
+    """A distribution's files as the image gets them: the same bytes whichever virtualenv or clone
+    path they were installed into, so the image's cache key (`inputs_hash`) is the same too."""
     files = {}
     for entry in dist.files or []:
         parts = entry.parts
         # Console scripts live outside site-packages ("../../bin"); bytecode is rebuilt in the image.
         if parts[0] == ".." or "__pycache__" in parts or entry.suffix == ".pyc":
             continue
+        if entry.name in _INSTALL_RECORDS and len(parts) == 2 and parts[0].endswith(".dist-info"):
+            continue  # where pip fetched the wheel from (a file:// URL, a temp dir): not the package
         path = pathlib.Path(dist.locate_file(entry))
         if path.is_file():
-            files[f"site-packages/{entry.as_posix()}"] = (path.read_bytes(), False)
+            content = path.read_bytes()
+            if entry.name == "RECORD" and len(parts) == 2 and parts[0].endswith(".dist-info"):
+                content = _portable_record(content)
+            files[f"site-packages/{entry.as_posix()}"] = (content, False)
     return files
+
+
+_INSTALL_RECORDS = ("direct_url.json",)
+
+
+def _portable_record(content: bytes) -> bytes:
+    """RECORD without the rows of files the image does not get: console scripts ("../../../bin/x",
+    whose hash covers a `#!` line naming this virtualenv's python) and bytecode. Rows are CSV."""
+    kept = io.StringIO()
+    writer = csv.writer(kept, lineterminator="\n")
+    for row in csv.reader(io.StringIO(content.decode("utf-8", "replace"))):
+        if row and not row[0].startswith("../") and "__pycache__/" not in row[0] and not row[0].endswith(".pyc"):
+            writer.writerow(row)
+    return kept.getvalue().encode()
 
 
 def _check_python() -> None:

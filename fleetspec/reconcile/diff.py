@@ -6,7 +6,8 @@ What decides what:
   (the old spec, when the state file has it, explains which fields changed);
 - adapters are never part of the hash: on a live, answering engine the difference between desired
   and loaded served names becomes loads and unloads; an engine that does not answer yet gets every
-  desired adapter planned (apply loads idempotently once it is healthy);
+  desired adapter planned (apply loads idempotently once it is healthy); on-demand adapters
+  (`preload: false`) are allowed, not required: neither loaded nor unloaded while declared;
 - fleet containers that no desired slot explains (a removed server, a scaled-down replica, a
   duplicate left by a crash) → remove.
 """
@@ -17,6 +18,7 @@ import datetime
 import re
 
 from fleetspec.compile import desired as desired_mod
+from fleetspec.drivers import base
 from fleetspec.reconcile import observed as observed_mod
 from fleetspec.reconcile import plan
 from fleetspec.reconcile.plan import Action, Kind
@@ -56,15 +58,15 @@ def diff(
 def _server_action(key, target, replica, current, last) -> Action | None:
     spec_hash = replica.container.spec_hash()
     if current is None:
-        return Action(Kind.CREATE, target, "no container runs for this replica", server=key[0], replica=key[1])
+        noun = base.runtime_noun(replica.container.image)
+        return Action(Kind.CREATE, target, f"no {noun} runs for this replica", server=key[0], replica=key[1])
     container = current.container
     if container.spec_hash != spec_hash:
         changes = describe_changes(last, replica.container) if last is not None else ()
         return Action(Kind.REPLACE, target, "its configuration changed", server=key[0], replica=key[1],
                       container_id=container.id, changes=changes)
     if not container.running:
-        code = f" with code {container.exit_code}" if container.exit_code is not None else ""
-        return Action(Kind.REPLACE, target, f"its container is {container.status}{code}",
+        return Action(Kind.REPLACE, target, f"its {_not_running(container)}",
                       server=key[0], replica=key[1], container_id=container.id)
     return None
 
@@ -97,6 +99,15 @@ def _instant(text: str | None) -> datetime.datetime | None:
     return instant if instant.tzinfo else instant.replace(tzinfo=datetime.UTC)
 
 
+def adapter_actions(replica: desired_mod.DesiredReplica, loaded: dict[str, str]) -> tuple[Action, ...]:
+    """Loads, then unloads, that bring one live engine from `loaded` to the replica's adapters: the
+    part of `diff` an engine's own agent runs (`fleetspec agent`, one pod on Kubernetes)."""
+    key = (replica.server, replica.replica)
+    target = f"{key[0]}/{key[1]}"
+    actions = _loads(key, target, replica, loaded, "declared in the adapter set") + _unloads(key, target, replica, loaded)
+    return plan.ordered(actions)
+
+
 def _loads(key, target, replica, loaded: dict[str, str], reason: str) -> list[Action]:
     actions = []
     for name, path in replica.adapters.items():
@@ -108,11 +119,14 @@ def _loads(key, target, replica, loaded: dict[str, str], reason: str) -> list[Ac
 
 
 def _unloads(key, target, replica, loaded: dict[str, str]) -> list[Action]:
+    """Loaded adapters the file no longer declares. On-demand ones (`preload: false`) stay: the router
+    loaded them for traffic and vLLM's LRU evicts them. The path loaded is kept on the action: it is
+    what the router falls back to if the successor fails to load."""
     return [
         Action(Kind.UNLOAD_ADAPTER, target, "no longer declared for this server", server=key[0], replica=key[1],
-               adapter=name)
+               adapter=name, path=loaded[name])
         for name in sorted(loaded)
-        if name not in replica.adapters
+        if name not in replica.adapters and name not in replica.on_demand
     ]
 
 
@@ -126,11 +140,19 @@ def _removals(want, have) -> list[Action]:
             actions.append(Action(Kind.REMOVE, f"{key[0]}/{key[1]}", reason, server=key[0], replica=key[1],
                                   container_id=current.container.id))
     for stray in have.strays:
-        actions.append(Action(Kind.REMOVE, stray.name, "a leftover container of this fleet that no replica explains",
+        actions.append(Action(Kind.REMOVE, stray.name, f"a leftover {stray.noun} of this fleet that no replica explains",
                               container_id=stray.id))
     if want.router is None and have.router is not None:
         actions.append(Action(Kind.REMOVE, have.router.name, "the router is disabled", container_id=have.router.id))
     return actions
+
+
+def _not_running(container) -> str:
+    """"process exited with code 1", "container is paused": the runtime's own noun and status."""
+    if container.status == "exited":
+        code = f" with code {container.exit_code}" if container.exit_code is not None else ""
+        return f"{container.noun} exited{code}"
+    return f"{container.noun} is {container.status}"
 
 
 def _router_changed(want, have) -> bool:
@@ -141,9 +163,9 @@ def _router_reason(want, have) -> str | None:
     if have.router is None:
         return "no router runs yet"
     if not have.router.running:
-        return f"the router container is {have.router.status}"
+        return f"the router {_not_running(have.router)}"
     if have.router.spec_hash != want.router.spec_hash():
-        return "the router's container settings changed"
+        return f"the router's {have.router.noun} settings changed"
     if have.router_config_hash != want.router_config_hash():
         return "routes, versions or upstreams changed"
     return None

@@ -42,7 +42,7 @@ class Action:
     server: str | None = None
     replica: int | None = None
     adapter: str | None = None  # served adapter name for load/unload
-    path: str | None = None  # adapter path for loads
+    path: str | None = None  # adapter path for loads; for unloads, the path it was loaded from
     container_id: str | None = None  # for replace/remove of an observed container
     changes: tuple[str, ...] = ()  # human lines: "--max-model-len 4096 → 8192"
 
@@ -104,6 +104,37 @@ class ReconcilePlan:
 
 
 def ordered(actions: list[Action]) -> tuple[Action, ...]:
-    """Actions in execution order; stable within a kind (servers and replicas in spec order)."""
+    """Actions in execution order; stable within a kind (servers and replicas in spec order).
+
+    A created or replaced replica's adapter loads follow it at once, before the next replica is
+    touched: a rolling replace then never has two replicas of a server without their adapters."""
     rank = {kind: i for i, kind in enumerate(ORDER)}
-    return tuple(sorted(actions, key=lambda a: rank[a.kind]))
+    by_kind = sorted(actions, key=lambda a: rank[a.kind])
+    restarted = {a.target for a in by_kind if a.kind in (Kind.CREATE, Kind.REPLACE)}
+    follow: dict[str, list[Action]] = {}
+    for action in by_kind:
+        if action.kind is Kind.LOAD_ADAPTER and action.target in restarted:
+            follow.setdefault(action.target, []).append(action)
+    out: list[Action] = []
+    for action in by_kind:
+        if action.kind is Kind.LOAD_ADAPTER and action.target in restarted:
+            continue
+        out.append(action)
+        if action.kind in (Kind.CREATE, Kind.REPLACE):
+            out.extend(follow.pop(action.target, ()))
+    return tuple(out)
+
+
+def replica_steps(actions: tuple[Action, ...]) -> list[tuple[Action, ...]]:
+    """The plan cut into steps: a created or replaced replica with the loads that follow it, or a
+    run of other actions. Apply drains, replaces and reloads one step at a time."""
+    steps: list[list[Action]] = []
+    for action in actions:
+        starts = action.kind in (Kind.CREATE, Kind.REPLACE)
+        joins_replica = (action.kind is Kind.LOAD_ADAPTER and steps and steps[-1][0].kind in (Kind.CREATE, Kind.REPLACE)
+                         and steps[-1][0].target == action.target)
+        if joins_replica or (steps and not starts and steps[-1][0].kind not in (Kind.CREATE, Kind.REPLACE)):
+            steps[-1].append(action)
+        else:
+            steps.append([action])
+    return [tuple(step) for step in steps]

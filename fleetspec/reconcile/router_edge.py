@@ -17,19 +17,15 @@ import urllib.request
 from fleetspec import errors
 from fleetspec.compile import deploy, desired
 from fleetspec.drivers import files
+from fleetspec.reconcile import fastpath
+from fleetspec.routing import config as router_config
 
 
 def router_url(spec) -> str:
     return f"http://{desired.reachable_host(spec)}:{spec.runtime.router.port}"
 
 
-def router_config_hash(url: str) -> str | None:
-    """The hash of the config the running router serves (its /health says), or None."""
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:  # noqa: S310 - our own router
-            return json.loads(response.read()).get("config_hash")
-    except (OSError, ValueError):
-        return None
+router_config_hash = fastpath.router_config_hash  # one way to ask, shared with the fast path
 
 
 def router_drift(spec) -> list[str]:
@@ -54,20 +50,22 @@ def router_drift(spec) -> list[str]:
         return []  # no router answering: the plan already says it will start one
     found = [f"the router maps cluster {c['cluster']} to {c['specialist']} at runtime (fleet.yaml says "
              f"{c.get('declared') or 'nothing'}); put it in the fleet file or clear it (POST /admin/clusters/clear)"
-             for c in state_.get("clusters", [])]
+             for c in state_.get("clusters", []) if c.get("specialist") != c.get("declared")]
+    # (An override that maps a cluster where the file maps it too changes no route: not drift.)
     found += [f"the router warmed {w['served_name']} on {w['server']}/{w['replica']} at runtime; "
               "the next apply unloads it unless the fleet file declares it" for w in state_.get("warmed", [])]
     return found
 
 
-def update_router(driver, prepared, progress=lambda _: None) -> str:
-    """Write the router's config, (re)start the router if its container changed, and wait until it
-    serves the new config. The router re-reads its file itself: routes move without a restart."""
-    from fleetspec.routing import config as router_config
+def update_router(driver, prepared, progress=lambda _: None, document=None) -> str:
+    """Write the router's config (`document`, by default the desired one), (re)start the router if
+    its container changed, and wait until it serves that config. The router re-reads its file
+    itself: routes move without a restart."""
 
     spec, want = prepared.fleet.spec, prepared.desired
-    config_path = pathlib.Path(want.router.argv[want.router.argv.index("--config") + 1])
-    files.write_atomic(config_path, router_config.dumps(want.router_config))
+    document = want.router_config if document is None else document
+    config_path = _config_path(want)
+    files.write_atomic(config_path, router_config.dumps(document))
     current = [c for c in driver.observe(spec.name) if c.role == "router"]
     fresh = [c for c in current if c.running and c.spec_hash == want.router.spec_hash()]
     if not fresh:
@@ -75,11 +73,86 @@ def update_router(driver, prepared, progress=lambda _: None) -> str:
             driver.remove(old.id)
         progress("Starting the router")
         driver.wait_running(driver.create(want.router), timeout_s=30.0)
-    expected, url = want.router_config_hash(), router_url(spec)
-    deadline = time.monotonic() + 15.0
+    expected, url = router_config.config_hash(document), router_url(spec)
+    _wait_for_config(url, expected, config_path)
+    return f"router serves config {expected[:12]} at {url}" + ("" if fresh else " (started)")
+
+
+def _config_path(want) -> pathlib.Path:
+    return pathlib.Path(want.router.argv[want.router.argv.index("--config") + 1])
+
+
+def _wait_for_config(url: str, expected: str, config_path: pathlib.Path, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
     while router_config_hash(url) != expected:
         if time.monotonic() > deadline:
-            raise errors.TemporaryError(f"the router at {url} did not pick up its new config within 15 s; "
+            raise errors.TemporaryError(f"the router at {url} did not pick up its new config within {seconds:.0f} s; "
                                         f"its config file is {config_path}")
         time.sleep(0.05)
-    return f"router serves config {expected[:12]} at {url}" + ("" if fresh else " (started)")
+
+
+DRAIN_TIMEOUT_S = 30.0  # longest a replica's requests in flight may hold up its replacement
+
+
+class RouterLink:
+    """What apply asks of a running router besides a new config: stop sending to a replica before it
+    is replaced (drain), send to it again once it serves its adapters, and move specialists to new
+    versions only where those loaded (the rest stay on the version that still serves).
+
+    Drain and undrain edit the config the router serves now (the file on disk), not the desired
+    one: mid-apply, upstreams and versions must stay what they were until the router update step."""
+
+    def __init__(self, driver, prepared, progress=lambda _: None, drain_timeout_s: float = DRAIN_TIMEOUT_S):
+        self.driver, self.prepared, self.progress = driver, prepared, progress
+        self.drain_timeout_s = drain_timeout_s
+        self.url = router_url(prepared.fleet.spec)
+
+    def update(self, held_back: dict[str, tuple[str, str]] | None = None) -> str:
+        """Publish the desired config, with each held-back specialist kept on (version, path)."""
+        document = self.prepared.desired.router_config
+        if held_back:
+            document = router_config.with_versions(document, held_back)
+        return update_router(self.driver, self.prepared, self.progress, document)
+
+    def drain(self, server: str, replica: int) -> bool:
+        """Ask the running router to stop choosing this replica and wait (bounded) for its requests
+        in flight to finish. False when no router serves yet: there is nothing to drain."""
+        if not self._set_draining(server, replica, True):
+            return False
+        self.progress(f"Draining {server}/{replica}: the router sends new requests to the other replicas")
+        deadline = time.monotonic() + self.drain_timeout_s
+        while time.monotonic() < deadline and _inflight(self.url, server, replica):
+            time.sleep(0.05)
+        return True
+
+    def undrain(self, server: str, replica: int) -> None:
+        self._set_draining(server, replica, False)
+
+    def _set_draining(self, server: str, replica: int, draining: bool) -> bool:
+        want = self.prepared.desired
+        if want.router is None or router_config_hash(self.url) is None:
+            return False
+        path = _config_path(want)
+        try:
+            served = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        changed = router_config.with_draining(served, server, replica, draining)
+        if changed is None:
+            return False  # the running config does not list this replica: the router never sends to it
+        files.write_atomic(path, router_config.dumps(changed))
+        _wait_for_config(self.url, router_config.config_hash(changed), path)
+        return True
+
+
+def _inflight(url: str, server: str, replica: int) -> int:
+    """Requests the router has in flight on one replica (its /health lists them), 0 when unknown."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:  # noqa: S310 - our own router
+            health = json.loads(response.read())
+    except (OSError, ValueError):
+        return 0
+    for row in health.get("replicas", []):
+        if row.get("server") == server and row.get("replica") == replica:
+            return int(row.get("inflight") or 0)
+    return 0

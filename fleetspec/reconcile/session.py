@@ -34,6 +34,7 @@ class Prepared:
     memory: report.FleetPlan
     desired: desired.DesiredState
     warnings: tuple[Diagnostic, ...]
+    overrides: str = ""  # command-line overrides in effect (`spec.overrides`), as typed; "" for none
 
     @property
     def file(self) -> pathlib.Path:
@@ -206,7 +207,7 @@ def apply(prepared: Prepared, driver, reconcile_plan: plan_mod.ReconcilePlan, pr
             _ensure_images(prepared, progress)  # only new containers need it; adapter changes stay fast
         applier = apply_mod.Applier(driver, prepared.desired, apply_mod.Settings(host=probe_host(spec), api_key=engine_api_key(spec)),
                                     progress=progress,
-                                    router_updater=lambda _want: router_edge.update_router(driver, prepared, progress))
+                                    router=router_edge.RouterLink(driver, prepared, progress), spec=spec)
         result = applier.run(reconcile_plan)
         fleet_state = state.load(prepared.file, spec.name)
         for name in sorted({a for r in prepared.desired.replicas.values() for a in r.adapters}):
@@ -300,19 +301,27 @@ def referenced_files(fleet: loading.LoadedFleet) -> list[str]:
 
 
 def converged(prepared: Prepared, driver, have: observed.ObservedState | None = None) -> bool:
-    """Whether the live fleet matches the file now; on Docker, also remember it for `fastpath`."""
-    from fleetspec.reconcile import fastpath
+    """Whether the live fleet matches the file now (`convergence.differences`, the definition the
+    fast path uses too); when it does, remember it so the next no-op apply takes the fast path."""
+    from fleetspec.reconcile import convergence, fastpath
 
     spec = prepared.fleet.spec
     have = have or observe(driver, spec)
-    if diff.diff(prepared.desired, have).has_changes or have.strays:
+    wanted = convergence.wanted_of(prepared.desired)
+    if convergence.differences(wanted, convergence.seen_of(have)):
         fastpath.forget(prepared.file)
         return False
-    if spec.runtime.target == "docker":
-        containers = [{"id": r.container.id, "port": r.container.host_port, "adapters": r.adapters or {}}
-                      for _, r in sorted(have.replicas.items())]
+    if prepared.overrides:
+        fastpath.forget(prepared.file)  # a record means the file as written: a plain apply must not match this
+    elif spec.runtime.target in ("docker", "local"):
         key_variable = models.SECRET_ONLY.fullmatch(spec.runtime.engine_api_key) if spec.runtime.engine_api_key else None
-        fastpath.write_record(prepared.file, spec.name, referenced_files(prepared.fleet), probe_host(spec),
-                              containers, have.router.id if have.router else None,
-                              key_variable.group(1) if key_variable else None)
+        from fleetspec import drivers
+
+        runtime = fastpath.Runtime(
+            spec.runtime.target, probe_host(spec),
+            run_dir=str(drivers.run_dir(prepared.file, spec.name).resolve()) if spec.runtime.target == "local" else None,
+            router_url=router_edge.router_url(spec) if have.router is not None else None,
+            key_variable=key_variable.group(1) if key_variable else None)
+        ports = {r.container.id: r.container.host_port for r in have.replicas.values() if r.container.host_port}
+        fastpath.write_record(prepared.file, spec.name, referenced_files(prepared.fleet), runtime, wanted, ports)
     return True

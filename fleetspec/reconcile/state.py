@@ -21,6 +21,7 @@ import pathlib
 import socket
 
 from fleetspec import errors
+from fleetspec.compile import desired
 from fleetspec.drivers import files
 
 STATE_VERSION = 1
@@ -59,21 +60,115 @@ def state_path(fleet_file: pathlib.Path, fleet_name: str) -> pathlib.Path:
 
 
 def load(fleet_file: pathlib.Path, fleet_name: str) -> FleetState:
+    """The fleet's state; a fresh one when there is no file yet. Raises DamagedState, naming the
+    file, what it holds instead and how to recover, for anything fleetspec did not write."""
     path = state_path(fleet_file, fleet_name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return FleetState(fleet_name)
-    except (OSError, ValueError) as exc:
-        raise errors.PermanentError(
-            f"the state file {path} is unreadable ({exc}); move it aside and run apply again: "
-            "fleetspec re-observes the fleet, only adapter ids and rollback history are lost"
-        ) from None
-    if data.get("version") != STATE_VERSION:
-        raise errors.PermanentError(f"the state file {path} has version {data.get('version')}; "
-                                    f"this fleetspec reads version {STATE_VERSION}")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedState(path, fleet_file, f"is not readable JSON ({exc})") from None
+    problem = _shape_problem(data, fleet_name)
+    if problem is not None:
+        raise DamagedState(path, fleet_file, problem)
     fields = {f.name for f in dataclasses.fields(FleetState)}
     return FleetState(**{k: v for k, v in data.items() if k in fields})
+
+
+class DamagedState(errors.PermanentError):
+    """The state file exists but is not what fleetspec writes (hand-edited, truncated, another tool)."""
+
+    def __init__(self, path: pathlib.Path, fleet_file: pathlib.Path, problem: str):
+        self.path = path
+        super().__init__(
+            f"The state file {path} {problem}. It should hold the adapter ids fleetspec has handed out "
+            "and the last applied fleet file (for `fleetspec rollback`). To recover, run "
+            f"`fleetspec apply {fleet_file} --rebuild-state`: fleetspec moves the damaged file aside and "
+            f"rebuilds the state from what runs. {REBUILD_LOSES}"
+        )
+
+
+REBUILD_LOSES = ("A rebuild loses what cannot be observed again: the ids handed to adapter versions "
+                 "before it (so it cannot promise an old id is never given out again) and the rollback "
+                 "history (`fleetspec rollback` has nothing to return to until a changed file is applied).")
+
+
+def rebuild(fleet_file: pathlib.Path, fleet_name: str) -> tuple[FleetState, pathlib.Path | None]:
+    """A fresh state for a fleet whose state file is damaged or lost; the damaged file, if any, is
+    moved aside (never deleted: it may still hold the history someone wants to read by hand).
+    Returns (state, where the old file went). The caller saves the state after its apply."""
+    path = state_path(fleet_file, fleet_name)
+    if not path.exists():
+        return FleetState(fleet_name), None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    os.replace(path, aside)
+    return FleetState(fleet_name), aside
+
+
+def _shape_problem(data: object, fleet_name: str) -> str | None:
+    """What is wrong with a parsed state file, as the end of a sentence; None when it is sound."""
+    if not isinstance(data, dict):
+        return f"holds {_kind(data)} instead of fleetspec's state (a JSON object)"
+    if data.get("version") != STATE_VERSION:
+        return (f"has version {data.get('version')!r}; this fleetspec reads version {STATE_VERSION} "
+                "(it was written by another fleetspec release, or edited)")
+    if data.get("fleet", fleet_name) != fleet_name:
+        return f"belongs to fleet {data.get('fleet')!r}, not {fleet_name!r}"
+    expected = {"next_lora_id": (int,), "lora_ids": (dict,), "containers": (dict,), "last_applied_text": (str, None),
+                "previous_applied_text": (str, None), "last_applied_at": (str, None)}
+    for key, kinds in expected.items():
+        if key in data and not _is(data[key], kinds):
+            return f"has {_kind(data[key])} for {key!r}, where fleetspec writes {' or '.join(_NAMES[k] for k in kinds)}"
+    ids = data.get("lora_ids", {})
+    bad = next((name for name, value in ids.items() if not _is(value, (int,)) or value < 1), None)
+    if bad is not None:
+        return f"has {_kind(ids[bad])} as the adapter id of {bad!r}, where fleetspec writes a positive integer"
+    if ids and data.get("next_lora_id", 1) <= max(ids.values()):
+        return (f"says the next adapter id is {data.get('next_lora_id', 1)}, but {max(ids.values())} is already "
+                "handed out (ids must never be reused)")
+    bad = next((key for key, value in data.get("containers", {}).items() if not _container_ok(key, value)), None)
+    if bad is not None:
+        return f"has a garbled container record for {bad!r}"
+    return None
+
+
+_NAMES = {int: "an integer", dict: "an object", str: "a string", None: "null", list: "a list"}
+
+
+def _is(value: object, kinds: tuple) -> bool:
+    if value is None:
+        return None in kinds
+    if isinstance(value, bool):  # JSON true is no integer
+        return False
+    return any(k is not None and isinstance(value, k) for k in kinds)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, list):
+        return f"a JSON list of {len(value)} item{'s' * (len(value) != 1)}" if value else "an empty JSON list"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return "a JSON object"
+
+
+def _container_ok(key: str, value: object) -> bool:
+    """A "server/replica" → ContainerSpec JSON entry that `session.last_applied_containers` can read."""
+    server, _, replica = key.rpartition("/")
+    if not server or not replica.isdigit() or not isinstance(value, dict):
+        return False
+    try:
+        desired.ContainerSpec.from_json(value)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return False
+    return True
 
 
 def save(fleet_file: pathlib.Path, state: FleetState) -> pathlib.Path:

@@ -17,13 +17,12 @@ import asyncio
 import collections
 import dataclasses
 import hmac
-import json
 import time
 import urllib.parse
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import httpio, runtime_state
+from fleetspec.router import gaplog, httpio, httpjson, httplimits, resp, runtime_state
 from fleetspec.routing import table
 
 
@@ -111,7 +110,9 @@ def _params(request: httpio.Request):
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type == "application/json" or request.body.lstrip()[:1] in (b"{", b"["):
         try:
-            return json.loads(request.body)
+            return httpjson.loads(request.body, httplimits.Limits.max_json_depth)
+        except httpjson.TooDeep as exc:
+            raise AdminError(400, str(exc)) from None
         except ValueError:
             if content_type == "application/json":
                 raise AdminError(400, "the body is not valid JSON") from None
@@ -225,6 +226,22 @@ async def _stats(router, request) -> tuple[int, dict]:
     return 200, out
 
 
+async def _gaps(router, request) -> tuple[int, dict]:
+    """Seed 001's routing gaps, newest first (`?limit=N`, default 100)."""
+    raw = request.query.get("limit", "100")
+    if not str(raw).isdigit() or not 1 <= int(raw) <= gaplog.READ_LIMIT:
+        raise AdminError(400, f"limit must be a whole number from 1 to {gaplog.READ_LIMIT}")
+    gap_log = gaplog.for_router(router)
+    if gap_log is None:
+        raise AdminError(409, "the routing-gap log is off for this fleet: set routing.gap_log.enabled: true")
+    try:
+        entries = await gap_log.read(int(raw))
+    except (resp.Unavailable, resp.RedisError) as exc:
+        raise AdminError(503, f"the routing-gap stream in Redis cannot be read now ({exc}); retry once Redis answers") from None
+    return 200, {"store": gap_log.settings.store, "where": gap_log.sink.where, "count": len(entries),
+                 "gaps": entries}
+
+
 async def _reload(router, request) -> tuple[int, dict]:
     ok, message = await router.reload(force=True)
     return (200 if ok else 500), {"reloaded": ok, "message": message, "config_hash": router.config.hash}
@@ -323,5 +340,6 @@ ROUTES = {
     ("POST", "/admin/ensemble/cache/warm"): _warm,
     ("POST", "/admin/cache/clear"): _clear_cache,
     ("POST", "/admin/ensemble/cache/clear"): _clear_cache,
+    ("GET", "/admin/gaps"): _gaps,
     ("POST", "/admin/reload"): _reload,
 }

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from fleetspec import errors
+from fleetspec.router import httplimits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 inside a container)")
     serve.add_argument("--port", type=int, help="port to listen on; runtime.router.port of the fleet by default")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    limits = serve.add_argument_group("limits", "bounds on clients and engines (fleetspec/router/httplimits.py)")
+    httplimits.Limits.add_arguments(limits)
     args = parser.parse_args(argv)
+    try:
+        bounds = httplimits.Limits.from_arguments(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s fleetspec.router: %(message)s")
     from fleetspec.router import server
 
-    router = server.Router(args.config)
+    router = server.Router(args.config, limits=bounds)
     try:
         router.load()
     except errors.FleetspecError as exc:

@@ -116,6 +116,14 @@ class RouterMetrics:
         self.upstream_errors = Counter("fleetspec_router_upstream_errors_total",
                                        "Failed exchanges with engines, by replica and kind.",
                                        ("server", "replica", "kind"))
+        self.refused = Counter("fleetspec_router_refused_total",
+                               "Client requests answered with an error before they reached routing (malformed, "
+                               "too large, too slow, router full), by status or reason.", ("reason",))
+        self.connections = Counter("fleetspec_router_client_connections",
+                                   "Client connections open now.", (), kind="gauge")
+        self.body_bytes = Counter("fleetspec_router_inflight_body_bytes",
+                                  "Request-body bytes held by requests in flight (bounded by "
+                                  "--max-inflight-body-bytes).", (), kind="gauge")
         self.upstream_up = Counter("fleetspec_router_upstream_healthy",
                                    "1 when the engine replica answered its last health check.",
                                    ("server", "replica", "url"), kind="gauge")
@@ -129,6 +137,21 @@ class RouterMetrics:
                                       "because the config does not allow them.", ("status",), kind="gauge")
         self.state_syncs = Counter("fleetspec_router_runtime_state_syncs_total",
                                    "Reads of the shared runtime state (Redis), by result.", ("result",))
+        self.gaps = Counter("fleetspec_router_routing_gaps_total",
+                            "Prompts no routing rule matched, by what became of their routing-gap log entry: "
+                            "recorded, queue-full (dropped: the writer fell behind) or write-failed.", ("result",))
+        # Seed 000's names, so its dashboards and its alert query keep working unchanged:
+        # rate(ensemble_miss_total[5m]) / rate(swarm_router_requests_total[5m]). Derived, at render
+        # time, from fleetspec's own counters above.
+        self.ensemble_misses = Counter("ensemble_miss_total",
+                                       "Seed 000's name: prompts no specialist took (the sum of "
+                                       "fleetspec_router_fallbacks_total over reasons).")
+        self.ensemble_requests = Counter("swarm_router_requests_total",
+                                         "Seed 000's name: requests answered (the sum of "
+                                         "fleetspec_router_requests_total).")
+        self.ensemble_miss_rate = Counter("ensemble_miss_rate",
+                                          "Seed 000's name: ensemble_miss_total / swarm_router_requests_total since "
+                                          "the router started (its target: < 0.10).", (), kind="gauge")
 
     def runtime_state(self, health: dict, active: int, ignored: int, syncs: dict | None) -> None:
         """Copy the runtime store's standing into the gauges, just before they are rendered."""
@@ -139,7 +162,17 @@ class RouterMetrics:
         for result, count in (syncs or {}).items():
             self.state_syncs.set(result, value=count)
 
+    def _ensemble(self) -> None:
+        misses, requests = sum(self.fallbacks.values.values()), sum(self.requests.values.values())
+        self.ensemble_misses.set(value=misses)
+        self.ensemble_requests.set(value=requests)
+        self.ensemble_miss_rate.values.clear()
+        if requests:  # no series before the first request: a rate of nothing is not 0
+            self.ensemble_miss_rate.set(value=round(min(1.0, misses / requests), 6))
+
     def render(self) -> str:
+        self._ensemble()
         families = (self.requests, self.latency, self.fallbacks, self.decisions, self.embeddings, self.upstream_errors,
-                    self.upstream_up, self.reloads, self.state_up, self.state_mappings, self.state_syncs)
+                    self.refused, self.connections, self.body_bytes, self.upstream_up, self.reloads, self.state_up, self.state_mappings, self.state_syncs,
+                    self.gaps, self.ensemble_misses, self.ensemble_requests, self.ensemble_miss_rate)
         return "\n".join(line for family in families for line in family.render()) + "\n"

@@ -195,7 +195,7 @@ class RedisState(MemoryState):
         except Unavailable:
             self.syncs["error"] += 1
             raise
-        overrides, malformed = _decode(raw or [])
+        overrides, malformed = self.decode(raw or [])
         self.syncs["ok"] += 1
         self.synced_at = time.time()
         if malformed != self.malformed and malformed:
@@ -218,7 +218,7 @@ class RedisState(MemoryState):
                 overrides = {}
             else:
                 entries = change["set"]
-                found, malformed = _decode([x.encode() for kv in entries.items() for x in kv])
+                found, malformed = self.decode([x.encode() for kv in entries.items() for x in kv])
                 if malformed:
                     return False
                 overrides = {**self.overrides, **found}
@@ -232,7 +232,7 @@ class RedisState(MemoryState):
     # -- writing ------------------------------------------------------------------------------------
 
     async def set_overrides(self, items: Iterable[ClusterOverride]) -> None:
-        entries = {_field(o): _value(o) for o in items}
+        entries = self.encode(items)
         fields = [x for kv in entries.items() for x in kv]
         await self._write([("HSET", self.hash_key, *fields),
                            ("PUBLISH", self.channel, json.dumps({"set": entries}, sort_keys=True))])
@@ -245,11 +245,19 @@ class RedisState(MemoryState):
         self._apply([b"message", self.channel.encode(), json.dumps({"clear": True})])
         return int(count)
 
+    def encode(self, items: Iterable[ClusterOverride]) -> dict[str, str]:
+        """Hash fields and values for these mappings: fleetspec's layout (seed 000's: `redis_compat`)."""
+        return {_field(o): _value(o) for o in items}
+
+    def decode(self, flat: list) -> tuple[dict[tuple[int, str], ClusterOverride], list[str]]:
+        return _decode(flat)
+
     async def _write(self, commands: list[tuple]) -> list:
         """Run commands as one MULTI/EXEC transaction; their replies, or Unavailable."""
         replies = await self._pipeline([("MULTI",), *commands, ("EXEC",)])
         results = replies[-1]
-        error = next((r for r in [*replies, *(results or ())] if isinstance(r, resp.RedisError)), None)
+        error = next((r for r in [*replies, *(results if isinstance(results, list) else ())]
+                      if isinstance(r, resp.RedisError)), None)
         if error is not None or not isinstance(results, list):
             raise Unavailable(f"Redis at {self.address.display()} refused the change: {error or 'transaction aborted'}")
         return results
@@ -326,13 +334,20 @@ def _decode(flat: list) -> tuple[dict[tuple[int, str], ClusterOverride], list[st
     return found, malformed
 
 
-def for_config(address: redis_url.Address | None, fleet: str, resync_seconds: float = RESYNC_SECONDS) -> MemoryState:
-    """The store a router config asks for: Redis at `address`, or this process's memory."""
+def for_config(address: redis_url.Address | None, fleet: str, resync_seconds: float = RESYNC_SECONDS,
+               plain_map=None) -> MemoryState:
+    """The store a router config asks for: Redis at `address` (in seed 000's layout with a
+    `redis_compat.PlainMap`), or this process's memory."""
+    if address is not None and plain_map is not None:
+        from fleetspec.router import redis_compat
+
+        return redis_compat.PlainMapState(address, fleet, plain_map, resync_seconds)
     return MemoryState() if address is None else RedisState(address, fleet, resync_seconds)
 
 
-def same_store(state: MemoryState, address: redis_url.Address | None, fleet: str) -> bool:
+def same_store(state: MemoryState, address: redis_url.Address | None, fleet: str, plain_map=None) -> bool:
     """Whether a reloaded config still points at the store this router follows."""
     if address is None:
         return not isinstance(state, RedisState)
-    return isinstance(state, RedisState) and state.address == address and state.fleet == fleet
+    return (isinstance(state, RedisState) and state.address == address and state.fleet == fleet
+            and getattr(state, "plain_map", None) == plain_map)

@@ -18,21 +18,35 @@ import json
 import logging
 import os
 import pathlib
+import resource
 import time
 import urllib.parse
 from collections.abc import Mapping
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import admin, httpio, metrics, openai, runtime_state, upstreams
+from fleetspec.router import (
+    admin,
+    gaplog,
+    httpio,
+    httpjson,
+    httplimits,
+    metrics,
+    openai,
+    runtime_state,
+    upstreams,
+)
+from fleetspec.router import redis_compat as redis_layout
 from fleetspec.routing import config as config_mod
 from fleetspec.routing import table
 
 log = logging.getLogger("fleetspec.router")
 
 NO_HEALTHY_REPLICA = "no-healthy-replica"  # the chosen specialist's servers are all down
-WATCH_SECONDS = 0.5
-UPSTREAM_TIMEOUT = 600.0  # an engine may take minutes to finish a long non-streamed answer
+WATCH_SECONDS = 0.1  # one stat() of the config file; apply waits for it, so it bounds a route change
+LINGER_S = 1.0  # after an error answer, how long unread request bytes are drained so the client sees it
+LINGER_BYTES = 1024 * 1024
+SMALL_BODY = 256 * 1024  # engine answers up to this size (with a length) reach the client in one write
 EXTENSIONS_HEADER = "x-fleetspec-extensions"
 _HEADER_SAFE = " -_.@()[]/:+,"
 _CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
@@ -45,13 +59,72 @@ class _NotSent(Exception):
 class _BrokenBody(Exception):
     """The engine failed in the middle of an answer the client already started receiving."""
 
+    def __init__(self, message: str, kind: str = "broken-body"):
+        super().__init__(message)
+        self.kind = kind  # the upstream_errors label: broken-body, stalled
+
+
+class _NoAnswer(Exception):
+    """The engine had the request but gave no usable answer (closed, silent, garbled). The request
+    is not sent again: the engine may have acted on it. `status` goes to the client."""
+
+    def __init__(self, status: int, message: str, kind: str):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+class _Client:
+    """The writing side of one client connection, and what the request being answered needs of it:
+    HEAD answers carry no body, HTTP/1.0 keep-alive answers say so, and a client that stops reading
+    is dropped after the write timeout instead of holding an engine stream forever."""
+
+    __slots__ = ("writer", "write_timeout", "request", "must_close", "sent")
+
+    def __init__(self, writer: asyncio.StreamWriter, write_timeout: float):
+        self.writer, self.write_timeout = writer, write_timeout
+        self.request: httpio.Request | None = None
+        self.must_close = False  # set when an answer could only be framed by closing the connection
+        self.sent = False  # bytes of an answer to the current request went out
+
+    def write(self, data: bytes) -> None:
+        self.sent = True
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        if self.writer.transport.get_write_buffer_size() == 0 and not self.writer.is_closing():
+            return  # nothing queued: drain could not wait
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise ConnectionResetError(f"the client read nothing for {self.write_timeout:g} s") from None
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    def persistence(self, keep_alive: bool) -> list[tuple[str, str]]:
+        """The Connection header an answer needs: close, or keep-alive for an HTTP/1.0 client."""
+        if not keep_alive or self.must_close:
+            return [("Connection", "close")]
+        if self.request is not None and self.request.version < (1, 1):
+            return [("Connection", "keep-alive")]
+        return []
+
+    @property
+    def head_only(self) -> bool:
+        return self.request is not None and self.request.method == "HEAD"
+
 
 class Router:
-    def __init__(self, config_path: str | pathlib.Path, env: Mapping[str, str] | None = None):
+    def __init__(self, config_path: str | pathlib.Path, env: Mapping[str, str] | None = None,
+                 limits: httplimits.Limits | None = None):
         self.config_path = pathlib.Path(config_path)
         self.env = os.environ if env is None else env
+        self.limits = limits or httplimits.Limits()
+        self.budget = httplimits.BodyBudget(self.limits.max_inflight_body_bytes)
+        self.connections = 0  # client connections open now (bounded by limits.max_connections)
         self.metrics = metrics.RouterMetrics()
-        self.pool = httpio.Pool()
+        self.pool = httpio.Pool(connect_timeout=self.limits.upstream_connect_s)
         self.upstreams = upstreams.Upstreams(self.pool, on_health=self._health_changed)
         self.runtime: runtime_state.MemoryState = runtime_state.MemoryState()  # replaced by load()
         self.ignored: list[tuple[runtime_state.ClusterOverride, str]] = []  # mappings the config does not allow
@@ -75,7 +148,8 @@ class Router:
         """The first load: raises FleetspecError when the config is unusable."""
         self._stamp = self._file_stamp()
         fresh = config_mod.load(self.config_path, self.env)
-        self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds)
+        self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds,
+                                                 redis_layout.plain_map(fresh))
         self._install(fresh)
 
     async def reload(self, force: bool = False) -> tuple[bool, str]:
@@ -91,7 +165,7 @@ class Router:
             self.metrics.reloads.inc("error")
             log.error("keeping the running router config: %s", exc)
             return False, str(exc)
-        if not runtime_state.same_store(self.runtime, fresh.redis, fresh.spec.name):
+        if not runtime_state.same_store(self.runtime, fresh.redis, fresh.spec.name, redis_layout.plain_map(fresh)):
             await self._switch_store(fresh)
         self._install(fresh)
         self.metrics.reloads.inc("ok")
@@ -108,7 +182,8 @@ class Router:
     async def _switch_store(self, fresh: config_mod.RouterConfig) -> None:
         """The config now names another store (or none): follow that one from here on."""
         old = self.runtime
-        self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds)
+        self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds,
+                                                 redis_layout.plain_map(fresh))
         self.runtime.warmed = old.warmed
         await old.stop()
         if self._serving:
@@ -148,7 +223,9 @@ class Router:
             self.load()
         self._serving = True
         await asyncio.gather(self.upstreams.refresh(), self.runtime.start(self._runtime_changed))
-        server = await asyncio.start_server(self._connection, host, port, limit=httpio.MAX_HEAD_BYTES, backlog=1024)
+        _raise_file_limit(self.limits.max_connections)
+        server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
+                                            backlog=1024)
         tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._refresh_loop())]
         log.info("fleetspec router for fleet %s listening on http://%s:%d", self.config.spec.name, host, port)
         if ready is not None:
@@ -174,27 +251,59 @@ class Router:
             await self.upstreams.refresh()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer, self.limits.write_timeout_s)
+        counted = False
         try:
+            if self.connections >= self.limits.max_connections:
+                self.metrics.refused.inc("connections")
+                message = (f"The router has {self.connections} client connections open, its limit "
+                           "(--max-connections); retry shortly.")
+                await _send_json(client, 503, openai.error(503, message), keep_alive=False,
+                                 extra=[("Retry-After", str(self.limits.retry_after_s))])
+                await _linger(reader, writer)
+                return
+            self.connections += 1
+            counted = True
+            requests = httpio.RequestReader(reader, writer, self.limits, self.budget)
             while True:
+                client.request, client.sent = None, False
                 try:
-                    request = await httpio.read_request(reader, writer)
+                    request = await requests.next()
                 except httpio.ProtocolError as exc:
-                    await _send_json(writer, exc.status, openai.error(exc.status, str(exc)), keep_alive=False)
+                    self.metrics.refused.inc(str(exc.status))
+                    await _send_json(client, exc.status, openai.error(exc.status, str(exc)), keep_alive=False,
+                                     extra=exc.headers)
+                    await _linger(reader, writer)
                     return
                 if request is None:
                     return
-                if not await self._dispatch(request, writer) or not request.keep_alive:
+                client.request = request
+                try:
+                    keep = await self._dispatch(request, client)
+                finally:
+                    self.budget.release(request.held)
+                if not keep or not request.keep_alive or client.must_close:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, _BrokenBody):
             pass  # the client left, or the engine broke an answer already under way: drop the connection
         except asyncio.CancelledError:
             pass  # shutting down: asyncio's stream callback would log a cancelled handler as an error
+        except Exception as exc:  # a bug must cost one connection, never the router or a traceback per request
+            log.error("answering a client failed (%s: %s); its connection is closed", exc.__class__.__name__, exc)
+            log.debug("the failure in full", exc_info=True)
+            if not client.sent:
+                with contextlib.suppress(Exception):
+                    await _send_json(client, 500, openai.error(500, "The router failed to answer this request; "
+                                                                    "its log says why."), keep_alive=False)
         finally:
+            if counted:
+                self.connections -= 1
             writer.close()
 
-    async def _dispatch(self, request: httpio.Request, writer: asyncio.StreamWriter) -> bool:
+    async def _dispatch(self, request: httpio.Request, writer: _Client) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         path, keep = request.path, request.keep_alive
+        method = "GET" if request.method == "HEAD" else request.method  # HEAD: the GET answer without its body
         key = self.config.client_api_key
         if key is not None and path.startswith("/v1/") and not admin.authorized(key, request.headers.get("authorization")):
             return await _send_json(writer, 401, openai.error(401, "This router needs an API key: send "
@@ -206,21 +315,24 @@ class Router:
             status, body = await admin.handle(self, request)
             return await _send_json(writer, status, body, keep_alive=keep,
                                     extra=[("WWW-Authenticate", "Bearer")] if status == 401 else ())
-        if request.method == "GET" and path == "/v1/models":
+        if method == "GET" and path == "/v1/models":
             return await _send_json(writer, 200, self._models(), keep_alive=keep)
-        if request.method == "GET" and path == "/health":
+        if method == "GET" and path == "/health":
             healthy = sum(1 for r in self.upstreams.replicas.values() if r.healthy)
             # Still 200 when Redis is down: the router routes on with what it last read.
             return await _send_json(writer, 200, {"status": "ok", "fleet": self.config.spec.name,
                                                   "config_hash": self.config.hash, "healthy_upstreams": healthy,
                                                   "upstreams": len(self.upstreams.replicas),
                                                   "runtime_state": self.runtime.health()}, keep_alive=keep)
-        if request.method == "GET" and path == "/metrics":
+        if method == "GET" and path == "/metrics":
             self.metrics.runtime_state(self.runtime.health(), len(self.runtime.overrides) - len(self.ignored),
                                        len(self.ignored), getattr(self.runtime, "syncs", None))
+            self.metrics.connections.set(value=self.connections)
+            self.metrics.body_bytes.set(value=self.budget.held)
             data = self.metrics.render().encode()
-            writer.write(httpio.response_head(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-                                                    ("Content-Length", str(len(data)))]) + data)
+            head = httpio.response_head(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                                              ("Content-Length", str(len(data))), *writer.persistence(keep)])
+            writer.write(head if writer.head_only else head + data)
             await writer.drain()
             return keep
         return await _send_json(writer, 404, {"detail": "Not Found"}, keep_alive=keep)
@@ -244,7 +356,9 @@ class Router:
         started = time.perf_counter()
         config, routing = self.config, self.table  # this request's view, whatever reloads happen
         try:
-            body = json.loads(request.body)
+            body = httpjson.loads(request.body, self.limits.max_json_depth)
+        except httpjson.TooDeep as exc:
+            return await _send_json(writer, 400, openai.error(400, str(exc)), keep_alive=request.keep_alive)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -263,6 +377,7 @@ class Router:
             ticked = time.perf_counter()
             decision = await asyncio.to_thread(routing.by_embedding, decision, prompt, sticky)
             self.metrics.embeddings.observe(time.perf_counter() - ticked)
+        gaplog.record(self, decision, prompt, extensions)  # queued only: the writer runs in the background
         if decision.rejected:
             return await self._reject(writer, decision, request.keep_alive)
         hosts = config.hosts(decision.specialist)
@@ -310,8 +425,12 @@ class Router:
                 self.upstreams.mark_down(current, str(exc))
                 tried.append(current)
                 replica = self.upstreams.choose(decision.served_name, hosts, exclude=tried)
-            except _BrokenBody:
-                self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "broken-body")
+            except _NoAnswer as exc:
+                self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
+                await _send_json(writer, exc.status, openai.error(exc.status, str(exc)), keep_alive=request.keep_alive)
+                return exc.status, request.keep_alive
+            except _BrokenBody as exc:
+                self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
                 raise
             finally:
                 current.inflight -= 1
@@ -326,16 +445,20 @@ class Router:
         conn, head = await self._send_upstream(replica, request, payload)
         if head.status >= 500:
             self.metrics.upstream_errors.inc(replica.server, str(replica.upstream.replica), f"http-{head.status}")
-        headers = [(k, v) for k, v in head.headers if k.lower() not in httpio.HOP_BY_HOP]
+        named = httpio.httpwire.connection_tokens({"connection": head.header("connection") or ""})
+        headers = [(k, v) for k, v in head.headers if k.lower() not in httpio.HOP_BY_HOP and k.lower() not in named]
         headers += _decision_headers(decision)
-        if not request.keep_alive:
-            headers.append(("Connection", "close"))
         try:
-            await _relay(conn, head, headers, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, httpio.ProtocolError) as exc:
+            await _relay(conn, head, headers, writer, self.limits.upstream_idle_s)
+        except (ConnectionError, asyncio.IncompleteReadError, httpio.ProtocolError, httpio.Stalled) as exc:
             conn.close()
+            if isinstance(exc, httpio.Stalled):
+                raise _BrokenBody(str(exc), "stalled") from None
             if isinstance(exc, httpio.ProtocolError) or not writer.is_closing():
                 raise _BrokenBody(str(exc)) from None
+            raise
+        except BaseException:
+            conn.close()
             raise
         if head.keep_alive:
             self.pool.release(conn)
@@ -344,43 +467,90 @@ class Router:
         return head.status
 
     async def _send_upstream(self, replica: upstreams.Replica, request, payload: bytes):
-        """(connection, response head). A pooled connection the engine already closed is retried
-        once on a fresh one; any other failure before the head arrives is _NotSent."""
+        """(connection, response head). Failing to connect is _NotSent (another replica may take
+        the request); a pooled connection that fails while the request is written is replaced once.
+        Once the request is out, a missing answer is _NoAnswer: the request is never sent twice."""
         # The client's credentials are for the router; the engines get the fleet's own key, so a client
         # can never reach an engine with a key of its choosing (or without the router's).
-        forwarded = [(k, v) for k, v in request.headers.items() if k not in httpio.HOP_BY_HOP and k not in _CREDENTIALS]
+        forwarded = [(k, v) for k, v in request.forwardable() if k not in _CREDENTIALS]
         forwarded += contract.auth_headers(self.config.engine_api_key)
         host = f"{replica.address[0]}:{replica.address[1]}"
         data = httpio.request_bytes(request.method, request.target, host, forwarded, payload)
+        fresh_only = False
         while True:
             try:
-                conn = await self.pool.acquire(replica.address)
+                conn = await self.pool.acquire(replica.address, fresh_only)
             except (OSError, TimeoutError) as exc:
                 raise _NotSent(f"{exc.__class__.__name__}: {exc}") from None
             try:
                 conn.writer.write(data)
                 await conn.writer.drain()
-                async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                    head = await httpio.read_response_head(conn.reader)
-                return conn, head
-            except (OSError, asyncio.IncompleteReadError, httpio.ProtocolError, TimeoutError) as exc:
-                conn.close()
+            except OSError as exc:
+                conn.close()  # the engine had closed this connection: it read nothing of the request
                 if not conn.reused:
                     raise _NotSent(f"{exc.__class__.__name__}: {exc}") from None
+                fresh_only = True
+                continue
+            try:
+                async with asyncio.timeout(self.limits.upstream_first_byte_s):
+                    head = await httpio.read_response_head(conn.reader, request.method)
+                return conn, head
+            except TimeoutError:
+                conn.close()
+                raise _NoAnswer(504, f"The engine did not start answering within {self.limits.upstream_first_byte_s:g} "
+                                     "s (--upstream-first-byte-s).", "first-byte-timeout") from None
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                conn.close()
+                raise _NoAnswer(502, f"The engine closed the connection without answering ({exc}).",
+                                "no-answer") from None
+            except httpio.ProtocolError as exc:
+                conn.close()
+                raise _NoAnswer(502, str(exc), "bad-answer") from None
+            except BaseException:
+                conn.close()
+                raise
 
 
-async def _relay(conn: httpio.Connection, head: httpio.ResponseHead, headers: list, writer) -> None:
-    """Copy the engine's answer to the client: small bodies in one write, others chunk by chunk."""
-    if head.length is not None:
-        body = await conn.reader.readexactly(head.length) if head.length else b""
-        writer.write(httpio.response_head(head.status, [*headers, ("Content-Length", str(len(body)))]) + body)
+async def _relay(conn: httpio.Connection, head: httpio.ResponseHead, headers: list, writer: _Client,
+                 idle_s: float) -> None:
+    """Copy the engine's answer to the client: small bodies in one write, others piece by piece,
+    chunked for HTTP/1.1 clients and delimited by closing the connection for HTTP/1.0 ones."""
+    request = writer.request
+    keep = request.keep_alive if request is not None else False
+    if head.status in (204, 304):  # no body and no length (RFC 9110 §8.6, §15.3.5)
+        writer.write(httpio.response_head(head.status, [*headers, *writer.persistence(keep)]))
         await writer.drain()
         return
-    writer.write(httpio.response_head(head.status, [*headers, ("Transfer-Encoding", "chunked")]))
-    async for piece in httpio.response_body(conn.reader, head):
-        writer.write(httpio.chunk(piece))
+    if head.length is not None and head.length <= SMALL_BODY:
+        try:
+            async with asyncio.timeout(idle_s):
+                body = await conn.reader.readexactly(head.length) if head.length else b""
+        except TimeoutError:
+            raise _NoAnswer(504, f"The engine stopped sending its answer for {idle_s:g} s.", "stalled") from None
+        except asyncio.IncompleteReadError:
+            raise _NoAnswer(502, "The engine closed the connection in the middle of its answer.", "broken-body") from None
+        head_bytes = httpio.response_head(head.status, [*headers, ("Content-Length", str(len(body))),
+                                                        *writer.persistence(keep)])
+        writer.write(head_bytes if writer.head_only else head_bytes + body)
         await writer.drain()
-    writer.write(httpio.LAST_CHUNK)
+        return
+    http11 = request is None or request.version >= (1, 1)
+    if head.length is not None:
+        framing = [("Content-Length", str(head.length))]
+    elif http11:
+        framing = [("Transfer-Encoding", "chunked")]
+    else:
+        writer.must_close, framing = True, []  # HTTP/1.0 knows no chunked: the end of the body is the close
+    writer.write(httpio.response_head(head.status, [*headers, *framing, *writer.persistence(keep)]))
+    if writer.head_only:
+        await writer.drain()
+        return
+    chunked = head.length is None and http11
+    async for piece in httpio.response_body(conn.reader, head, idle_s):
+        writer.write(httpio.chunk(piece) if chunked else piece)
+        await writer.drain()
+    if chunked:
+        writer.write(httpio.LAST_CHUNK)
     await writer.drain()
 
 
@@ -404,12 +574,41 @@ def _base_instead(decision: table.Decision, routing: table.RoutingTable) -> tabl
                           matched=(decision.specialist,), cluster=decision.cluster)
 
 
-async def _send_json(writer, status: int, body, keep_alive: bool, extra=()) -> bool:
+async def _send_json(writer: _Client, status: int, body, keep_alive: bool, extra=()) -> bool:
     data = json.dumps(body).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]
-    if not keep_alive:
-        headers.append(("Connection", "close"))
-    writer.write(httpio.response_head(status, headers) + data)
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra,
+               *writer.persistence(keep_alive)]
+    head = httpio.response_head(status, headers)
+    writer.write(head if writer.head_only else head + data)
     with contextlib.suppress(ConnectionError):
         await writer.drain()
     return keep_alive
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Each client connection may hold an engine connection too: ask for enough file descriptors
+    that the connection cap, not the operating system, is what refuses clients."""
+    wanted = 2 * connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < wanted:
+        log.warning("only %d file descriptors are allowed; --max-connections %d needs about %d, so the system "
+                    "may refuse connections first (raise `ulimit -n`)", soft, connections, wanted)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close after an error answer without losing it: a socket closed with unread bytes sends a
+    reset that can destroy the answer before the client reads it, so the router stops writing and
+    discards what the client still sends, for a bounded time and size."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            discarded = 0
+            while discarded < LINGER_BYTES and (data := await reader.read(65536)):
+                discarded += len(data)

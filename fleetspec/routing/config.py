@@ -8,7 +8,8 @@ the router (edge: reads the file and the router's environment for `${VAR}` secre
       "format": "fleetspec-router/1",
       "fleet": {...},                      # the FleetSpec as JSON: the table is compiled from it
       "cluster_maps": {"0": {"c5": "x"}},  # entries of each hash rule's map_file, by rule index
-      "upstreams": [{"server": "main", "replica": 0, "url": "http://127.0.0.1:8000"}],
+      "upstreams": [{"server": "main", "replica": 0, "url": "http://127.0.0.1:8000"}],  # "draining": true
+                                           # while apply replaces that replica
       "adapter_paths": {"python--1.0.0": "/adapters/python/1.0.0"},  # as engines see them (warm)
       "refresh_seconds": 2.0               # how often each upstream's /health and /v1/models are read
     }
@@ -35,7 +36,7 @@ from fleetspec import errors
 from fleetspec.errors import Diagnostic, Severity
 from fleetspec.routing import redis_url
 from fleetspec.routing import table as table_mod
-from fleetspec.spec import models
+from fleetspec.spec import derived, models
 
 FORMAT = "fleetspec-router/1"
 DEFAULT_REFRESH_SECONDS = 2.0
@@ -48,9 +49,11 @@ class Upstream:
     server: str
     replica: int
     url: str  # http://host:port, no trailing slash
+    draining: bool = False  # about to be replaced: chosen only when no other replica can serve
 
     def to_json(self) -> dict:
-        return {"server": self.server, "replica": self.replica, "url": self.url}
+        data = {"server": self.server, "replica": self.replica, "url": self.url}
+        return {**data, "draining": True} if self.draining else data
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -94,6 +97,46 @@ def document(spec: models.FleetSpec, upstreams: Sequence[Upstream | Mapping], *,
         "adapter_paths": dict(sorted((adapter_paths or {}).items())),
         "refresh_seconds": refresh_seconds,
     }
+
+
+def with_draining(document_: Mapping, server: str, replica: int, draining: bool) -> dict | None:
+    """The document with one upstream marked draining (or not); None when it lists no such replica."""
+    upstreams, found = [], False
+    for item in document_.get("upstreams") or []:
+        entry = {k: v for k, v in item.items() if k != "draining"}
+        if entry.get("server") == server and entry.get("replica") == replica:
+            found = True
+            if draining:
+                entry["draining"] = True
+        elif item.get("draining"):
+            entry["draining"] = True
+        upstreams.append(entry)
+    return {**document_, "upstreams": upstreams} if found else None
+
+
+def with_versions(document_: Mapping, held_back: Mapping[str, tuple[str, str]]) -> dict:
+    """The document with each held-back specialist still on (version, path as engines see it): apply
+    moves a specialist to its new version only once that version loaded everywhere it should."""
+    fleet = dict(document_["fleet"])
+    specialists = []
+    for item in fleet.get("specialists") or []:
+        kept = held_back.get(item.get("name"))
+        if kept is not None:
+            version, path = kept
+            item = {**item, "version": version, "path": path,
+                    "versions": [v for v in item.get("versions") or [] if v.get("version") != version]}
+            if item.get("previous_version") == version:
+                del item["previous_version"]
+        specialists.append(item)
+    fleet["specialists"] = specialists
+    routing = dict(fleet.get("routing") or {})
+    if routing.get("splits"):
+        routing["splits"] = [s for s in routing["splits"] if s.get("specialist") not in held_back]
+        fleet["routing"] = routing
+    paths = dict(document_.get("adapter_paths") or {})
+    for name, (version, path) in held_back.items():
+        paths[derived.served_adapter_name(name, version)] = path
+    return {**document_, "fleet": fleet, "adapter_paths": dict(sorted(paths.items()))}
 
 
 def dumps(document_: Mapping) -> str:
@@ -203,7 +246,8 @@ def redis_address(url: str | None, env: Mapping[str, str]) -> redis_url.Address 
 
 def _upstream(item, source: str) -> Upstream:
     try:
-        return Upstream(str(item["server"]), int(item.get("replica", 0)), str(item["url"]).rstrip("/"))
+        return Upstream(str(item["server"]), int(item.get("replica", 0)), str(item["url"]).rstrip("/"),
+                        item.get("draining") is True)
     except (KeyError, TypeError, ValueError, AttributeError):
         raise errors.PermanentError(
             f"{source} lists an upstream without `server` and `url`: {item!r}; each upstream looks like "

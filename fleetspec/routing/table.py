@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from collections.abc import Iterable, Iterator, Mapping
 
 from fleetspec.routing import matchers, splits
@@ -100,7 +99,7 @@ class _Rule:
     target: Target | None = None
     terms: frozenset[str] = frozenset()
     extensions: frozenset[str] = frozenset()
-    regex: object = None  # re.Pattern
+    regex: object = None  # matchers.RuleRegex
     clusters: _Clusters | None = None
 
 
@@ -133,7 +132,7 @@ class _Probe:
 class RoutingTable:
     fleet: str
     base_served_name: str
-    fallback: str  # "base" or "reject"
+    fallback: str  # "base", "previous" (base for a prompt nothing matches) or "reject"
     sticky_key: str | None  # request header whose value keeps a user on one split version
     rules: tuple[_Rule, ...]
     specialists: Mapping[str, models.Specialist]
@@ -213,7 +212,7 @@ class RoutingTable:
         stops before the embedding tier (the proxy runs it off its event loop: `by_embedding`)."""
         if explicit_model and explicit_model != AUTO and explicit_model != self.fleet:
             return self._explicit(explicit_model, prompt, sticky_key)
-        folded = matchers.fold(prompt)
+        folded = matchers.fold(matchers.window(prompt))  # bounded: see matchers.MATCH_WINDOW
         probe = _Probe(
             prompt, self._matcher.find(folded) if len(self._matcher) else set(),
             matchers.find_extensions(folded) | {matchers.normalize_extension(e) for e in extensions},
@@ -361,7 +360,7 @@ def _compile_rule(index: int, rule, specialists: Mapping[str, models.Specialist]
         return _Rule(ref, target, terms=frozenset(matchers.normalize_term(k) for k in rule.keywords))
     if kind == "extensions":
         return _Rule(ref, target, extensions=frozenset(matchers.normalize_extension(e) for e in rule.extensions))
-    return _Rule(ref, target, regex=re.compile(rule.regex))
+    return _Rule(ref, target, regex=matchers.RuleRegex(rule.regex))
 
 
 def _target(text: str, specialists: Mapping[str, models.Specialist]) -> Target | None:

@@ -10,19 +10,25 @@ The JSON Schema in `schemas/fleet.schema.json` is generated from these models
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     StrictBool,
     Tag,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from fleetspec.spec import hosting, regex
 
 # vLLM 0.33 `MaxLoRARanks` (vllm/config/lora.py); 0.11 lacked 1. Anything else fails argparse.
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -54,6 +60,24 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$"  # a Kubernetes storage quantity
 SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 SECRET_ONLY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # fullmatch: a value that is one reference
+# Env names whose values are credentials: a literal value there is warned about, and on Kubernetes
+# it goes into a Secret rather than the Deployment.
+# The credential word ends the name (HF_TOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD): a name that only
+# contains one is about something else (FLEETSPEC_SIM_TOKEN_SECONDS, MAX_TOKENS, TOKENIZERS_PARALLELISM).
+SECRET_NAME = re.compile(r"(?:^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|SECRET_KEY|PRIVATE_KEY|CREDENTIALS)$",
+                         re.IGNORECASE)
+_REDIS_PASSWORD = re.compile(r"^rediss?://[^/@]*:([^/@]+)@")
+
+
+def literal_secret(key: str, value: str) -> bool:
+    """An env entry that looks like a credential and holds it literally instead of as ${VAR}."""
+    return bool(SECRET_NAME.search(key) and value and not SECRET_REF.search(value))
+
+
+def literal_redis_password(url: str | None) -> bool:
+    """A redis:// URL with a password written out (`redis://:hunter2@host`), not as ${VAR}."""
+    match = _REDIS_PASSWORD.match(url or "")
+    return bool(match and not SECRET_REF.search(match.group(1)))
 
 
 def secret_reference(value: str | None, field: str, example: str) -> str | None:
@@ -65,11 +89,112 @@ def secret_reference(value: str | None, field: str, example: str) -> str | None:
         )
     return value
 
+# ---------------------------------------------------------------------------------------------
+# Numbers and their limits
+#
+# Every number and list in the file has an upper bound, so no stage can be made to do work (or hold
+# memory) proportional to a number nobody checked: `count: 10000000000` is refused here, located, with
+# the reason, before the planner counts anything. The limits are sized for the largest real fleets
+# (10,000+ specialists, 1,000+ GPUs) with room to spare; docs/spec.md ("Limits") lists them all.
+
+
+def _not_bool(wanted: str):
+    def check(value):
+        # pydantic would take `true` as 1 (bool is an int in Python); in a fleet file it is a mistake.
+        if isinstance(value, bool):
+            raise SpecValueError(f"expected {wanted}, got `{str(value).lower()}`, which YAML reads as a boolean",
+                                 f"write {wanted}")
+        return value
+    return BeforeValidator(check)
+
+
+Int = Annotated[int, _not_bool("a whole number")]
+Float = Annotated[float, _not_bool("a number")]
+
+
+def Count(le: int, ge: int = 1):  # noqa: N802 - reads as a type in annotations
+    """A whole number in [ge, le]; never a boolean."""
+    return Annotated[int, _not_bool("a whole number"), Field(ge=ge, le=le)]
+
+
+MAX_SPECIALISTS = 20_000
+MAX_SERVERS = 1_000
+MAX_REPLICAS = 4_096  # per server
+MAX_TOTAL_REPLICAS = 8_192  # whole fleet: each replica is a process or container with its own port
+MAX_GPUS_PER_GROUP = 4_096
+MAX_TOTAL_GPUS = 4_096
+MAX_TOKENS = 16_777_216  # 2^24: context lengths and batch token budgets
+MAX_LIST = 1_000  # keywords, examples, env entries, extra_args and other per-entry lists
+PATH_LENGTH = 4_096  # Linux PATH_MAX
+
+# Why each bound is what it is, keyed by field name: the loader appends it to an out-of-range error.
+LIMIT_REASONS: dict[str, str] = {
+    "specialists": "twice the 10,000-specialist fleets fleetspec is measured with; every specialist is "
+                   "planned, compiled and routed",
+    "servers": "each server is a pool of identical replicas, and a fleet file describes one fleet",
+    "replicas": "each replica is planned, placed and started one by one; a larger pool is several servers",
+    "count": "no host inventory is larger; describe more GPUs as several groups",
+    "gpus": "a GPU inventory is a few groups of identical cards, each with a count",
+    "ids": "a CUDA device index is small; this guards against typos that would make a huge list",
+    "memory_gib": "no accelerator or host offers more memory",
+    "tensor_parallel_size": "no replica spans more GPUs",
+    "pipeline_parallel_size": "no replica spans more GPUs",
+    "max_model_len": "no model offers a longer context (2^24 tokens)",
+    "max_position_embeddings": "no model offers a longer context (2^24 tokens)",
+    "sliding_window": "no model offers a longer context (2^24 tokens)",
+    "max_num_batched_tokens": "a batch never holds more tokens (2^24)",
+    "max_num_seqs": "vLLM never schedules more sequences in one batch",
+    "max_loras": "each GPU slot preallocates LoRA buffers; no GPU holds more",
+    "max_cpu_loras": "more adapters than a fleet may declare",
+    "num_clusters": "cluster ids are numbers below it; clustering mines far fewer",
+    "priority": "priorities only order specialists; a million levels is plenty",
+    "alpha": "LoRA alpha is a scale of a few units to a few thousand",
+    "quantization_group_size": "quantized checkpoints use groups of 32 to 1,024 weights",
+    "rules": "rules are tried in order for every prompt",
+    "splits": "one split per specialist at most",
+    "versions": "versions kept deployable for rollbacks and canaries; older ones can be removed",
+    "keywords": "keywords are matched per prompt; a thousand per entry is plenty",
+    "domains": "domains describe a specialist in a few words",
+    "extensions": "file extensions of one language or format",
+    "examples": "examples are embedded when the router starts",
+    "env": "an engine's environment holds a handful of settings",
+    "extra_args": "extra flags are passed to vLLM one by one",
+    "target_modules": "a model has a few dozen module names",
+    "adapter_roots": "adapter roots are a few directories mounted into every engine",
+    "architectures": "config.json lists one architecture, rarely a few",
+    "weights": "a split divides 100 percent between versions",
+    "hidden_size": "no published model comes within 10× of it; the memory model multiplies these",
+    "intermediate_size": "no published model comes within 10× of it; the memory model multiplies these",
+    "moe_intermediate_size": "no published model comes within 10× of it; the memory model multiplies these",
+    "num_hidden_layers": "no published model comes within 10× of it; the memory model multiplies these",
+    "num_attention_heads": "no published model comes within 10× of it; the memory model multiplies these",
+    "num_key_value_heads": "no published model comes within 10× of it; the memory model multiplies these",
+    "head_dim": "no published model comes within 10× of it; the memory model multiplies these",
+    "vocab_size": "no published model comes within 10× of it; the memory model multiplies these",
+    "num_parameters": "no published model comes within 10× of it (10^15 parameters)",
+    "num_local_experts": "no published model comes within 10× of it; the memory model multiplies these",
+    "num_experts": "no published model comes within 10× of it; the memory model multiplies these",
+    "num_experts_per_tok": "no published model comes within 10× of it; the memory model multiplies these",
+    "kv_lora_rank": "no published model comes within 10× of it; the memory model multiplies these",
+    "q_lora_rank": "no published model comes within 10× of it; the memory model multiplies these",
+    "qk_rope_head_dim": "no published model comes within 10× of it; the memory model multiplies these",
+    "qk_nope_head_dim": "no published model comes within 10× of it; the memory model multiplies these",
+    "v_head_dim": "no published model comes within 10× of it; the memory model multiplies these",
+    "rank": "LoRA ranks go up to 512 in vLLM; anything larger cannot be served",
+}
+# Text fields: longer values are refused with the field's own reason, or this one.
+LENGTH_REASON = "no real value is this long; fleetspec bounds every text so no input can exhaust memory"
+
+Text = Annotated[str, Field(max_length=1_024)]  # ids, names, images, hosts: short by nature
+LongText = Annotated[str, Field(max_length=8_192)]  # prompts given as examples, rule regexes
+PathText = Annotated[str, Field(min_length=1, max_length=PATH_LENGTH)]
+Term = Annotated[str, Field(max_length=256)]  # one keyword, domain or module name
+
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Lower-case DNS label (a-z, 0-9, -).")]
 AdapterName = Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN)]
 Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-PositiveInt = Annotated[int, Field(ge=1)]
+Port = Annotated[int, _not_bool("a whole number"), Field(ge=1, le=65535)]
+PositiveInt = Count(2**31 - 1)
 # Only YAML's true/false: `yes`, `on` and `1` are text or a number in YAML 1.2, never a quiet True.
 Bool = StrictBool
 
@@ -82,10 +207,35 @@ class SpecValueError(ValueError):
         self.hint = hint
 
 
+# pydantic lists every problem of a file, which for a hostile one is millions (each held in memory):
+# after this many, each further failing object is reported as one line (`TOO_MANY_ERRORS`).
+ERROR_BUDGET = 1_000
+TOO_MANY_ERRORS = "more problems here are not listed: the file already has over 1,000"
+
+
 class Strict(BaseModel):
     """Base of every spec model: a typo is an error, never a silently ignored key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    # allow_inf_nan: `.inf` and `.nan` are YAML numbers, but no field of a fleet means them.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _bounded_errors(cls, data, handler, info: ValidationInfo):
+        # An object with thousands of unknown keys would be thousands of errors: one says it all.
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + 32:
+            raise SpecValueError(f"this mapping has {len(data):,} keys, but it takes at most {len(cls.model_fields)}",
+                                 "remove the keys that are not fields here")
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            budget = info.context  # the loader passes a dict; code building models directly does not
+            if budget is None:
+                raise
+            budget["errors"] = budget.get("errors", 0) + exc.error_count()
+            if budget["errors"] > ERROR_BUDGET:
+                raise SpecValueError(TOO_MANY_ERRORS, "fix the problems listed and validate again") from None
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,30 +245,31 @@ class Strict(BaseModel):
 class Architecture(Strict):
     """Facts from the model's config.json (same key names), for models outside the catalog."""
 
-    model_type: str | None = Field(None, description="config.json model_type, e.g. llama, qwen2.")
-    architectures: list[str] | None = Field(None, description="config.json architectures, e.g. [LlamaForCausalLM].")
-    hidden_size: PositiveInt
-    intermediate_size: PositiveInt
-    num_hidden_layers: PositiveInt
-    num_attention_heads: PositiveInt
-    num_key_value_heads: PositiveInt | None = Field(None, description="Defaults to num_attention_heads (MHA).")
-    head_dim: PositiveInt | None = Field(None, description="Defaults to hidden_size / num_attention_heads.")
-    vocab_size: PositiveInt
+    model_type: Text | None = Field(None, description="config.json model_type, e.g. llama, qwen2.")
+    architectures: list[Text] | None = Field(
+        None, max_length=16, description="config.json architectures, e.g. [LlamaForCausalLM].")
+    hidden_size: Count(1_048_576)
+    intermediate_size: Count(4_194_304)
+    num_hidden_layers: Count(4_096)
+    num_attention_heads: Count(16_384)
+    num_key_value_heads: Count(16_384) | None = Field(None, description="Defaults to num_attention_heads (MHA).")
+    head_dim: Count(65_536) | None = Field(None, description="Defaults to hidden_size / num_attention_heads.")
+    vocab_size: Count(16_777_216)
     tie_word_embeddings: Bool = False
-    num_parameters: PositiveInt | None = Field(None, description="Total parameter count; derived when absent.")
-    sliding_window: PositiveInt | None = None
-    max_position_embeddings: PositiveInt | None = None
+    num_parameters: Count(10**15) | None = Field(None, description="Total parameter count; derived when absent.")
+    sliding_window: Count(MAX_TOKENS) | None = None
+    max_position_embeddings: Count(MAX_TOKENS) | None = None
     # MoE
-    num_local_experts: PositiveInt | None = Field(None, description="MoE experts (Mixtral naming).")
-    num_experts: PositiveInt | None = Field(None, description="MoE experts (Qwen naming).")
-    num_experts_per_tok: PositiveInt | None = None
-    moe_intermediate_size: PositiveInt | None = None
+    num_local_experts: Count(65_536) | None = Field(None, description="MoE experts (Mixtral naming).")
+    num_experts: Count(65_536) | None = Field(None, description="MoE experts (Qwen naming).")
+    num_experts_per_tok: Count(1_024) | None = None
+    moe_intermediate_size: Count(4_194_304) | None = None
     # MLA (DeepSeek-style attention)
-    kv_lora_rank: PositiveInt | None = None
-    q_lora_rank: PositiveInt | None = None
-    qk_rope_head_dim: PositiveInt | None = None
-    qk_nope_head_dim: PositiveInt | None = None
-    v_head_dim: PositiveInt | None = None
+    kv_lora_rank: Count(65_536) | None = None
+    q_lora_rank: Count(65_536) | None = None
+    qk_rope_head_dim: Count(65_536) | None = None
+    qk_nope_head_dim: Count(65_536) | None = None
+    v_head_dim: Count(65_536) | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -130,15 +281,16 @@ class Architecture(Strict):
 
 
 class BaseModelSpec(Strict):
-    id: str = Field(min_length=1, description="Hugging Face id (org/name) or a local directory with config.json.")
-    revision: str | None = Field(None, description="Hugging Face revision (branch, tag or commit).")
+    id: str = Field(min_length=1, max_length=PATH_LENGTH,
+                    description="Hugging Face id (org/name) or a local directory with config.json.")
+    revision: Text | None = Field(None, description="Hugging Face revision (branch, tag or commit).")
     quantization: Quantization = Field("none", description="Weight quantization; 'none' for bf16/fp16 checkpoints.")
-    quantization_group_size: PositiveInt | None = Field(
+    quantization_group_size: Count(65_536) | None = Field(
         None, description="Group size of AWQ/GPTQ checkpoints (128 when not given)."
     )
     dtype: ModelDtype = "auto"
     kv_cache_dtype: KvCacheDtype = "auto"
-    max_model_len: PositiveInt | None = Field(
+    max_model_len: Count(MAX_TOKENS) | None = Field(
         None, description="Context length every server must serve; defaults to the model's own limit."
     )
     architecture: Architecture | None = Field(
@@ -153,11 +305,12 @@ class BaseModelSpec(Strict):
 class GpuGroup(Strict):
     """A set of identical GPUs: a catalog type, or a custom card given by its memory."""
 
-    type: str | None = Field(None, description="Catalog name: H100-80GB, H200, A100-40GB, A100-80GB, L40S, L4, ...")
-    memory_gib: float | None = Field(None, gt=0, description="Total memory of a custom card, in GiB.")
-    count: PositiveInt = 1
-    ids: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="Device indices on the host (CUDA_VISIBLE_DEVICES); numbered in order when absent."
+    type: Text | None = Field(None, description="Catalog name: H100-80GB, H200, A100-40GB, A100-80GB, L40S, L4, ...")
+    memory_gib: Float | None = Field(None, gt=0, le=16_384, description="Total memory of a custom card, in GiB.")
+    count: Count(MAX_GPUS_PER_GROUP) = 1
+    ids: list[Count(1_048_575, ge=0)] | None = Field(
+        None, max_length=MAX_GPUS_PER_GROUP,
+        description="Device indices on the host (CUDA_VISIBLE_DEVICES); numbered in order when absent."
     )
 
     @model_validator(mode="after")
@@ -175,7 +328,7 @@ class GpuDiscovery(Strict):
     discover: Literal[True] = Field(description="Ask NVML for the GPUs of this host at plan time.")
 
 
-_GPU_SHORTHAND = re.compile(r"^\s*(?:(\d+)\s*[x×]\s*)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*$")
+_GPU_SHORTHAND = re.compile(r"^\s*(?:(\d{1,12})\s*[x×]\s*)?([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\s*$")
 
 
 def _gpu_schema_shorthands(schema: dict) -> None:
@@ -207,12 +360,12 @@ def _expand_gpu_shorthand(value):
 
 
 class LoraLimits(Strict):
-    max_loras: PositiveInt = Field(1, description="GPU adapter slots: distinct adapters in one batch.")
-    max_cpu_loras: PositiveInt | None = Field(None, description="Adapters cached in host RAM (>= max_loras).")
-    max_lora_rank: int = Field(16, description="One of 1, 8, 16, 32, 64, 128, 256, 320, 512.")
+    max_loras: Count(1_024) = Field(1, description="GPU adapter slots: distinct adapters in one batch.")
+    max_cpu_loras: Count(100_000) | None = Field(None, description="Adapters cached in host RAM (>= max_loras).")
+    max_lora_rank: Int = Field(16, description="One of 1, 8, 16, 32, 64, 128, 256, 320, 512.")
     lora_dtype: LoraDtype = "auto"
-    target_modules: list[str] | None = Field(
-        None, description="Restrict LoRA buffers to these modules (--lora-target-modules)."
+    target_modules: list[Term] | None = Field(
+        None, max_length=64, description="Restrict LoRA buffers to these modules (--lora-target-modules)."
     )
     fully_sharded: Bool = Field(False, description="Shard LoRA computation over tensor parallel (--fully-sharded-loras).")
 
@@ -233,28 +386,42 @@ class Server(Strict):
     """A pool of identical vLLM servers (replicas) sharing one configuration."""
 
     name: Name
-    replicas: Annotated[int, Field(ge=0)] = 1
-    tensor_parallel_size: PositiveInt = 1
-    pipeline_parallel_size: PositiveInt = 1
-    gpu_type: str | None = Field(None, description="Only place this server on GPUs of this catalog type.")
-    gpu_memory_utilization: float | None = Field(
+    replicas: Count(MAX_REPLICAS, ge=0) = 1
+    tensor_parallel_size: Count(1_024) = 1
+    pipeline_parallel_size: Count(1_024) = 1
+    gpu_type: Text | None = Field(None, description="Only place this server on GPUs of this catalog type.")
+    gpu_memory_utilization: Float | None = Field(
         None, gt=0, le=1, description="Share of each GPU's total memory this server may use (vLLM default 0.92)."
     )
-    max_model_len: PositiveInt | None = Field(None, description="Overrides base_model.max_model_len for this server.")
-    max_num_seqs: PositiveInt | None = None
-    max_num_batched_tokens: PositiveInt | None = None
+    max_model_len: Count(MAX_TOKENS) | None = Field(None, description="Overrides base_model.max_model_len for this server.")
+    max_num_seqs: Count(65_536) | None = None
+    max_num_batched_tokens: Count(MAX_TOKENS) | None = None
     enforce_eager: Bool = False
-    startup_timeout_s: Annotated[int, Field(ge=10, le=86_400)] | None = Field(
+    startup_timeout_s: Count(86_400, ge=10) | None = Field(
         None, description="Seconds a replica may take from its start to a healthy /health; a replica still silent "
         "after that is replaced (its engine died, or hangs). Default: 3 min + 10 s per GiB of weights.",
     )
     lora: LoraLimits | None = Field(None, description="LoRA limits; omit to serve the base model only.")
-    image: str | None = Field(None, description="Engine container image; defaults to runtime.image.")
+    image: Text | None = Field(None, description="Engine container image; defaults to runtime.image.")
     port: Port | None = Field(None, description="First host port; replicas take consecutive ports.")
-    env: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], str] = Field(
-        default_factory=dict, description="Environment; write secrets as ${VAR}, they are never expanded."
+    env: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN, max_length=256)],
+              Annotated[str, Field(max_length=131_072)]] = Field(
+        default_factory=dict, max_length=MAX_LIST,
+        description="Environment; write secrets as ${VAR}, they are never expanded.",
     )
-    extra_args: list[str] = Field(default_factory=list, description="Extra `vllm serve` flags, passed through.")
+    extra_args: list[Annotated[str, Field(max_length=PATH_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Extra `vllm serve` flags, passed through.")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_size_first(cls, value):
+        # pydantic checks a mapping's length only after every entry: a huge env would be huge errors.
+        if isinstance(value, dict) and len(value) > MAX_LIST:
+            raise SpecValueError(f"env has {len(value):,} entries; at most {MAX_LIST:,} are allowed, because "
+                                 f"{LIMIT_REASONS['env']}", "keep only the settings the engine needs")
+        return value
+    resources: PodResources | None = Field(
+        None, description="Kubernetes requests and limits of each replica's pod: CPU and host memory.")
 
     @property
     def gpus_per_replica(self) -> int:
@@ -269,40 +436,44 @@ class AdapterVersion(Strict):
     """Another deployable version of a specialist: a rollback target or a canary."""
 
     version: Version
-    path: str = Field(min_length=1)
-    rank: PositiveInt | None = Field(None, description="Defaults to the specialist's rank.")
-    alpha: float | None = None
-    target_modules: list[str] | None = None
+    path: PathText
+    rank: Count(65_536) | None = Field(None, description="Defaults to the specialist's rank.")
+    alpha: Float | None = Field(None, gt=0, le=65_536)
+    target_modules: list[Term] | None = Field(None, max_length=64)
 
 
 class Specialist(Strict):
     name: AdapterName
     version: Version = Field(description="The active version: what clients of this specialist get.")
-    path: str = Field(min_length=1, description="Adapter directory (adapter_config.json + weights) of the active version.")
-    rank: PositiveInt | None = Field(None, description="LoRA r; read from adapter_config.json when absent.")
-    alpha: float | None = None
-    target_modules: list[str] | None = None
-    base_model: str | None = Field(None, description="Base model the adapter was trained on, if not the fleet's.")
-    domains: list[str] = Field(default_factory=list)
-    keywords: list[str] = Field(default_factory=list, description="Whole words that route prompts here.")
-    extensions: list[str] = Field(default_factory=list, description="File extensions (.py) that route here.")
-    examples: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="Prompts it serves well; the embedding tier (routing.embedding) compares "
+    path: PathText = Field(description="Adapter directory (adapter_config.json + weights) of the active version.")
+    rank: Count(65_536) | None = Field(None, description="LoRA r; read from adapter_config.json when absent.")
+    alpha: Float | None = Field(None, gt=0, le=65_536)
+    target_modules: list[Term] | None = Field(None, max_length=64)
+    base_model: Annotated[str, Field(max_length=PATH_LENGTH)] | None = Field(
+        None, description="Base model the adapter was trained on, if not the fleet's.")
+    domains: list[Term] = Field(default_factory=list, max_length=100)
+    keywords: list[Term] = Field(default_factory=list, max_length=MAX_LIST, description="Whole words that route prompts here.")
+    extensions: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=list, max_length=100, description="File extensions (.py) that route here.")
+    examples: list[Annotated[str, Field(min_length=1, max_length=8_192)]] = Field(
+        default_factory=list, max_length=MAX_LIST,
+        description="Prompts it serves well; the embedding tier (routing.embedding) compares "
         "prompts that no rule matched with these, its domains and its keywords.",
     )
-    priority: int = Field(0, description="Breaks ties when several specialists match a prompt.")
+    priority: Count(1_000_000, ge=-1_000_000) = Field(0, description="Breaks ties when several specialists match a prompt.")
     preload: Bool = Field(True, description="Load onto its servers ahead of traffic.")
     pinned: Bool = Field(
         False, description="Must always be servable at once: preloaded, and counted against every hosting server's "
         "max_loras GPU slots (vLLM has no per-adapter pin; fleetspec guarantees the room instead).",
     )
-    servers: list[Name] | None = Field(None, description="Servers that host it; all LoRA servers when absent.")
+    servers: list[Name] | None = Field(
+        None, max_length=MAX_SERVERS, description="Servers that host it; all LoRA servers when absent.")
     previous_version: Version | None = Field(
         None, description="The version this one replaced, kept under `versions:`; setting `version` back to it "
         "rolls this specialist back hot.",
     )
     versions: list[AdapterVersion] = Field(
-        default_factory=list, description="Other versions kept deployable (rollback targets, canaries)."
+        default_factory=list, max_length=64, description="Other versions kept deployable (rollback targets, canaries)."
     )
 
     @field_validator("extensions")
@@ -316,7 +487,9 @@ class Specialist(Strict):
     def version_entry(self, version: str) -> AdapterVersion | None:
         """The given version as an AdapterVersion with inherited fields filled in."""
         if version == self.version:
-            return AdapterVersion(
+            # Every field was validated on the specialist; validating it again per call cost a
+            # noticeable share of planning 10,000 specialists.
+            return AdapterVersion.model_construct(
                 version=self.version, path=self.path, rank=self.rank, alpha=self.alpha,
                 target_modules=self.target_modules,
             )
@@ -339,33 +512,38 @@ class Specialist(Strict):
 
 
 class _RuleBase(Strict):
-    name: str | None = Field(None, description="Shown in routing decisions and metrics.")
+    name: Annotated[str, Field(max_length=256)] | None = Field(None, description="Shown in routing decisions and metrics.")
 
 
 class KeywordRule(_RuleBase):
-    keywords: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Whole words, any case.")
-    to: str = Field(description="Specialist name, or name@version.")
+    keywords: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_LIST, description="Whole words, any case.")
+    to: Text = Field(description="Specialist name, or name@version.")
 
 
 class ExtensionRule(_RuleBase):
-    extensions: list[str] = Field(min_length=1, description="File extensions seen in the prompt or metadata.")
-    to: str
+    extensions: list[Annotated[str, Field(max_length=32)]] = Field(
+        min_length=1, max_length=100, description="File extensions seen in the prompt or metadata.")
+    to: Text
 
     _dotted = field_validator("extensions")(Specialist._dotted.__func__)
 
 
 class RegexRule(_RuleBase):
-    regex: str = Field(min_length=1, description="Python regular expression searched in the prompt.")
+    regex: str = Field(min_length=1, max_length=2_048, description="Regular expression searched in the prompt "
+                       "(RE2 syntax: linear time, no backreferences or lookaround).")
     to: str
 
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
-        except re.error as exc:
+            regex.compile_pattern(value)
+        except regex.RegexError as exc:
             raise SpecValueError(
-                f"the regular expression does not compile: {exc}", "test it with Python's `re` module; quote it in YAML"
+                f"the regular expression is refused by RE2, the linear-time engine the router matches with: {exc}",
+                "RE2 has no backreferences (\\1) or lookaround ((?=, (?<=), so no prompt can make matching "
+                "slow; rewrite the pattern without them, and quote it in YAML",
             ) from None
         return value
 
@@ -374,10 +552,23 @@ class HashClusters(Strict):
     """Seed 000's router: sha1(prompt) picks a cluster, a map picks the adapter."""
 
     algorithm: Literal["sha1"] = "sha1"
-    num_clusters: PositiveInt = Field(description="Cluster id = prefix + (sha1 as integer mod num_clusters).")
-    prefix: str = "c"
-    map: dict[str, str] = Field(default_factory=dict, description="Cluster id → specialist (or name@version).")
-    map_file: str | None = Field(None, description="YAML/JSON file with more cluster → specialist entries.")
+    num_clusters: Count(1_000_000_000) = Field(description="Cluster id = prefix + (sha1 as integer mod num_clusters).")
+    prefix: Annotated[str, Field(max_length=64)] = "c"
+    map: dict[Annotated[str, Field(max_length=128)], Text] = Field(
+        default_factory=dict, description="Cluster id → specialist (or name@version).")
+    map_file: Annotated[str, Field(max_length=PATH_LENGTH)] | None = Field(
+        None, description="YAML/JSON file with more cluster → specialist entries.")
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _first_bad_entry(cls, value):
+        # A map may hold hundreds of thousands of clusters: the first wrong entry is reported, not all.
+        if isinstance(value, dict):
+            for cluster, target in value.items():
+                if not isinstance(target, str) or len(target) > 1_024 or len(str(cluster)) > 128:
+                    raise SpecValueError(f"cluster `{str(cluster)[:60]}` maps to `{str(target)[:60]}`, which is not "
+                                         "a specialist name", "map each cluster id to a specialist, or name@version")
+        return value
 
 
 class HashClusterRule(_RuleBase):
@@ -421,7 +612,8 @@ class Split(Strict):
     """Weighted traffic between versions of one specialist (canary, A/B)."""
 
     specialist: AdapterName
-    weights: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(description="version → percent; sums to 100.")
+    weights: dict[Annotated[str, Field(max_length=64)], Count(100, ge=0)] = Field(
+        max_length=100, description="version → percent; sums to 100.")
 
 
 class EmbeddingTier(Strict):
@@ -429,27 +621,65 @@ class EmbeddingTier(Strict):
     examples are nearest to the prompt by sentence embedding, if it is near enough."""
 
     enabled: Bool = Field(False, description="Needs the embedding extra: pip install 'fleetspec[embedding]'.")
-    threshold: float = Field(
+    threshold: Float = Field(
         0.3, ge=-1, le=1, description="Lowest cosine similarity that routes; a prompt below it falls back. "
         "0.3 suits all-MiniLM-L6-v2: off-topic prompts score under 0.15 against code specialists.",
     )
     model: str = Field(
-        "all-MiniLM-L6-v2", min_length=1,
+        "all-MiniLM-L6-v2", min_length=1, max_length=PATH_LENGTH,
         description="all-MiniLM-L6-v2 (shipped inside the extra, runs offline) or a local sentence-transformers directory.",
     )
 
 
+class GapLog(Strict):
+    """Seed 001's routing-gap log: prompts no rule matched, kept for training future specialists.
+
+    Written beside the router's config (`routing-gaps.jsonl`, rotated) or, when
+    runtime.router.redis_url is set, to a capped Redis stream shared by every router replica."""
+
+    enabled: Bool = Field(True, description="Record every prompt that no routing rule matched.")
+    store: Literal["prompt", "prefix", "hash"] = Field(
+        "prefix", description="What of the prompt is kept: `prompt` (all of it), `prefix` (its first prefix_chars "
+        "characters) or `hash` (its sha256 only, so a recurring prompt can be counted but never read back).",
+    )
+    prefix_chars: Count(100_000) = Field(200, description="With store: prefix, how many characters are kept.")
+    max_bytes: Count(1 << 40, ge=4_096) = Field(
+        10 * 1024 * 1024, description="Size at which the log file is rotated (routing-gaps.jsonl → .1 → .2 ...).",
+    )
+    keep_files: Count(100, ge=0) = Field(3, description="Rotated files kept besides the current one; older are deleted.")
+    max_entries: Count(100_000_000) = Field(
+        100_000, description="With Redis: the stream is trimmed to about this many entries (XADD MAXLEN ~).",
+    )
+
+
 class Routing(Strict):
-    fallback: Literal["base", "reject"] = Field("base", description="What a prompt nothing matches gets.")
-    sticky_key: str | None = Field(
+    fallback: Literal["base", "previous", "reject"] = Field(
+        "base", description="What a prompt gets when nothing matches it, or when the chosen specialist version is "
+        "served by no engine and cannot be loaded in time: `base` (the base model), `previous` (that specialist's "
+        "previous_version where an engine holds it, else the base model) or `reject` (400 for no match, 503 for "
+        "a specialist that cannot be served).",
+    )
+    affinity: Literal["strict", "spill"] = Field(
+        "strict", description="`strict`: a specialist's requests go only to replicas that hold its adapter (one is "
+        "loaded on demand when none does). `spill`: also load it onto another hosting replica when every holder has "
+        "`spill_inflight` requests in flight, so a busy specialist spreads out.",
+    )
+    spill_inflight: Count(100_000) = Field(8, description="With affinity: spill, the in-flight requests per holder "
+                                           "beyond which the adapter is loaded onto another replica.")
+    on_demand_timeout_s: Count(3_600) = Field(
+        60, description="How long a request waits for its adapter to load on demand (preload: false, or every holder "
+        "gone) before routing.fallback applies. Real vLLM loads take seconds.",
+    )
+    sticky_key: Annotated[str, Field(max_length=256)] | None = Field(
         "x-session-id", description="Request header that keeps one user on one version of a split."
     )
     rules: list[Rule] = Field(
-        default_factory=lambda: [SpecialistSignalsRule(specialist_signals=True)],
+        default_factory=lambda: [SpecialistSignalsRule(specialist_signals=True)], max_length=10_000,
         description="Tried in order; the first rule that matches decides.",
     )
-    splits: list[Split] = Field(default_factory=list)
+    splits: list[Split] = Field(default_factory=list, max_length=MAX_SPECIALISTS)
     embedding: EmbeddingTier = Field(default_factory=EmbeddingTier)
+    gap_log: GapLog = Field(default_factory=GapLog)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,16 +689,29 @@ class Routing(Strict):
 class RouterSettings(Strict):
     enabled: Bool = True
     port: Port = 8080
-    admin_token: str | None = Field(None, description="Enables the admin API; write it as ${VAR}.")
-    api_key: str | None = Field(
+    admin_token: Annotated[str, Field(max_length=4_096)] | None = Field(
+        None, description="Enables the admin API; write it as ${VAR}.")
+    api_key: Annotated[str, Field(max_length=4_096)] | None = Field(
         None, description="Clients must send `Authorization: Bearer <key>` for /v1 paths; write it as ${VAR}. "
         "Without it, whoever reaches the router's port can use the engines (the router adds the engines' key).",
     )
-    image: str | None = Field(None, description="Router container image; fleetspec/router:<fleetspec version> by default.")
-    redis_url: str | None = Field(
+    image: Text | None = Field(None, description="Router container image; fleetspec/router:<fleetspec version> by default.")
+    redis_url: Annotated[str, Field(max_length=4_096)] | None = Field(
         None, description="Keep runtime cluster mappings in this Redis, shared by every router replica "
         "(redis://[user:${PASSWORD}@]host[:port][/db], rediss:// for TLS); each router's memory when absent.",
     )
+    redis_map_key: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] | None = Field(
+        None, description="Seed 000's layout instead of fleetspec's own: the router reads and writes this Redis "
+        "hash (e.g. lora:router_map), field = cluster id, value = the bare adapter tag (specialist name), for "
+        "the first hash_clusters rule, so tools that HSET it keep working. Needs redis_url.",
+    )
+
+    @model_validator(mode="after")
+    def _map_key_needs_redis(self) -> RouterSettings:
+        if self.redis_map_key is not None and self.redis_url is None:
+            raise SpecValueError("redis_map_key names a Redis hash, but no redis_url says which Redis",
+                                 "add runtime.router.redis_url (e.g. redis://127.0.0.1:6379/0), or drop redis_map_key")
+        return self
 
     @field_validator("api_key")
     @classmethod
@@ -484,6 +727,58 @@ class RouterSettings(Strict):
         return value
 
 
+CPU_QUANTITY_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,3})?m?$"  # Kubernetes CPU: cores (2, 0.5) or millicores (500m)
+EXTENDED_RESOURCE_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+MIG_RESOURCE = re.compile(r"^nvidia\.com/mig-(\d+)g\.(\d+)gb$")  # the device plugin's `mixed` strategy names
+
+
+class PodResources(Strict):
+    """CPU and host memory of each replica's pod on Kubernetes (GPUs come from the plan)."""
+
+    cpu: Annotated[str, Field(pattern=CPU_QUANTITY_PATTERN)] | None = Field(
+        None, description="CPU request, e.g. 2 or 500m; 2 per GPU by default.")
+    memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] | None = Field(
+        None, description="Host memory request, e.g. 8Gi; the weights plus 8 GiB by default.")
+    cpu_limit: Annotated[str, Field(pattern=CPU_QUANTITY_PATTERN)] | None = Field(None, description="CPU limit, e.g. 4.")
+    memory_limit: Annotated[str, Field(pattern=QUANTITY_PATTERN)] | None = Field(
+        None, description="Host memory limit, e.g. 12Gi; a pod above it is OOM-killed.")
+
+
+class GpuSharing(Strict):
+    """How engine pods share GPUs on Kubernetes. Without it every pod requests whole GPUs
+    (`nvidia.com/gpu`), and the plan may not put two replicas on one GPU."""
+
+    mode: Literal["time-slicing", "mig"] = Field(
+        description="time-slicing: the NVIDIA device plugin advertises each GPU `replicas` times, with no memory "
+        "isolation; mig: each pod gets one MIG slice, listed under `gpus:` as its own device.")
+    resource: Annotated[str, Field(pattern=EXTENDED_RESOURCE_PATTERN)] | None = Field(
+        None, description="Resource each pod requests: nvidia.com/gpu.shared by default for time-slicing "
+        "(renameByDefault: true), the slice's profile for mig, e.g. nvidia.com/mig-3g.20gb.")
+    replicas: Annotated[int, Field(ge=2, le=64)] | None = Field(
+        None, description="time-slicing: `replicas` of the device plugin's sharing config, the pods one GPU takes.")
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> GpuSharing:
+        if self.mode == "time-slicing" and self.replicas is None:
+            raise SpecValueError(
+                "time-slicing needs `replicas`: how many pods the NVIDIA device plugin lets share one GPU",
+                "copy `replicas` from the device plugin's timeSlicing config, e.g. replicas: 4")
+        if self.mode == "mig":
+            if self.resource is None or not MIG_RESOURCE.match(self.resource):
+                raise SpecValueError(
+                    "mig needs `resource`: the MIG profile each pod requests, e.g. nvidia.com/mig-3g.20gb",
+                    "use the name the device plugin advertises with the `mixed` MIG strategy "
+                    "(kubectl describe node | grep nvidia.com/mig)")
+            if self.replicas is not None:
+                raise SpecValueError("`replicas` is for time-slicing; a MIG slice is never shared",
+                                     "list the slices under `gpus:` instead, one device per slice")
+        return self
+
+    @property
+    def resource_name(self) -> str:
+        return self.resource or "nvidia.com/gpu.shared"
+
+
 class KubernetesSettings(Strict):
     """Only what `fleetspec compile --target k8s` needs beyond the rest of the file."""
 
@@ -495,25 +790,60 @@ class KubernetesSettings(Strict):
         None, pattern=QUANTITY_PATTERN,
         description="Also create that claim (ReadWriteMany, this size, e.g. 20Gi); absent: it must exist already.",
     )
-    adapter_storage_class: str | None = Field(None, description="storageClassName of the created claim.")
-    ingress_host: str | None = Field(None, description="Publish the router through an Ingress for this host name.")
-    ingress_class: str | None = Field(None, description="ingressClassName of that Ingress (cluster default when absent).")
+    adapter_storage_class: Annotated[str, Field(max_length=253)] | None = Field(
+        None, description="storageClassName of the created claim.")
+    ingress_host: Annotated[str, Field(max_length=253)] | None = Field(
+        None, description="Publish the router through an Ingress for this host name.")
+    ingress_class: Annotated[str, Field(max_length=253)] | None = Field(
+        None, description="ingressClassName of that Ingress (cluster default when absent).")
+    secret: Name | None = Field(
+        None, description="The Secret that ${VAR} references read (key VAR); <fleet>-secrets by default. "
+        "fleetspec never writes it: `kubectl create secret generic NAME --from-literal=VAR=...`.",
+    )
+    ingress_paths: Bool = Field(
+        False, description="Add one Ingress Prefix path per specialist and per server (seed 003's /chatbot, "
+        "/code), each to the router Service. The router does not strip these prefixes yet (docs/kubernetes.md).")
+    session_affinity: Literal["None", "ClientIP"] = Field(
+        "None", description="sessionAffinity of the router's and the servers' Services (ClientIP keeps a client on "
+        "one pod, and so on its prefix cache).")
+    model_volume: Literal["none", "pvc", "host_path"] = Field(
+        "none", description="A volume holding the base model's Hugging Face cache, mounted read-only into every "
+        "engine pod (HF_HUB_OFFLINE=1); none: each pod downloads the model into its own emptyDir.")
+    model_claim: Name | None = Field(None, description="PersistentVolumeClaim with the model cache; <fleet>-models by default.")
+    model_claim_size: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="Also create that claim (ReadOnlyMany, this size, e.g. 50Gi).")
+    model_storage_class: Annotated[str, Field(max_length=253)] | None = Field(
+        None, description="storageClassName of the created model claim.")
+    model_host_path: Annotated[str, Field(pattern=r"^/", max_length=PATH_LENGTH)] | None = Field(
+        None, description="model_volume: host_path: the node directory holding the Hugging Face cache.")
+    gpu_sharing: GpuSharing | None = Field(
+        None, description="Let engine pods share GPUs (time-slicing or MIG); every pod gets whole GPUs without it.")
+    agent_port: Port = Field(8081, description="Port of the adapter agent sidecar in each engine pod (/ready, /status, /metrics).")
+
+    @model_validator(mode="after")
+    def _model_volume_fields(self) -> KubernetesSettings:
+        if self.model_volume == "host_path" and self.model_host_path is None:
+            raise SpecValueError("model_volume: host_path needs model_host_path, the node directory with the model",
+                                 "e.g. model_host_path: /var/lib/models (a Hugging Face cache, filled once per node)")
+        return self
 
 
 class Runtime(Strict):
     target: Literal["docker", "local", "k8s"] = "local"
     engine: Literal["vllm", "sim"] = "sim"
-    vllm_version: str = Field("0.33.0", pattern=r"^\d+\.\d+(\.\d+)?$", description="vLLM release the fleet is compiled for.")
-    engine_api_key: str | None = Field(
+    vllm_version: str = Field("0.33.0", pattern=r"^\d{1,6}\.\d{1,6}(\.\d{1,6})?$",
+                              description="vLLM release the fleet is compiled for.")
+    engine_api_key: Annotated[str, Field(max_length=4_096)] | None = Field(
         None, description="The API key every engine requires (vLLM's --api-key, handed over as VLLM_API_KEY so it "
         "stays out of process listings); write it as ${VAR}. fleetspec and the router send it; it is never written "
         "into compiled files or state.",
     )
-    image: str | None = Field(None, description="Engine image; vllm/vllm-openai:v<vllm_version> by default.")
-    bind_address: str = Field("127.0.0.1", description="Host address published ports bind to.")
+    image: Text | None = Field(None, description="Engine image; vllm/vllm-openai:v<vllm_version> by default.")
+    bind_address: str = Field("127.0.0.1", max_length=64,
+                              description="Host IP address published ports bind to (IPv4 or IPv6, e.g. 0.0.0.0).")
     base_port: Port = Field(8000, description="First port handed to servers without an explicit port.")
-    adapter_roots: list[str] = Field(
-        default_factory=list, description="Directories adapters must live under; mounted read-only."
+    adapter_roots: list[PathText] = Field(
+        default_factory=list, max_length=64, description="Directories adapters must live under; mounted read-only."
     )
     namespace: Name | None = Field(None, description="Kubernetes namespace; the fleet name by default.")
     router: RouterSettings = Field(default_factory=RouterSettings)
@@ -523,6 +853,20 @@ class Runtime(Strict):
     @classmethod
     def _engine_key_is_a_reference(cls, value: str | None) -> str | None:
         return secret_reference(value, "runtime.engine_api_key", "VLLM_API_KEY")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address_is_an_ip(cls, value: str) -> str:
+        # It ends up in Docker's port bindings, compose files and shell scripts: only an IP address is
+        # meaningful there, and anything else (a host name, `0.0.0.0; rm -rf /`) breaks or injects.
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise SpecValueError(
+                f"bind_address must be an IP address, not `{value[:60]}`",
+                "use 127.0.0.1 (this host only), 0.0.0.0 (every interface) or one of the host's addresses",
+            ) from None
+        return value
 
     @property
     def default_image(self) -> str:
@@ -542,14 +886,14 @@ class FleetSpec(Strict):
     name: Name
     base_model: BaseModelSpec
     gpus: Annotated[
-        Annotated[list[GpuGroup], Tag("groups")] | Annotated[GpuDiscovery, Tag("discover")],
+        Annotated[list[GpuGroup], Field(max_length=1_024), Tag("groups")] | Annotated[GpuDiscovery, Tag("discover")],
         Discriminator(lambda v: "discover" if isinstance(v, dict | GpuDiscovery) else "groups"),
     ] = Field(
         description='GPU inventory: a list of groups, a shorthand like "2x A100-80GB", or {discover: true}.',
         json_schema_extra=_gpu_schema_shorthands,
     )
-    servers: list[Server] = Field(min_length=1)
-    specialists: list[Specialist] = Field(default_factory=list)
+    servers: list[Server] = Field(min_length=1, max_length=MAX_SERVERS)
+    specialists: list[Specialist] = Field(default_factory=list, max_length=MAX_SPECIALISTS)
     routing: Routing = Field(default_factory=Routing)
     runtime: Runtime = Field(default_factory=Runtime)
 
@@ -558,17 +902,21 @@ class FleetSpec(Strict):
     def _gpu_shorthand(cls, value):
         return _expand_gpu_shorthand(value)
 
+    # Lookups go through one index per spec (spec/hosting.py): asked per server × specialist pair,
+    # a scan of the lists made planning quadratic.
     def server(self, name: str) -> Server | None:
-        return next((s for s in self.servers if s.name == name), None)
+        return hosting.index(self).server_by_name.get(name)
 
     def specialist(self, name: str) -> Specialist | None:
-        return next((s for s in self.specialists if s.name == name), None)
+        return hosting.index(self).specialist_by_name.get(name)
 
     def hosts_of(self, specialist: Specialist) -> list[Server]:
         """Servers that host a specialist: the named ones, or every LoRA-enabled server."""
-        if specialist.servers is not None:
-            return [s for s in self.servers if s.name in specialist.servers]
-        return [s for s in self.servers if s.lora is not None]
+        return hosting.index(self).hosts_of(specialist)
+
+    def hosted_by(self, server: Server) -> list[Specialist]:
+        """Specialists a server hosts, in declaration order."""
+        return hosting.index(self).hosted_by(server)
 
     def max_model_len_of(self, server: Server) -> int | None:
         return server.max_model_len or self.base_model.max_model_len

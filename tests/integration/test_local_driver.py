@@ -201,8 +201,10 @@ def test_environment_is_minimal_with_secrets_expanded_and_gpus_visible(driver, f
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
     assert "FST_TEST_NOT_PASSED" not in env and "FST_TEST_SECRET" not in env
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(PY)
-    assert set(env) - {"TOKEN", "PLAIN", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED"} <= set(local._INHERITED_ENV)
+    markers = {local.MARK_FLEET_FILE, local.MARK_RUN_DIR, local.MARK_PROCESS}
+    assert set(env) - {"TOKEN", "PLAIN", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED", *markers} <= set(local._INHERITED_ENV)
     assert "s3cret" not in (fleet.run_dir / "procs" / f"{spec.name}.json").read_text()
+    assert "s3cret" not in env[local.MARK_PROCESS]  # the marker holds the record's identity, never the env
     [seen] = driver.observe(fleet.name)
     assert (seen.exit_code, seen.ports) == (0, ())
     assert seen.spec_hash == spec.spec_hash()  # the reference is hashed, not the secret

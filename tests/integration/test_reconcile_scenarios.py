@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import pathlib
-import random
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 
+import netkit
 import pytest
 import yaml
 from adapter_factory import BIGGER_LLAMA, TINY_LLAMA, write_adapter
@@ -76,21 +76,7 @@ def answers(url: str) -> bool:
 
 def free_base_port(count: int = 2) -> int:
     """A port P with P..P+count-1 all free on 127.0.0.1, below the ephemeral range."""
-    rng = random.Random()
-    for _ in range(500):
-        port = rng.randrange(20000, 32000 - count)
-        if all(_free(port + i) for i in range(count)):
-            return port
-    raise RuntimeError("no free port range found")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return netkit.free_port_range(count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -712,3 +698,25 @@ def test_rollback_without_history_says_so(fleet):
     result = fleet.cli("rollback", str(fleet.file), "--yes")
     assert result.code == 1
     assert "nothing to roll back to" in result.err
+
+
+def test_a_noop_apply_takes_the_fast_path_and_drift_sends_it_back_to_the_full_one(fleet):
+    """The fast path (every runtime fleetspec runs) judges the real fleet with the full path's
+    definition of converged: the record a converged apply leaves answers the next plain apply,
+    and an adapter unloaded behind fleetspec's back makes it step aside."""
+    from fleetspec.cli import entry
+    from fleetspec.engine_api import client as engine_client
+    from fleetspec.reconcile import fastpath
+
+    fleet.write()
+    fleet.converged()
+    assert fastpath.is_noop(fleet.file)
+    fleet.capsys.readouterr()
+    assert entry.main(["apply", str(fleet.file)]) == 0
+    assert "The running fleet matches the fleet file." in fleet.capsys.readouterr().out
+
+    assert engine_client.EngineClient(fleet.url()).unload_adapter("python--1.0.0")
+    assert not fastpath.is_noop(fleet.file)
+    reloaded = fleet.converged()
+    assert reloaded.kinds() == [("load-adapter", "main/0", "python--1.0.0")]
+    assert fastpath.is_noop(fleet.file)

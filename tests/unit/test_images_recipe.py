@@ -82,3 +82,41 @@ def test_inputs_hash_depends_on_content_and_mode_not_insertion_order():
         "base") != a.inputs_hash("base")
     assert payload.Payload(files={"x": (b"1!", False), "y": (b"2", True)}, dependencies=()).inputs_hash(
         "base") != a.inputs_hash("base")
+
+
+def _install(prefix: pathlib.Path) -> payload.importlib.metadata.Distribution:
+    """A distribution as pip leaves it in a virtualenv at `prefix`: a console script whose `#!` line
+    names that virtualenv's python (so its RECORD hash differs per path) and a direct_url.json."""
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    (site / "demo").mkdir(parents=True)
+    (site / "demo" / "__init__.py").write_text("VALUE = 1\n")
+    (prefix / "bin").mkdir()
+    script = f"#!{prefix}/bin/python\nfrom demo import main\n"
+    (prefix / "bin" / "demo").write_text(script)
+    info = site / "demo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    (info / "direct_url.json").write_text(f'{{"url": "file://{prefix}/wheels/demo-1.0-py3-none-any.whl"}}')
+    digest = payload.hashlib.sha256(script.encode()).hexdigest()
+    (info / "RECORD").write_text(
+        "demo/__init__.py,sha256=abc,10\ndemo/__pycache__/__init__.cpython-311.pyc,,\n"
+        f"../../../bin/demo,sha256={digest},{len(script)}\ndemo-1.0.dist-info/METADATA,,\n"
+        "demo-1.0.dist-info/direct_url.json,,\ndemo-1.0.dist-info/RECORD,,\n")
+    return payload.importlib.metadata.PathDistribution(info)
+
+
+def test_image_inputs_do_not_depend_on_the_virtualenv_or_clone_path(tmp_path):
+    first = payload._distribution_files(_install(tmp_path / "clone-a" / ".venv"))
+    second = payload._distribution_files(_install(tmp_path / "elsewhere" / "b" / ".venv"))
+    assert first == second  # same bytes, so the same cache key and no rebuild per checkout
+    assert sorted(first) == ["site-packages/demo-1.0.dist-info/METADATA", "site-packages/demo-1.0.dist-info/RECORD",
+                             "site-packages/demo/__init__.py"]
+    record = first["site-packages/demo-1.0.dist-info/RECORD"][0].decode()
+    assert "demo/__init__.py,sha256=abc,10" in record and "bin/demo" not in record and "__pycache__" not in record
+
+
+def test_the_real_payload_names_no_path_of_this_checkout():
+    collected = payload.collect({})
+    here = str(payload.PACKAGE_DIR.parent).encode()
+    assert not [name for name, (content, _) in collected.files.items() if here in content]
+    assert not [name for name in collected.files if name.endswith("direct_url.json")]

@@ -23,7 +23,8 @@ Layers, lowest first (docs/architecture.md draws the same picture):
 9. `drivers`: the effectful runtime shell (Docker, local processes, the state file on disk).
 10. `images`: offline-built images; needs the Docker driver, used by reconcile.
 11. `reconcile`: observe, diff, plan, apply.
-12. `sim`, `router` (the server), `watch`: long-running programs built on the layers below.
+12. `sim`, `router` (the server), `watch`, `agent` (the pod sidecar): long-running programs built on the
+    layers below.
 13. `cli` and `fleetspec.__main__`: the commands.
 
 Within a layer, modules may import each other, but packages must never form an import cycle.
@@ -51,7 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("drivers",),
     ("images",),
     ("reconcile",),
-    ("sim", "router", "watch"),
+    ("sim", "router", "watch", "agent"),
     ("cli", "__main__"),
 )
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}
