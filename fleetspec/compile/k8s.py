@@ -311,9 +311,11 @@ def namespace_of(spec: models.FleetSpec) -> str:
 
 
 def routing_table(spec: models.FleetSpec, base_dir: pathlib.Path | None, cluster_maps: dict | None = None) -> dict:
-    """One upstream per server: its Service, which spreads requests over the server's pods."""
+    """One upstream per server: its headless pods Service, which the router resolves to every ready
+    pod, so that it routes by what each pod holds (LoRA affinity across pods)."""
     ns = namespace_of(spec)
-    upstreams = [router.upstream(s.name, 0, f"http://{name('vllm', s.name)}.{ns}.svc:{vllm_args.CONTAINER_PORT}")
+    upstreams = [router.upstream(s.name, 0, f"http://{pods_service_name(s)}.{ns}.svc.cluster.local:"
+                                            f"{vllm_args.CONTAINER_PORT}", discover=True)
                  for s in spec.servers if s.replicas > 0]
     return router.routing_table(spec, upstreams, base_dir, cluster_maps)
 
@@ -376,12 +378,14 @@ def _router_objects(spec: models.FleetSpec, base_dir: pathlib.Path | None,
 
 
 def ingress_paths(spec: models.FleetSpec) -> list[str]:
-    """`/`, then with `ingress_paths` one Prefix path per specialist and per server (seed 003's
-    /chatbot, /code): all go to the router, which reads the first path segment (a specialist pins
-    that specialist, a server its base model) and strips it before routing."""
+    """`/`, then with `ingress_paths` `/base` and one Prefix path per specialist and per server
+    (seed 003's /base, /chatbot, /code): all go to the router, which reads the first path segment
+    (a specialist pins that specialist, `base` the base model, a server scopes routing to it) and
+    strips it before routing."""
     paths = ["/"]
     if spec.runtime.kubernetes.ingress_paths:
-        for path in [f"/{s.name}" for s in spec.specialists] + [f"/{s.name}" for s in spec.servers if s.replicas]:
+        named = [f"/{s.name}" for s in spec.specialists] + [f"/{s.name}" for s in spec.servers if s.replicas]
+        for path in ["/base", *named]:
             if path not in paths:
                 paths.append(path)
     return paths

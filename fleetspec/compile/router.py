@@ -36,8 +36,8 @@ def adapter_paths(spec: models.FleetSpec, base_dir: pathlib.Path | None) -> dict
     return found
 
 
-def upstream(server: str, replica: int, url: str) -> dict:
-    return {"server": server, "replica": replica, "url": url}
+def upstream(server: str, replica: int, url: str, discover: bool = False) -> dict:
+    return config.Upstream(server, replica, url, discover=discover).to_json()
 
 
 def to_json(document: dict) -> str:

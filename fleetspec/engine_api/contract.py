@@ -146,6 +146,23 @@ def models_view(url: str, status: int, text: str) -> ModelsView:
     )
 
 
+def model_missing(status: int, text: str) -> bool:
+    """Whether a completion was refused because the engine serves no such model (vLLM answers
+    404 NotFoundError "The model `x` does not exist." before it queues anything, so the request
+    may go to another replica)."""
+    if status != 404:
+        return False
+    body = _json(text)
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and (error.get("type") == "NotFoundError" or error.get("param") == "model")
+
+
+def already_loaded(status: int, text: str) -> bool:
+    """vLLM's 400 for loading a name it already serves: for a loader that wants it served, success."""
+    message = error_message(text) if status == 400 else None
+    return message is not None and "already been loaded" in message
+
+
 def unload_outcome(url: str, name: str, status: int, text: str) -> bool:
     """True: unloaded now; False: the engine did not serve that name (vLLM's ErrorResponse 404)."""
     if status == 200:

@@ -212,11 +212,14 @@ class Applier:
 
     def _unload(self, action: Action) -> Outcome:
         # The old version keeps serving until its successor has loaded (DESIGN §6).
+        # Anywhere it failed, the router stays on the old version, so every replica keeps it.
         specialist = _specialist_of(action.adapter)
-        failed = sorted(self.not_loaded.get(action.target, ()))
+        failed = sorted({name for names in self.not_loaded.values() for name in names})
         successor = next((name for name in failed if specialist and _specialist_of(name) == specialist), None)
         if successor is not None:
-            return Outcome(action, SKIPPED, f"kept serving: its successor {successor} did not load")
+            where = sorted(t for t, names in self.not_loaded.items() if successor in names)
+            return Outcome(action, SKIPPED, f"kept serving: its successor {successor} did not load"
+                           + ("" if where == [action.target] else f" on {', '.join(where)}"))
         replica = self.want.replicas[(action.server, action.replica)]
         removed = self._engine(replica).unload_adapter(action.adapter)
         return Outcome(action, OK if removed else UNCHANGED, "unloaded" if removed else "was not loaded")

@@ -52,7 +52,28 @@ def diff(
     actions.extend(_removals(want, have))
     if want.router is not None and _router_changed(want, have):
         actions.append(Action(Kind.UPDATE_ROUTER, "router", _router_reason(want, have)))
-    return plan.ReconcilePlan(want.fleet, plan.ordered(actions))
+    return plan.ReconcilePlan(want.fleet, plan.ordered(actions), interruptions=_interruptions(want, have, actions))
+
+
+def _interruptions(want, have, actions: list[Action]) -> tuple[plan.Interruption, ...]:
+    """Servers whose only running replica restarts: with a second one running (or a new one started
+    first), apply drains and replaces one at a time and another serves; alone, the server is down
+    until it is back."""
+    replaced: dict[str, set[int]] = {}
+    created: set[str] = set()  # a new replica starts before any is replaced (plan order), then serves
+    for action in actions:
+        if action.kind is Kind.REPLACE and action.server is not None:
+            replaced.setdefault(action.server, set()).add(action.replica)
+        elif action.kind is Kind.CREATE and action.server is not None:
+            created.add(action.server)
+    found = []
+    for server, replicas in replaced.items():
+        running = {key[1] for key, current in have.replicas.items()
+                   if key[0] == server and current.container.running}
+        if len(running) == 1 and running <= replicas and server not in created:
+            budget = max(r.startup_budget_s for key, r in want.replicas.items() if key[0] == server)
+            found.append(plan.Interruption(server, budget))
+    return tuple(found)
 
 
 def _server_action(key, target, replica, current, last) -> Action | None:

@@ -66,10 +66,27 @@ class Action:
 
 
 @dataclasses.dataclass(frozen=True)
+class Interruption:
+    """A server whose every running replica restarts in this plan (one replica): while it starts,
+    nothing serves it. `up_to_s` is its startup budget, the longest apply waits for it."""
+
+    server: str
+    up_to_s: int
+
+    def describe(self) -> str:
+        return (f"{self.server} has one replica, so its requests fail while it restarts: up to {self.up_to_s} s "
+                "(its startup budget). Give it a second replica to restart without interrupting serving.")
+
+    def to_json(self) -> dict:
+        return {"server": self.server, "up_to_s": self.up_to_s, "message": self.describe()}
+
+
+@dataclasses.dataclass(frozen=True)
 class ReconcilePlan:
     fleet: str
     actions: tuple[Action, ...]
     notes: tuple[str, ...] = ()  # things the plan noticed but does not act on (drift it cannot fix)
+    interruptions: tuple[Interruption, ...] = ()
 
     @property
     def has_changes(self) -> bool:
@@ -100,6 +117,7 @@ class ReconcilePlan:
             "restarts": self.restarts,
             "actions": [a.to_json() for a in self.actions],
             "notes": list(self.notes),
+            "interruptions": [i.to_json() for i in self.interruptions],
         }
 
 

@@ -17,30 +17,21 @@ import asyncio
 import collections
 import dataclasses
 import hmac
-import time
 import urllib.parse
 
-from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import gaplog, httpio, httpjson, httplimits, resp, runtime_state
+from fleetspec.router import gaplog, httpio, httpjson, httplimits, ondemand, resp, runtime_state
 from fleetspec.routing import table
+
+WARM_TIMEOUT_S = 600.0  # a warm call waits for real loads (seconds each on vLLM)
+CLEAR_NOTE = ("vLLM's unload stops serving the name at once but frees the adapter's GPU slot only when its LRU "
+              "evicts it (vllm-project/vllm#54839); preloaded adapters are kept because fleet.yaml declares them.")
 
 
 class AdminError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclasses.dataclass(frozen=True)
-class Warmed:
-    url: str
-    server: str
-    replica: int
-    served_name: str
-    specialist: str
-    version: str
-    at: float
 
 
 @dataclasses.dataclass
@@ -210,10 +201,23 @@ def state(router) -> dict:
             unused.append({**row, "reason": ignored[override.key]})
         else:
             clusters.append({**row, "declared": base.cluster_map(override.rule_index).get(override.cluster)})
-    warmed = [dataclasses.asdict(w) for w in sorted(router.runtime.warmed.values(), key=lambda w: (w.url, w.served_name))]
+    loads = sorted(router.runtime.warmed.values(), key=lambda w: (w.url, w.served_name))
+    warmed = [dataclasses.asdict(w) for w in loads if not on_demand_allowed(router.config, w)]
+    on_demand = [dataclasses.asdict(w) for w in loads if on_demand_allowed(router.config, w)]
     return {"fleet": router.config.spec.name, "config_hash": router.config.hash, "config_loaded_at": router.loaded_at,
-            "drift": bool(clusters or warmed), "clusters": clusters, "warmed": warmed, "ignored": unused,
-            "runtime_state": router.runtime.health()}
+            "drift": bool(clusters or warmed), "clusters": clusters, "warmed": warmed, "on_demand": on_demand,
+            "ignored": unused, "runtime_state": router.runtime.health()}
+
+
+def on_demand_allowed(config, loaded: ondemand.Loaded) -> bool:
+    """Whether fleet.yaml lets this adapter be loaded when wanted (`preload: false`, a live version):
+    then the router's load of it is the fleet working as declared, not drift."""
+    specialist = config.spec.specialist(loaded.specialist)
+    if specialist is None or specialist.preload or loaded.server not in config.hosts(loaded.specialist):
+        return False
+    split = config.table.splits.get(loaded.specialist)
+    live = {v for _, v in split.ranges} if split else {specialist.version}
+    return loaded.version in live
 
 
 async def _stats(router, request) -> tuple[int, dict]:
@@ -283,39 +287,31 @@ async def _load_one(router, replica, specialist: str, version: str, served: str,
            "served_name": served}
     if served in replica.models:
         return {**row, "result": "already-loaded"}
-    try:
-        status, answer = await httpio.fetch(router.pool, replica.upstream.url, "POST", contract.LOAD,
-                                             contract.load_body(served, path), _engine_headers(router), timeout=120)
-    except (TimeoutError, OSError, httpio.ProtocolError) as exc:
-        return {**row, "result": "failed", "error": f"{exc.__class__.__name__}: {exc}"}
-    if status != 200:
-        return {**row, "result": "failed", "error": _engine_message(answer, status)}
-    replica.models = replica.models | {served}
-    router.runtime.warmed[(replica.upstream.url, served)] = Warmed(
-        replica.upstream.url, replica.server, replica.upstream.replica, served, specialist, version, time.time())
-    return {**row, "result": "loaded"}
+    failed = await router.loader.ensure(replica, specialist, version, served, path, router.cache_capacity(replica),
+                                        WARM_TIMEOUT_S)
+    return {**row, "result": "failed", "error": failed} if failed else {**row, "result": "loaded"}
 
 
 async def _clear_cache(router, request) -> tuple[int, dict]:
-    """Unload what this router warmed (and only that: the reconciler owns everything else)."""
+    """Unload the adapters this router loaded (warmed, or on demand). Preloaded ones stay: they are
+    fleet.yaml's desired state, and the reconciler would load them again."""
     results = []
-    for key, warmed in list(router.runtime.warmed.items()):
-        row = {"url": warmed.url, "served_name": warmed.served_name}
-        try:
-            status, answer = await httpio.fetch(router.pool, warmed.url, "POST", contract.UNLOAD,
-                                                contract.unload_body(warmed.served_name), _engine_headers(router),
-                                                timeout=30)
-            contract.unload_outcome(warmed.url, warmed.served_name, status, answer.decode("utf-8", "replace"))
-        except (TimeoutError, OSError, httpio.ProtocolError, errors.FleetspecError) as exc:
-            results.append({**row, "result": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
+    for url, served in list(router.runtime.warmed):
+        row = {"url": url, "served_name": served}
+        replica = router.upstreams.replicas.get(url)
+        if replica is None:
+            del router.runtime.warmed[(url, served)]  # that replica left the fleet, and its adapters with it
+            results.append({**row, "result": "gone"})
             continue
-        del router.runtime.warmed[key]
-        replica = router.upstreams.replicas.get(warmed.url)
-        if replica is not None:
-            replica.models = replica.models - {warmed.served_name}
-        results.append({**row, "result": "unloaded"})
-    failed = any(r["result"] == "failed" for r in results)
-    return (502 if failed else 200), {"results": results}
+        failed = await router.loader.unload(replica, served)
+        results.append({**row, "result": "failed", "error": failed} if failed else {**row, "result": "unloaded"})
+    kept = sorted({(r.upstream.url, name) for r in router.upstreams.replicas.values() for name in r.adapters}
+                  - set(router.runtime.warmed))
+    body = {"results": results,
+            "kept": [{"url": url, "served_name": name, "reason": "preloaded: fleet.yaml declares it"}
+                     for url, name in kept],
+            "note": CLEAR_NOTE}
+    return (502 if any(r["result"] == "failed" for r in results) else 200), body
 
 
 def _engine_message(answer: bytes, status: int) -> str:

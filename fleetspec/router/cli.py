@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from fleetspec import errors
-from fleetspec.router import httplimits
+from fleetspec.router import discovery, httplimits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,18 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 inside a container)")
     serve.add_argument("--port", type=int, help="port to listen on; runtime.router.port of the fleet by default")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--resolver", default=os.environ.get("FLEETSPEC_ROUTER_RESOLVER"),
+                       help="DNS server (IP[:port]) for upstreams that discover pods through a headless Service; "
+                            "the system resolver by default (the cluster's DNS in a pod)")
     limits = serve.add_argument_group("limits", "bounds on clients and engines (fleetspec/router/httplimits.py)")
     httplimits.Limits.add_arguments(limits)
     args = parser.parse_args(argv)
     try:
         bounds = httplimits.Limits.from_arguments(args)
+        resolver = discovery.parse_resolver(args.resolver) if args.resolver else None
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s fleetspec.router: %(message)s")
     from fleetspec.router import server
 
-    router = server.Router(args.config, limits=bounds)
+    router = server.Router(args.config, limits=bounds, resolver=resolver)
     try:
         router.load()
     except errors.FleetspecError as exc:

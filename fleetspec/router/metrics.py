@@ -15,6 +15,7 @@ BASE_LABEL = "_base"  # specialist label of base-model requests ("_" cannot star
 DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
 EMBEDDING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # real vLLM loads take seconds
 
 
 def _escape(value: str) -> str:
@@ -140,6 +141,18 @@ class RouterMetrics:
         self.gaps = Counter("fleetspec_router_routing_gaps_total",
                             "Prompts no routing rule matched, by what became of their routing-gap log entry: "
                             "recorded, queue-full (dropped: the writer fell behind) or write-failed.", ("result",))
+        self.adapter_cache = Counter("fleetspec_router_adapter_cache_total",
+                                     "Requests for an adapter, by replica and whether the replica chosen already "
+                                     "held it (hit) or had to load it first (miss).", ("server", "replica", "result"))
+        self.adapter_loads = Counter("fleetspec_router_adapter_loads_total",
+                                     "Adapter loads the router asked an engine for (on demand, spill-over, warm), "
+                                     "by result.", ("server", "replica", "result"))
+        self.adapter_load_seconds = Histogram("fleetspec_router_adapter_load_seconds",
+                                              "Time an engine took to load an adapter the router asked for.",
+                                              LOAD_BUCKETS, ("server", "replica"))
+        self.adapter_evictions = Counter("fleetspec_router_adapter_evictions_total",
+                                         "Adapters the router unloaded to make room for another in the server's "
+                                         "adapter cache (max_cpu_loras).", ("server", "replica"))
         # Seed 000's names, so its dashboards and its alert query keep working unchanged:
         # rate(ensemble_miss_total[5m]) / rate(swarm_router_requests_total[5m]). Derived, at render
         # time, from fleetspec's own counters above.
@@ -149,6 +162,15 @@ class RouterMetrics:
         self.ensemble_requests = Counter("swarm_router_requests_total",
                                          "Seed 000's name: requests answered (the sum of "
                                          "fleetspec_router_requests_total).")
+        self.ensemble_cache_hits = Counter("ensemble_cache_hits_total",
+                                           "Seed 000's name: fleetspec_router_adapter_cache_total{result=\"hit\"}, "
+                                           "summed over replicas.")
+        self.ensemble_cache_misses = Counter("ensemble_cache_misses_total",
+                                             "Seed 000's name: fleetspec_router_adapter_cache_total{result=\"miss\"}, "
+                                             "summed over replicas.")
+        self.ensemble_cache_evictions = Counter("ensemble_cache_evictions_total",
+                                                "Seed 000's name: fleetspec_router_adapter_evictions_total, summed "
+                                                "over replicas.")
         self.ensemble_miss_rate = Counter("ensemble_miss_rate",
                                           "Seed 000's name: ensemble_miss_total / swarm_router_requests_total since "
                                           "the router started (its target: < 0.10).", (), kind="gauge")
@@ -166,6 +188,9 @@ class RouterMetrics:
         misses, requests = sum(self.fallbacks.values.values()), sum(self.requests.values.values())
         self.ensemble_misses.set(value=misses)
         self.ensemble_requests.set(value=requests)
+        for family, result in ((self.ensemble_cache_hits, "hit"), (self.ensemble_cache_misses, "miss")):
+            family.set(value=sum(v for k, v in self.adapter_cache.values.items() if k[2] == result))
+        self.ensemble_cache_evictions.set(value=sum(self.adapter_evictions.values.values()))
         self.ensemble_miss_rate.values.clear()
         if requests:  # no series before the first request: a rate of nothing is not 0
             self.ensemble_miss_rate.set(value=round(min(1.0, misses / requests), 6))
@@ -174,5 +199,7 @@ class RouterMetrics:
         self._ensemble()
         families = (self.requests, self.latency, self.fallbacks, self.decisions, self.embeddings, self.upstream_errors,
                     self.refused, self.connections, self.body_bytes, self.upstream_up, self.reloads, self.state_up, self.state_mappings, self.state_syncs,
-                    self.gaps, self.ensemble_misses, self.ensemble_requests, self.ensemble_miss_rate)
+                    self.gaps, self.adapter_cache, self.adapter_loads, self.adapter_load_seconds,
+                    self.adapter_evictions, self.ensemble_misses, self.ensemble_requests, self.ensemble_cache_hits,
+                    self.ensemble_cache_misses, self.ensemble_cache_evictions, self.ensemble_miss_rate)
         return "\n".join(line for family in families for line in family.render()) + "\n"

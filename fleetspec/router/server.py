@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,12 +28,15 @@ from fleetspec import errors
 from fleetspec.engine_api import contract
 from fleetspec.router import (
     admin,
+    discovery,
     gaplog,
     httpio,
     httpjson,
     httplimits,
     metrics,
+    ondemand,
     openai,
+    residency,
     runtime_state,
     upstreams,
 )
@@ -43,6 +47,9 @@ from fleetspec.routing import table
 log = logging.getLogger("fleetspec.router")
 
 NO_HEALTHY_REPLICA = "no-healthy-replica"  # the chosen specialist's servers are all down
+ADAPTER_UNAVAILABLE = "adapter-unavailable"  # replicas are up, but none serves it or could load it in time
+PREVIOUS_VERSION = "previous-version"
+OUTSIDE_SCOPE = "not-on-this-server"  # an Ingress server path (/tasks/...) and a specialist that server lacks  # routing.fallback: previous sent it to the specialist's previous_version
 WATCH_SECONDS = 0.1  # one stat() of the config file; apply waits for it, so it bounds a route change
 LINGER_S = 1.0  # after an error answer, how long unread request bytes are drained so the client sees it
 LINGER_BYTES = 1024 * 1024
@@ -62,6 +69,11 @@ class _BrokenBody(Exception):
     def __init__(self, message: str, kind: str = "broken-body"):
         super().__init__(message)
         self.kind = kind  # the upstream_errors label: broken-body, stalled
+
+
+class _Missing(Exception):
+    """The engine answered 404 for the adapter: it does not serve it (any more). Nothing reached the
+    client and the engine queued nothing, so another replica (or a load) may take the request."""
 
 
 class _NoAnswer(Exception):
@@ -117,8 +129,10 @@ class _Client:
 
 class Router:
     def __init__(self, config_path: str | pathlib.Path, env: Mapping[str, str] | None = None,
-                 limits: httplimits.Limits | None = None):
+                 limits: httplimits.Limits | None = None, resolver: discovery.Resolver | None = None):
         self.config_path = pathlib.Path(config_path)
+        self.resolver = resolver  # DNS server for `discover` upstreams; None: the system's (cluster DNS in a pod)
+        self._discoveries: dict[tuple[str, int], discovery.Discovery] = {}
         self.env = os.environ if env is None else env
         self.limits = limits or httplimits.Limits()
         self.budget = httplimits.BodyBudget(self.limits.max_inflight_body_bytes)
@@ -127,6 +141,7 @@ class Router:
         self.pool = httpio.Pool(connect_timeout=self.limits.upstream_connect_s)
         self.upstreams = upstreams.Upstreams(self.pool, on_health=self._health_changed)
         self.runtime: runtime_state.MemoryState = runtime_state.MemoryState()  # replaced by load()
+        self.loader = ondemand.Loader(self.pool, self.metrics, self._engine_headers, lambda: self.runtime.warmed)
         self.ignored: list[tuple[runtime_state.ClusterOverride, str]] = []  # mappings the config does not allow
         self.stats = admin.Stats()
         self.config: config_mod.RouterConfig | None = None
@@ -134,6 +149,7 @@ class Router:
         self.loaded_at: float | None = None
         self._stamp: tuple | None = None
         self._serving = False
+        self._promised: list[tuple[str, str, frozenset[str]]] = []  # what /health checks is served
 
     # -- config ------------------------------------------------------------------------------------
 
@@ -167,17 +183,47 @@ class Router:
             return False, str(exc)
         if not runtime_state.same_store(self.runtime, fresh.redis, fresh.spec.name, redis_layout.plain_map(fresh)):
             await self._switch_store(fresh)
-        self._install(fresh)
+        # A new config follows an apply step (a replaced replica, new adapters, a drain): read every
+        # replica's health and adapters before the new table takes requests, not at the next period.
+        self.upstreams.api_key = fresh.engine_api_key
+        pods = await self._pods(fresh.upstreams)
+        self.upstreams.configure(pods)
+        await self.upstreams.refresh()
+        self._install(fresh, pods)
         self.metrics.reloads.inc("ok")
         log.info("router config loaded from %s (%s)", self.config_path, fresh.hash[:12])
         return True, "loaded"
 
-    def _install(self, fresh: config_mod.RouterConfig) -> None:
+    def _install(self, fresh: config_mod.RouterConfig, upstreams_now=None) -> None:
         self.config = fresh
+        self._promised = _always_served(fresh)
         self._runtime_changed()
         self.upstreams.api_key = fresh.engine_api_key
-        self.upstreams.configure(fresh.upstreams)
+        self.upstreams.configure(fresh.upstreams if upstreams_now is None else upstreams_now)
         self.loaded_at = time.time()
+
+    async def _pods(self, listed) -> list[config_mod.Upstream]:
+        """The upstreams with each `discover` entry replaced by one replica per pod its DNS name
+        resolves to (sorted by address). Until a name has resolved once, the entry stays as it is;
+        after that, a failed lookup keeps the last answer (`discovery.Discovery`)."""
+        out: list[config_mod.Upstream] = []
+        for upstream in listed:
+            if not upstream.discover:
+                out.append(upstream)
+                continue
+            host, port = httpio.address_of(upstream.url)
+            watch = self._discoveries.get((host, port))
+            if watch is None:
+                watch = self._discoveries[(host, port)] = discovery.Discovery(host, port, self.resolver, ttl_s=0.0)
+            try:
+                urls = await asyncio.to_thread(watch.current)
+            except discovery.DiscoveryError as exc:
+                log.warning("cannot resolve the pods of %s yet (%s); sending to %s as it is", upstream.server, exc,
+                            upstream.url)
+                out.append(upstream)
+                continue
+            out += [dataclasses.replace(upstream, replica=i, url=url, discover=False) for i, url in enumerate(urls)]
+        return out
 
     async def _switch_store(self, fresh: config_mod.RouterConfig) -> None:
         """The config now names another store (or none): follow that one from here on."""
@@ -215,6 +261,30 @@ class Router:
     def _health_changed(self, replica: upstreams.Replica) -> None:
         up = replica.upstream
         self.metrics.upstream_up.set(up.server, str(up.replica), up.url, value=1.0 if replica.healthy else 0.0)
+        if replica.healthy:
+            self.loader.forget_lost(replica)
+
+    def _engine_headers(self) -> list[tuple[str, str]]:
+        return [contract.JSON, *contract.auth_headers(self.config.engine_api_key)]
+
+    def cache_capacity(self, replica: upstreams.Replica) -> int:
+        """Adapters one engine keeps ready: its server's max_cpu_loras, else max_loras (vLLM's default)."""
+        server = self.config.spec.server(replica.server)
+        lora = server.lora if server is not None else None
+        return (lora.max_cpu_loras or lora.max_loras) if lora is not None else 0
+
+    def _health(self) -> dict:
+        """/health: 200 while the router routes (Redis down included: it routes on with what it last
+        read); `degraded` names the specialists that must be served at all times and are served nowhere."""
+        replicas = self.upstreams.replicas.values()
+        unserved = residency.unserved(replicas, self._promised)
+        return {"status": "degraded" if unserved else "ok", "fleet": self.config.spec.name,
+                "config_hash": self.config.hash, "healthy_upstreams": sum(1 for r in replicas if r.healthy),
+                "upstreams": len(self.upstreams.replicas), "unserved": unserved,
+                "replicas": [{"server": r.server, "replica": r.upstream.replica, "url": r.upstream.url,
+                              "healthy": r.healthy, "draining": r.draining, "inflight": r.inflight,
+                              "adapters": sorted(r.adapters), "last_error": r.last_error} for r in replicas],
+                "runtime_state": self.runtime.health()}
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -222,6 +292,7 @@ class Router:
         if self.config is None:
             self.load()
         self._serving = True
+        self.upstreams.configure(await self._pods(self.config.upstreams))
         await asyncio.gather(self.upstreams.refresh(), self.runtime.start(self._runtime_changed))
         _raise_file_limit(self.limits.max_connections)
         server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
@@ -248,6 +319,8 @@ class Router:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.refresh_seconds)
+            if any(u.discover for u in self.config.upstreams):
+                self.upstreams.configure(await self._pods(self.config.upstreams))  # pods come and go
             await self.upstreams.refresh()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -309,8 +382,16 @@ class Router:
             return await _send_json(writer, 401, openai.error(401, "This router needs an API key: send "
                                                                    "`Authorization: Bearer <key>`."),
                                     keep_alive=keep, extra=[("WWW-Authenticate", "Bearer")])
+        scope = None
+        if path.count("/") >= 3 and not path.startswith(("/v1/", "/admin/")):
+            # An Ingress path (/chatbot/v1/..., seed 003): scope the request, and strip the prefix.
+            segment, _, rest = path[1:].partition("/")
+            scope = _scope(segment, self.config) if rest.startswith("v1/") else None
+            if scope is not None:
+                query = request.target.partition("?")[2]
+                request.target = path = "/" + rest + (f"?{query}" if query else "")
         if request.method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
-            return await self._proxy(request, writer, chat=path.endswith("chat/completions"))
+            return await self._proxy(request, writer, chat=path.endswith("chat/completions"), scope=scope)
         if path.startswith("/admin/"):
             status, body = await admin.handle(self, request)
             return await _send_json(writer, status, body, keep_alive=keep,
@@ -318,12 +399,7 @@ class Router:
         if method == "GET" and path == "/v1/models":
             return await _send_json(writer, 200, self._models(), keep_alive=keep)
         if method == "GET" and path == "/health":
-            healthy = sum(1 for r in self.upstreams.replicas.values() if r.healthy)
-            # Still 200 when Redis is down: the router routes on with what it last read.
-            return await _send_json(writer, 200, {"status": "ok", "fleet": self.config.spec.name,
-                                                  "config_hash": self.config.hash, "healthy_upstreams": healthy,
-                                                  "upstreams": len(self.upstreams.replicas),
-                                                  "runtime_state": self.runtime.health()}, keep_alive=keep)
+            return await _send_json(writer, 200, self._health(), keep_alive=keep)
         if method == "GET" and path == "/metrics":
             self.metrics.runtime_state(self.runtime.health(), len(self.runtime.overrides) - len(self.ignored),
                                        len(self.ignored), getattr(self.runtime, "syncs", None))
@@ -352,9 +428,12 @@ class Router:
 
     # -- the proxy ---------------------------------------------------------------------------------
 
-    async def _proxy(self, request: httpio.Request, writer: asyncio.StreamWriter, chat: bool) -> bool:
+    async def _proxy(self, request: httpio.Request, writer: asyncio.StreamWriter, chat: bool,
+                     scope: _Scope | None = None) -> bool:
         started = time.perf_counter()
         config, routing = self.config, self.table  # this request's view, whatever reloads happen
+        if scope is not None and scope.server is not None:
+            config = _ServerScoped(config, scope.server)
         try:
             body = httpjson.loads(request.body, self.limits.max_json_depth)
         except httpjson.TooDeep as exc:
@@ -367,6 +446,8 @@ class Router:
         sticky = request.headers.get(routing.sticky_key.lower()) if routing.sticky_key else None
         extensions = [e.strip() for e in request.headers.get(EXTENSIONS_HEADER, "").split(",") if e.strip()]
         model = body.get("model") if isinstance(body.get("model"), str) else None
+        if scope is not None and scope.model is not None and not (model or "").startswith(f"{scope.model}@"):
+            model = scope.model  # /chatbot/... means the chatbot specialist (a chatbot@version stays)
         prompt = openai.prompt_text(body, chat)
         ticked = time.perf_counter()
         decision = routing.decide(prompt, extensions=extensions, explicit_model=model, sticky_key=sticky,
@@ -380,21 +461,91 @@ class Router:
         gaplog.record(self, decision, prompt, extensions)  # queued only: the writer runs in the background
         if decision.rejected:
             return await self._reject(writer, decision, request.keep_alive)
-        hosts = config.hosts(decision.specialist)
-        replica = self.upstreams.choose(decision.served_name, hosts)
-        if replica is None and decision.specialist is not None and routing.fallback == "base":
-            decision, hosts = _base_instead(decision, routing), config.hosts(None)
-            replica = self.upstreams.choose(decision.served_name, hosts)
+        if decision.specialist is not None and not config.hosts(decision.specialist):
+            decision = _base_instead(decision, routing, OUTSIDE_SCOPE)  # /tasks/... and a chat specialist
+        wanted = decision
+        decision, replica = await self._place(wanted, config, routing)
         self.stats.record(decision)
         if decision.fallback_reason:
             self.metrics.fallbacks.inc(decision.fallback_reason)
-        body["model"] = decision.served_name
-        payload = json.dumps(body, ensure_ascii=False).encode()
-        status, keep = await self._forward(request, writer, payload, decision, hosts, replica)
+        if decision.rejected:
+            self.metrics.requests.inc(wanted.specialist, wanted.version or "", "503")
+            return await self._unservable(writer, wanted, decision, request.keep_alive)
+        status, keep, decision = await self._forward(request, writer, body, wanted, decision, replica, config, routing)
         labels = (decision.specialist or metrics.BASE_LABEL, decision.version or "")
         self.metrics.requests.inc(*labels, str(status))
         self.metrics.latency.observe(time.perf_counter() - started, *labels)
         return keep
+
+    # -- where a request goes ----------------------------------------------------------------------
+
+    async def _place(self, wanted: table.Decision, config, routing, exclude: list | None = None
+                     ) -> tuple[table.Decision, upstreams.Replica | None]:
+        """The replica for a decision, its adapter loaded first where it must be (residency); when
+        the specialist cannot be served, routing.fallback decides: its previous version, the base
+        model, or a rejected decision."""
+        exclude = exclude or []
+        if wanted.specialist is None:
+            return wanted, self.upstreams.choose(wanted.served_name, config.hosts(None), adapter=False,
+                                                 exclude=exclude).replica
+        replica, reason = await self._adapter_replica(wanted, config, exclude)
+        if replica is not None:
+            return wanted, replica
+        if routing.fallback == "previous":
+            previous = routing.specialists[wanted.specialist].previous_version
+            served = routing.served.get((wanted.specialist, previous)) if previous else None
+            if served is not None and previous != wanted.version:
+                held = self.upstreams.choose(served, config.hosts(wanted.specialist), exclude=exclude).replica
+                if held is not None:
+                    return dataclasses.replace(wanted, version=previous, served_name=served,
+                                               fallback_reason=PREVIOUS_VERSION), held
+        if routing.fallback == "reject":
+            return dataclasses.replace(wanted, served_name=None, rejected=True, fallback_reason=reason), None
+        base = _base_instead(wanted, routing, reason)
+        return base, self.upstreams.choose(base.served_name, config.hosts(None), adapter=False, exclude=exclude).replica
+
+    async def _adapter_replica(self, wanted: table.Decision, config, exclude: list
+                               ) -> tuple[upstreams.Replica | None, str]:
+        """A replica that serves the wanted adapter, loading it onto one within on_demand_timeout_s
+        when none does. (None, fallback reason) when that fails."""
+        served, hosts = wanted.served_name, config.hosts(wanted.specialist)
+        path = config.adapter_path(wanted.specialist, wanted.version)
+        settings = config.spec.routing
+        policy = residency.Policy(settings.affinity, settings.spill_inflight)
+
+        def may_load(replica) -> bool:
+            return path is not None and self.cache_capacity(replica) > 0 and self.loader.may_load(replica, served)
+
+        deadline = time.monotonic() + settings.on_demand_timeout_s
+        tried, reason = list(exclude), None
+        while True:
+            choice = self.upstreams.choose(served, hosts, may_load=may_load, policy=policy, exclude=tried)
+            replica = choice.replica
+            if replica is None:
+                if reason is None and not residency.candidates(self.upstreams.replicas.values(), hosts, set()):
+                    return None, NO_HEALTHY_REPLICA
+                return None, ADAPTER_UNAVAILABLE
+            labels = (replica.server, str(replica.upstream.replica))
+            if not choice.load:
+                self.metrics.adapter_cache.inc(*labels, "hit")
+                return replica, ""
+            self.metrics.adapter_cache.inc(*labels, "miss")
+            remaining = deadline - time.monotonic()
+            failed = "no time left" if remaining <= 0 else await self.loader.ensure(
+                replica, wanted.specialist, wanted.version, served, path, self.cache_capacity(replica), remaining)
+            if failed is None:
+                return replica, ""
+            reason = failed
+            tried.append(replica)
+
+    async def _unservable(self, writer, wanted: table.Decision, decision: table.Decision, keep_alive: bool) -> bool:
+        """routing.fallback: reject, and the specialist cannot be served now: 503, saying why."""
+        why = ("every replica that hosts it is down" if decision.fallback_reason == NO_HEALTHY_REPLICA
+               else "no engine serves this version and loading it failed or took too long")
+        message = (f"Specialist {wanted.specialist} (version {wanted.version}) cannot be served right now: {why}. "
+                   "The fleet's routing.fallback is `reject`; `fleetspec status` shows the replicas.")
+        return await _send_json(writer, 503, openai.error(503, message), keep_alive=keep_alive,
+                                extra=[("Retry-After", "1"), ("x-fleetspec-fallback", decision.fallback_reason)])
 
     async def _reject(self, writer, decision: table.Decision, keep_alive: bool) -> bool:
         if decision.fallback_reason == table.UNKNOWN_MODEL:
@@ -410,35 +561,51 @@ class Router:
                    "routing.fallback is `reject`. Name a model explicitly, or set routing.fallback to `base`.")
         return await _send_json(writer, 400, openai.error(400, message), keep_alive=keep_alive)
 
-    async def _forward(self, request, writer, payload: bytes, decision: table.Decision, hosts: frozenset[str],
-                       replica: upstreams.Replica | None) -> tuple[int, bool]:
-        """Send to `replica`, moving on to the next one while engines refuse the connection."""
+    async def _forward(self, request, writer, body: dict, wanted: table.Decision, decision: table.Decision,
+                       replica: upstreams.Replica | None, config, routing) -> tuple[int, bool, table.Decision]:
+        """Send to `replica`; while engines refuse the connection or say they lack the adapter
+        (nothing reached the client yet), place the request again without them."""
         tried: list[upstreams.Replica] = []
         while replica is not None:
-            current = replica
+            current, served = replica, decision.served_name
+            body["model"] = served
+            payload = json.dumps(body, ensure_ascii=False).encode()
             current.inflight += 1
+            current.busy[served] += 1
+            self.loader.used(current, served)
             try:
                 status = await self._exchange(current, request, writer, payload, decision)
-                return status, request.keep_alive
+                return status, request.keep_alive, decision
             except _NotSent as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "connect")
                 self.upstreams.mark_down(current, str(exc))
-                tried.append(current)
-                replica = self.upstreams.choose(decision.served_name, hosts, exclude=tried)
+            except _Missing:
+                self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "adapter-missing")
+                log.warning("engine %s no longer serves %s; routing its requests elsewhere", current.upstream.url, served)
+                current.lost(served)
             except _NoAnswer as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
                 await _send_json(writer, exc.status, openai.error(exc.status, str(exc)), keep_alive=request.keep_alive)
-                return exc.status, request.keep_alive
+                return exc.status, request.keep_alive, decision
             except _BrokenBody as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
                 raise
             finally:
                 current.inflight -= 1
+                current.busy[served] -= 1
+                if not current.busy[served]:
+                    del current.busy[served]
+            tried.append(current)
+            decision, replica = await self._place(wanted, config, routing, exclude=tried)
+            if decision.rejected:
+                await self._unservable(writer, wanted, decision, request.keep_alive)
+                return 503, request.keep_alive, decision
         what = decision.specialist or "the base model"
         message = (f"No healthy engine replica serves {what} right now; `fleetspec status` shows which "
                    "replicas are down.")
-        await _send_json(writer, 503, openai.error(503, message), keep_alive=request.keep_alive)
-        return 503, request.keep_alive
+        await _send_json(writer, 503, openai.error(503, message), keep_alive=request.keep_alive,
+                         extra=[("Retry-After", "1")])
+        return 503, request.keep_alive, decision
 
     async def _exchange(self, replica: upstreams.Replica, request, writer, payload: bytes,
                         decision: table.Decision) -> int:
@@ -448,8 +615,18 @@ class Router:
         named = httpio.httpwire.connection_tokens({"connection": head.header("connection") or ""})
         headers = [(k, v) for k, v in head.headers if k.lower() not in httpio.HOP_BY_HOP and k.lower() not in named]
         headers += _decision_headers(decision)
+        early = None
+        if head.status == 404 and decision.specialist is not None and head.length is not None \
+                and head.length <= SMALL_BODY:
+            early = await _read_small(conn, head, self.limits.upstream_idle_s)
+            if contract.model_missing(404, early.decode("utf-8", "replace")):
+                if head.keep_alive:
+                    self.pool.release(conn)
+                else:
+                    conn.close()
+                raise _Missing()
         try:
-            await _relay(conn, head, headers, writer, self.limits.upstream_idle_s)
+            await _relay(conn, head, headers, writer, self.limits.upstream_idle_s, early)
         except (ConnectionError, asyncio.IncompleteReadError, httpio.ProtocolError, httpio.Stalled) as exc:
             conn.close()
             if isinstance(exc, httpio.Stalled):
@@ -475,24 +652,33 @@ class Router:
         forwarded = [(k, v) for k, v in request.forwardable() if k not in _CREDENTIALS]
         forwarded += contract.auth_headers(self.config.engine_api_key)
         host = f"{replica.address[0]}:{replica.address[1]}"
-        data = httpio.request_bytes(request.method, request.target, host, forwarded, payload)
+        request_head = httpio.request_head(request.method, request.target, host, forwarded, len(payload))
         fresh_only = False
         while True:
             try:
                 conn = await self.pool.acquire(replica.address, fresh_only)
             except (OSError, TimeoutError) as exc:
                 raise _NotSent(f"{exc.__class__.__name__}: {exc}") from None
+            # One deadline for writing the request and reading the answer's head: an engine that stops
+            # reading a large body holds the request no longer than one that never answers.
+            deadline = asyncio.get_running_loop().time() + self.limits.upstream_first_byte_s
             try:
-                conn.writer.write(data)
-                await conn.writer.drain()
+                await httpio.write_request(conn.writer, request_head, payload, deadline)
+            except TimeoutError:
+                conn.close()
+                raise _NoAnswer(504, f"The engine did not read the request within {self.limits.upstream_first_byte_s:g} "
+                                     "s (--upstream-first-byte-s).", "first-byte-timeout") from None
             except OSError as exc:
                 conn.close()  # the engine had closed this connection: it read nothing of the request
                 if not conn.reused:
                     raise _NotSent(f"{exc.__class__.__name__}: {exc}") from None
                 fresh_only = True
                 continue
+            except BaseException:
+                conn.close()
+                raise
             try:
-                async with asyncio.timeout(self.limits.upstream_first_byte_s):
+                async with asyncio.timeout_at(deadline):
                     head = await httpio.read_response_head(conn.reader, request.method)
                 return conn, head
             except TimeoutError:
@@ -511,10 +697,24 @@ class Router:
                 raise
 
 
+async def _read_small(conn: httpio.Connection, head: httpio.ResponseHead, idle_s: float) -> bytes:
+    """A body of known, small length, whole."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await conn.reader.readexactly(head.length) if head.length else b""
+    except TimeoutError:
+        conn.close()
+        raise _NoAnswer(504, f"The engine stopped sending its answer for {idle_s:g} s.", "stalled") from None
+    except asyncio.IncompleteReadError:
+        conn.close()
+        raise _NoAnswer(502, "The engine closed the connection in the middle of its answer.", "broken-body") from None
+
+
 async def _relay(conn: httpio.Connection, head: httpio.ResponseHead, headers: list, writer: _Client,
-                 idle_s: float) -> None:
+                 idle_s: float, body: bytes | None = None) -> None:
     """Copy the engine's answer to the client: small bodies in one write, others piece by piece,
-    chunked for HTTP/1.1 clients and delimited by closing the connection for HTTP/1.0 ones."""
+    chunked for HTTP/1.1 clients and delimited by closing the connection for HTTP/1.0 ones. `body`:
+    the small body, when the caller has read it already."""
     request = writer.request
     keep = request.keep_alive if request is not None else False
     if head.status in (204, 304):  # no body and no length (RFC 9110 §8.6, §15.3.5)
@@ -522,13 +722,8 @@ async def _relay(conn: httpio.Connection, head: httpio.ResponseHead, headers: li
         await writer.drain()
         return
     if head.length is not None and head.length <= SMALL_BODY:
-        try:
-            async with asyncio.timeout(idle_s):
-                body = await conn.reader.readexactly(head.length) if head.length else b""
-        except TimeoutError:
-            raise _NoAnswer(504, f"The engine stopped sending its answer for {idle_s:g} s.", "stalled") from None
-        except asyncio.IncompleteReadError:
-            raise _NoAnswer(502, "The engine closed the connection in the middle of its answer.", "broken-body") from None
+        if body is None:
+            body = await _read_small(conn, head, idle_s)
         head_bytes = httpio.response_head(head.status, [*headers, ("Content-Length", str(len(body))),
                                                         *writer.persistence(keep)])
         writer.write(head_bytes if writer.head_only else head_bytes + body)
@@ -569,9 +764,58 @@ def _header_value(text: str) -> str:
     return text if text.isascii() and text.isprintable() else urllib.parse.quote(text, safe=_HEADER_SAFE)
 
 
-def _base_instead(decision: table.Decision, routing: table.RoutingTable) -> table.Decision:
-    return table.Decision(None, None, routing.base_served_name, table.FALLBACK, fallback_reason=NO_HEALTHY_REPLICA,
+def _base_instead(decision: table.Decision, routing: table.RoutingTable, reason: str) -> table.Decision:
+    return table.Decision(None, None, routing.base_served_name, table.FALLBACK, fallback_reason=reason,
                           matched=(decision.specialist,), cluster=decision.cluster)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+    """What an Ingress path prefix pins: a specialist or the base model (`model`), or a server."""
+
+    model: str | None = None
+    server: str | None = None
+
+
+def _scope(segment: str, config) -> _Scope | None:
+    """`/chatbot` → the chatbot specialist, `/base` → the base model, `/tasks` → the tasks server
+    (seed 003's Ingress paths); None for a segment that names none of them."""
+    if config.spec.specialist(segment) is not None:
+        return _Scope(model=segment)
+    if segment == "base":
+        return _Scope(model=config.table.base_served_name)
+    if config.spec.server(segment) is not None:
+        return _Scope(server=segment)
+    return None
+
+
+class _ServerScoped:
+    """A router config seen through one server's Ingress path: only that server hosts anything."""
+
+    def __init__(self, config, server: str):
+        self._config, self._only = config, frozenset({server})
+
+    def hosts(self, specialist: str | None) -> frozenset[str]:
+        return self._config.hosts(specialist) & self._only
+
+    def __getattr__(self, name: str):
+        return getattr(self._config, name)
+
+
+def _always_served(config) -> list[tuple[str, str, frozenset[str]]]:
+    """(specialist, served name, servers) for every preloaded specialist's live versions: what the
+    fleet promises is served at all times (on-demand ones are loaded when asked for)."""
+    wanted = []
+    for specialist in config.spec.specialists:
+        if not specialist.preload:
+            continue
+        split = config.table.splits.get(specialist.name)
+        hosts = config.hosts(specialist.name)
+        for version in ({v for _, v in split.ranges} if split else {specialist.version}):
+            served = config.table.served.get((specialist.name, version))
+            if served is not None and hosts:
+                wanted.append((specialist.name, served, hosts))
+    return wanted
 
 
 async def _send_json(writer: _Client, status: int, body, keep_alive: bool, extra=()) -> bool:

@@ -1,14 +1,16 @@
 """The engine replicas behind the router: which are healthy, which adapters each one holds, and
-which one a request goes to.
+which one a request goes to (the rules are `router.residency`'s).
 
-Every `refresh_seconds` each replica's `/health` and `/v1/models` are read (vLLM lists loaded
-adapters there). A replica that refuses a connection is marked down at once, so the next request
-goes elsewhere without waiting for the next check; the next successful check brings it back.
+Each replica's `/health` and `/v1/models` are read (vLLM lists loaded adapters there) every
+`refresh_seconds`, and at once when a new config arrives (apply's changes). A replica that
+refuses a connection is marked down at once, so the next request goes elsewhere without waiting
+for the next check; an engine that answers 404 for an adapter loses it from its list at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
-from fleetspec.router import httpio
+from fleetspec.router import httpio, residency
 from fleetspec.routing import config as config_mod
 
 log = logging.getLogger("fleetspec.router")
@@ -29,7 +31,9 @@ class Replica:
     address: tuple[str, int]
     healthy: bool | None = None  # None: not checked yet
     models: frozenset[str] = frozenset()  # served names from its last /v1/models
+    adapters: frozenset[str] = frozenset()  # the adapters among them
     inflight: int = 0
+    busy: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # in flight by served name
     checked_at: float | None = None
     last_error: str | None = None
 
@@ -37,9 +41,20 @@ class Replica:
     def server(self) -> str:
         return self.upstream.server
 
+    @property
+    def draining(self) -> bool:
+        return self.upstream.draining
+
+    def holds(self, served_name: str) -> None:
+        self.models, self.adapters = self.models | {served_name}, self.adapters | {served_name}
+
+    def lost(self, served_name: str) -> None:
+        self.models, self.adapters = self.models - {served_name}, self.adapters - {served_name}
+
     def to_json(self) -> dict:
-        return {**self.upstream.to_json(), "healthy": self.healthy, "models": sorted(self.models),
-                "inflight": self.inflight, "checked_at": self.checked_at, "last_error": self.last_error}
+        return {**self.upstream.to_json(), "draining": self.draining, "healthy": self.healthy,
+                "models": sorted(self.models), "inflight": self.inflight, "checked_at": self.checked_at,
+                "last_error": self.last_error}
 
 
 class Upstreams:
@@ -63,18 +78,12 @@ class Upstreams:
                 fresh[upstream.url] = Replica(upstream, httpio.address_of(upstream.url))
         self.replicas = fresh
 
-    def choose(self, served_name: str, servers: frozenset[str], exclude: Iterable[Replica] = ()) -> Replica | None:
-        """A replica of one of `servers` for `served_name`: healthy ones first, those that already
-        hold the adapter first among them, then the least busy; round-robin among equals."""
-        skip = set(map(id, exclude))
-        pool = [r for r in self.replicas.values() if r.server in servers and id(r) not in skip]
-        healthy = [r for r in pool if r.healthy] or [r for r in pool if r.healthy is None]
-        if not healthy:
-            return None
-        holding = [r for r in healthy if served_name in r.models] or healthy
-        least = min(r.inflight for r in holding)
-        ties = [r for r in holding if r.inflight == least]
-        return ties[next(self._turn) % len(ties)]
+    def choose(self, served_name: str, servers: frozenset[str], *, adapter: bool = True,
+               may_load=lambda replica: False, policy: residency.Policy = residency.STRICT,
+               exclude: Iterable[Replica] = ()) -> residency.Choice:
+        """Where a request for `served_name` goes now (`residency.choose`), round-robin among equals."""
+        return residency.choose(self.replicas.values(), served_name, servers, adapter=adapter, may_load=may_load,
+                                policy=policy, exclude=exclude, tiebreak=next(self._turn))
 
     def mark_down(self, replica: Replica, reason: str) -> None:
         if replica.healthy is not False:
@@ -84,9 +93,9 @@ class Upstreams:
         self._on_health(replica)
 
     async def refresh(self) -> None:
-        await asyncio.gather(*(self._check(r) for r in list(self.replicas.values())))
+        await asyncio.gather(*(self.check(r) for r in list(self.replicas.values())))
 
-    async def _check(self, replica: Replica) -> None:
+    async def check(self, replica: Replica) -> None:
         url = replica.upstream.url
         try:
             status, _ = await httpio.fetch(self.pool, url, "GET", contract.HEALTH, timeout=self.timeout)
@@ -94,7 +103,8 @@ class Upstreams:
                 raise ConnectionError(f"{contract.HEALTH} answered {status}")
             status, body = await httpio.fetch(self.pool, url, "GET", contract.MODELS,
                                               headers=contract.auth_headers(self.api_key), timeout=self.timeout)
-            replica.models = contract.models_view(url, status, body.decode("utf-8", "replace")).names
+            view = contract.models_view(url, status, body.decode("utf-8", "replace"))
+            replica.models, replica.adapters = view.names, frozenset(view.adapters)
         except (TimeoutError, OSError, httpio.ProtocolError, errors.FleetspecError) as exc:
             self.mark_down(replica, f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__)
         else:

@@ -9,7 +9,8 @@ the router (edge: reads the file and the router's environment for `${VAR}` secre
       "fleet": {...},                      # the FleetSpec as JSON: the table is compiled from it
       "cluster_maps": {"0": {"c5": "x"}},  # entries of each hash rule's map_file, by rule index
       "upstreams": [{"server": "main", "replica": 0, "url": "http://127.0.0.1:8000"}],  # "draining": true
-                                           # while apply replaces that replica
+                                           # while apply replaces that replica; "discover": true when the
+                                           # host is a headless Service whose pods are each a replica
       "adapter_paths": {"python--1.0.0": "/adapters/python/1.0.0"},  # as engines see them (warm)
       "refresh_seconds": 2.0               # how often each upstream's /health and /v1/models are read
     }
@@ -50,9 +51,14 @@ class Upstream:
     replica: int
     url: str  # http://host:port, no trailing slash
     draining: bool = False  # about to be replaced: chosen only when no other replica can serve
+    # The url's host is a headless Service (Kubernetes): the router resolves it and routes to each
+    # pod (one A record each) as a replica of its own, so residency sees what every pod holds.
+    discover: bool = False
 
     def to_json(self) -> dict:
         data = {"server": self.server, "replica": self.replica, "url": self.url}
+        if self.discover:
+            data["discover"] = True
         return {**data, "draining": True} if self.draining else data
 
 
@@ -121,10 +127,12 @@ def with_versions(document_: Mapping, held_back: Mapping[str, tuple[str, str]]) 
     specialists = []
     for item in fleet.get("specialists") or []:
         kept = held_back.get(item.get("name"))
-        if kept is not None:
+        if kept is not None and kept[0] != item.get("version"):
             version, path = kept
+            # The new version stays declared (explicit requests for it still resolve), the kept one is active.
+            new = {k: item[k] for k in ("version", "path", "rank", "alpha", "target_modules") if k in item}
             item = {**item, "version": version, "path": path,
-                    "versions": [v for v in item.get("versions") or [] if v.get("version") != version]}
+                    "versions": [*(v for v in item.get("versions") or [] if v.get("version") != version), new]}
             if item.get("previous_version") == version:
                 del item["previous_version"]
         specialists.append(item)
@@ -247,7 +255,7 @@ def redis_address(url: str | None, env: Mapping[str, str]) -> redis_url.Address 
 def _upstream(item, source: str) -> Upstream:
     try:
         return Upstream(str(item["server"]), int(item.get("replica", 0)), str(item["url"]).rstrip("/"),
-                        item.get("draining") is True)
+                        item.get("draining") is True, item.get("discover") is True)
     except (KeyError, TypeError, ValueError, AttributeError):
         raise errors.PermanentError(
             f"{source} lists an upstream without `server` and `url`: {item!r}; each upstream looks like "

@@ -801,8 +801,9 @@ class KubernetesSettings(Strict):
         "fleetspec never writes it: `kubectl create secret generic NAME --from-literal=VAR=...`.",
     )
     ingress_paths: Bool = Field(
-        False, description="Add one Ingress Prefix path per specialist and per server (seed 003's /chatbot, "
-        "/code), each to the router Service. The router does not strip these prefixes yet (docs/kubernetes.md).")
+        False, description="Add Ingress Prefix paths /base, one per specialist and one per server (seed 003's "
+        "/chatbot, /code), each to the router Service, which strips the prefix and pins that specialist, the base "
+        "model, or that server's pods.")
     session_affinity: Literal["None", "ClientIP"] = Field(
         "None", description="sessionAffinity of the router's and the servers' Services (ClientIP keeps a client on "
         "one pod, and so on its prefix cache).")

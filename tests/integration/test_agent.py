@@ -1,14 +1,13 @@
 """`fleetspec agent` against a real sim engine, its ConfigMap directory updated the way kubelet does it.
 
 Every process is real: the sim engine on a free port, the agent as `python -m fleetspec agent`, the
-load loop's clients (tests/vllm/load_loop.py, issue 12's yardstick) sending requests straight to the
+load loop's clients (tests/load_loop.py, issue 12's yardstick) sending requests straight to the
 engine, as a router would. Each test kills what it started.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -19,6 +18,7 @@ import time
 import adapter_factory
 import pytest
 from kubelet_volume import ConfigMapVolume
+from load_loop import LoadLoop
 from netkit import free_port, get
 
 from fleetspec.catalog import models as catalog
@@ -31,16 +31,6 @@ TINY = catalog.resolve(models.BaseModelSpec(id=MODEL)).architecture
 DEADLINE_S = 30.0
 
 
-def _load_loop():
-    path = pathlib.Path(__file__).parents[1] / "vllm" / "load_loop.py"
-    spec = importlib.util.spec_from_file_location("load_loop", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("load_loop", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-LoadLoop = _load_loop().LoadLoop
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ under FLEETSPEC_REQUIRE_ORACLES=1: the DNS server is an oracle)."""
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import pathlib
 import shutil
@@ -13,10 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from netkit import free_port
 from require import unavailable
+from waiting import wait_for
 
 from fleetspec.engine_api import client as engine_client
 from fleetspec.router import discovery
@@ -92,7 +96,7 @@ def engines(tmp_path):
     started = []
     port = free_port()
 
-    def start(address: str) -> str:
+    def start(address: str, lora_modules: list[str] | None = None) -> str:
         env = {**os.environ, "FLEETSPEC_SIM_STARTUP_SECONDS": "0"}
         env.pop("VLLM_API_KEY", None)
         with open(tmp_path / f"sim-{address}.log", "wb") as log:
@@ -108,6 +112,8 @@ def engines(tmp_path):
                         address,
                         "--port",
                         str(port),
+                        *(["--enable-lora", "--max-loras", "2", "--max-cpu-loras", "4", "--max-lora-rank", "8",
+                           "--lora-modules", *lora_modules] if lora_modules else []),
                     ],
                     env=env,
                     stdout=log,
@@ -164,3 +170,70 @@ def test_a_name_with_no_ready_pod_has_no_engines(dns):
 def test_a_resolver_setting_must_be_an_address_and_port(text):
     with pytest.raises(ValueError, match="resolver"):
         discovery.parse_resolver(text)
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FLEET = {
+    "name": "pods", "base_model": {"id": MODEL, "max_model_len": 1024}, "gpus": [{"type": "sim", "count": 1}],
+    "servers": [{"name": "main", "replicas": 2, "lora": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 8}}],
+    "specialists": [{"name": "python", "version": "1.0.0", "path": str(ROOT / "adapters/python/1.0.0")},
+                    {"name": "sql", "version": "1.0.0", "path": str(ROOT / "adapters/sql/1.0.0")}],
+    "routing": {"rules": []},
+}
+
+
+def test_the_router_routes_each_adapter_only_to_the_pods_that_hold_it(dns, engines, tmp_path):
+    """One `discover` upstream (the headless Service); python lives on pod .2 and sql on pod .3."""
+    from fleetspec.routing import config
+    from fleetspec.spec import models
+
+    pods = {"127.0.0.2": "python", "127.0.0.3": "sql"}
+    urls = {address: engines(address, [f"{name}--1.0.0={ROOT / 'adapters' / name / '1.0.0'}"])
+            for address, name in pods.items()}
+    dns.serve(list(pods))
+    spec = models.FleetSpec.model_validate(FLEET)
+    upstream = config.Upstream("main", 0, f"http://{SERVICE}:{engines.port}", discover=True)
+    config_path = tmp_path / "router.json"
+    config_path.write_text(config.dumps(config.document(spec, [upstream], refresh_seconds=0.2)))
+    router_port = free_port()
+    log = tmp_path / "router.log"
+    with open(log, "wb") as out:
+        router = subprocess.Popen([sys.executable, "-m", "fleetspec.router", "serve", "--config", str(config_path),
+                                   "--port", str(router_port), "--resolver", f"127.0.0.1:{dns.port}"],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{router_port}"
+    try:
+        def both_pods_seen():
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    health = json.loads(response.read())
+            except OSError:  # not listening yet
+                return None
+            rows = {r["url"]: r for r in health["replicas"]}
+            return rows if set(rows) == set(urls.values()) and all(r["healthy"] for r in rows.values()) else None
+
+        rows = wait_for(both_pods_seen, "the router discovering both pods", DEADLINE_S,
+                        lambda: log.read_text(errors="replace")[-3000:])
+        assert {rows[urls[a]]["replica"] for a in pods} == {0, 1}
+        assert {u: r["adapters"] for u, r in rows.items()} == {urls[a]: [f"{n}--1.0.0"] for a, n in pods.items()}
+        for name in ("python", "sql", "python", "sql", "python", "sql"):
+            status, body = _post(f"{base}/v1/completions", {"model": name, "prompt": "hi", "max_tokens": 2})
+            assert (status, body["model"]) == (200, f"{name}--1.0.0"), body
+        for address, name in pods.items():  # nothing was loaded on demand: each went where it lives
+            assert engine_client.EngineClient(urls[address]).models().adapters.keys() == {f"{name}--1.0.0"}
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        assert 'fleetspec_router_adapter_cache_total{server="main",replica="0",result="hit"} 3' in metrics
+        assert 'fleetspec_router_adapter_cache_total{server="main",replica="1",result="hit"} 3' in metrics
+        assert 'ensemble_cache_misses_total 0' in metrics
+    finally:
+        router.kill()
+        router.wait(10)
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -114,7 +114,8 @@ def test_the_router_reads_back_the_config_compose_and_kubernetes_carry():
         assert loaded.admin_token == "t0k"
         assert loaded.adapter_paths["s1--1.0_build"] == '/adapters/"q": {{ x }}\n- !!python/object'
     assert [u["url"] for u in from_file["upstreams"]] == ["http://main-0:8000", "http://main-1:8000"]
-    assert [u["url"] for u in from_configmap["upstreams"]] == ["http://vllm-main.evil.svc:8000"]
+    assert [(u["url"], u.get("discover")) for u in from_configmap["upstreams"]] == [
+        ("http://vllm-main-pods.evil.svc.cluster.local:8000", True)]  # every pod, through the headless Service
     assert router.to_json(from_file) == compose.compile_project(spec, slots.sequential(spec))["router.json"]
 
 

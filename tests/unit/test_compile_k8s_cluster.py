@@ -141,7 +141,7 @@ def test_time_sliced_pods_request_the_shared_resource():
 def test_ingress_paths_per_specialist_and_server_all_go_through_the_router():
     ingress = manifests_of(seed_003())["router-ingress.yaml"]
     paths = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert [p["path"] for p in paths] == ["/", "/chatbot", "/code", "/summarization", "/chat", "/tasks"]
+    assert [p["path"] for p in paths] == ["/", "/base", "/chatbot", "/code", "/summarization", "/chat", "/tasks"]
     assert {p["backend"]["service"]["name"] for p in paths} == {"router"}
     assert {p["pathType"] for p in paths} == {"Prefix"}
     plain = manifests_of(seed_003(**{"runtime.kubernetes.ingress_paths": False}))["router-ingress.yaml"]

@@ -134,7 +134,7 @@ def test_plan_summary_counts_every_kind():
 def test_the_container_with_the_slots_own_name_wins_over_a_newer_duplicate():
     own = dataclasses.replace(container(MAIN0, "old-hash", cid="own", started="2026-01-01"), name="demo-main-0")
     duplicate = dataclasses.replace(container(MAIN0, H, cid="dup", started="2026-02-01"), name="demo-main-0-by-hand")
-    have = observed.assemble("demo", [duplicate, own], lambda c: ("http://x", True, {}))
+    have = observed.assemble("demo", [duplicate, own], lambda c: ("http://x", True, {}, None))
     assert have.replicas[MAIN0].container.id == "own"  # the replace removes it, then re-creates its name
     assert [s.id for s in have.strays] == ["dup"]
     plan = diff.diff(want({MAIN0: (spec(), {})}), have)
@@ -157,3 +157,30 @@ def test_an_engine_silent_past_its_startup_budget_is_replaced(started, silent_fo
         assert "has not answered /health in the 601 s since it started" in plan.actions[0].reason
     assert diff.diff(want({MAIN0: (spec(), {"a": "/a"})}), observed.ObservedState("demo", {MAIN0: silent})
                      ).actions[0].kind is Kind.LOAD_ADAPTER  # without a clock (file vs file) nothing is judged
+
+
+def test_replacing_the_only_running_replica_is_an_interruption_with_its_startup_budget():
+    plan = diff.diff(want({MAIN0: (CHANGED, {})}), have({MAIN0: (H, {}, "running")}))
+    assert [(i.server, i.up_to_s) for i in plan.interruptions] == [("main", 600)]
+    assert "one replica" in plan.interruptions[0].describe()
+    assert plan.to_json()["interruptions"][0]["server"] == "main"
+
+
+def test_a_second_running_replica_or_a_new_one_means_no_interruption():
+    two = want({MAIN0: (CHANGED, {}), ("main", 1): (CHANGED, {})})
+    rolling = diff.diff(two, have({MAIN0: (H, {}, "running"), ("main", 1): (H, {}, "running")}))
+    assert [a.kind for a in rolling.actions].count(Kind.REPLACE) == 2 and rolling.interruptions == ()
+    scaling = diff.diff(two, have({MAIN0: (H, {}, "running")}))  # the new replica starts first, then serves
+    assert scaling.interruptions == ()
+    dead = diff.diff(want({MAIN0: (spec(), {})}), have({MAIN0: (H, None, "exited")}))
+    assert dead.interruptions == ()  # nothing serves now: restarting it interrupts nothing
+
+
+def test_on_demand_adapters_are_neither_loaded_nor_unloaded():
+    wanted = want({MAIN0: (spec(), {"code--1": "/a/code/1"})})
+    replica = wanted.replicas[MAIN0]
+    wanted.replicas[MAIN0] = dataclasses.replace(replica, on_demand={"sql--1": "/a/sql/1"})
+    loaded = have({MAIN0: (H, {"code--1": "/a/code/1", "sql--1": "/a/sql/1", "old--1": "/a/old/1"}, "running")})
+    plan = diff.diff(wanted, loaded)
+    assert kinds(plan) == [(Kind.UNLOAD_ADAPTER, "main/0", "old--1")]
+    assert plan.actions[0].path == "/a/old/1"  # apply can name (and keep) the version that still serves

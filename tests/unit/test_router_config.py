@@ -92,3 +92,37 @@ def test_map_file_problems_are_located(tmp_path, content, code):
         config.load_cluster_maps(loading.load_path(tmp_path / "fleet.yaml"))
     (problem,) = caught.value.diagnostics
     assert (problem.code, problem.path, problem.location.line) == (code, "routing.rules[0].hash_clusters.map_file", 8)
+
+
+def _with_python_v2() -> dict:
+    spec = loading.load_path(ROOT / "fleet.yaml").spec
+    document = spec.model_dump(mode="json", exclude_defaults=True)
+    for item in document["specialists"]:
+        if item["name"] == "python":
+            item["versions"] = [*item.get("versions", []), {"version": "1.0.0", "path": item["path"]}]
+            item.update(version="2.0.0", path="/a/python/2.0.0", previous_version="1.0.0")
+    spec = type(spec).model_validate(document)
+    return json.loads(config.dumps(config.document(spec, UPSTREAMS, adapter_paths={"python--2.0.0": "/a/python/2.0.0"})))
+
+
+def test_with_versions_keeps_a_held_back_specialist_on_the_version_that_still_serves():
+    doc = _with_python_v2()
+    held = config.with_versions(doc, {"python": ("1.0.0", "/a/python/1.0.0")})
+    loaded = config.parse(held)
+    python = loaded.spec.specialist("python")
+    assert (python.version, python.path, python.previous_version) == ("1.0.0", "/a/python/1.0.0", None)
+    assert [(v.version, v.path) for v in python.versions] == [("2.0.0", "/a/python/2.0.0")]  # still declared
+    assert loaded.adapter_paths["python--1.0.0"] == "/a/python/1.0.0"
+    decision = loaded.table.decide("pytest fails", explicit_model="python")
+    assert (decision.version, decision.served_name) == ("1.0.0", "python--1.0.0")
+    assert config.with_versions(doc, {}) == doc
+
+
+def test_with_draining_marks_one_upstream_and_keeps_the_others():
+    doc = _with_python_v2()
+    drained = config.with_draining(doc, "main", 1, True)
+    assert [u.draining for u in config.parse(drained).upstreams] == [False, True]
+    assert [u.draining for u in config.parse(config.with_draining(drained, "main", 1, False)).upstreams] == [False, False]
+    both = config.with_draining(drained, "main", 0, True)
+    assert [u.draining for u in config.parse(both).upstreams] == [True, True]
+    assert config.with_draining(doc, "main", 7, True) is None  # no such replica: nothing to drain

@@ -1,10 +1,13 @@
-"""Replica choice and prompt extraction: the proxy's pure decisions."""
+"""Replica choice (residency: LoRA affinity, on-demand loads, draining, spill) and prompt
+extraction: the proxy's pure decisions."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from fleetspec.router import httpio, openai, upstreams
+from fleetspec.router import httpio, openai, residency, upstreams
 from fleetspec.routing import config
 
 
@@ -17,8 +20,8 @@ def pool(*specs) -> upstreams.Upstreams:
     return ups
 
 
-def port(replica) -> int:
-    return replica.address[1]
+def port(choice) -> int | None:
+    return None if choice.replica is None else choice.replica.address[1]
 
 
 def test_prefers_a_healthy_replica_that_holds_the_adapter():
@@ -32,16 +35,68 @@ def test_least_busy_among_holders_then_round_robin():
 
 
 def test_only_hosting_servers_and_not_excluded():
-    ups = pool(("a", True, ["x"], 0), ("b", True, ["x"], 0), ("b", True, [], 0))
+    ups = pool(("a", True, ["x"], 0), ("b", True, ["x"], 0), ("b", True, ["x"], 0))
     first = ups.choose("x", frozenset({"b"}))
     assert port(first) == 9001
-    assert port(ups.choose("x", frozenset({"b"}), exclude=[first])) == 9002
-    assert ups.choose("x", frozenset({"c"})) is None
+    assert port(ups.choose("x", frozenset({"b"}), exclude=[first.replica])) == 9002
+    assert port(ups.choose("x", frozenset({"c"}))) is None
+
+
+def test_an_adapter_never_goes_to_a_replica_that_does_not_list_it():
+    """The 404 of issue 13: with no holder the old router sent the request to any healthy replica."""
+    ups = pool(("a", True, [], 0), ("a", True, [], 0))
+    assert ups.choose("x", frozenset({"a"})) == residency.NOTHING
+
+
+def test_with_no_holder_the_least_busy_replica_that_may_load_it_is_asked_to():
+    ups = pool(("a", True, [], 4), ("a", True, [], 1), ("a", True, [], 0))
+    last = list(ups.replicas.values())[2]
+    choice = ups.choose("x", frozenset({"a"}), may_load=lambda r: r is not last)
+    assert (port(choice), choice.load) == (9001, True)
+
+
+def test_the_base_model_goes_to_any_healthy_replica():
+    ups = pool(("a", True, [], 2), ("b", True, [], 0))
+    assert port(ups.choose("base", frozenset({"a", "b"}), adapter=False)) == 9001
 
 
 def test_unchecked_replicas_are_used_only_when_none_is_known_healthy():
-    assert port(pool(("a", None, [], 0), ("a", False, [], 0)).choose("x", frozenset({"a"}))) == 9000
-    assert pool(("a", False, [], 0)).choose("x", frozenset({"a"})) is None
+    assert port(pool(("a", None, [], 0), ("a", False, [], 0)).choose("b", frozenset({"a"}), adapter=False)) == 9000
+    assert port(pool(("a", False, [], 0)).choose("b", frozenset({"a"}), adapter=False)) is None
+
+
+def draining_pool(*specs) -> upstreams.Upstreams:
+    """specs: (draining, models, inflight) per replica of server a, all healthy."""
+    ups = pool(*(("a", True, models, inflight) for _, models, inflight in specs))
+    for replica, (draining, _, _) in zip(ups.replicas.values(), specs, strict=True):
+        replica.upstream = dataclasses.replace(replica.upstream, draining=draining)
+    return ups
+
+
+def test_a_draining_replica_is_chosen_only_when_nothing_else_can_serve():
+    assert port(draining_pool((True, ["x"], 0), (False, ["x"], 9)).choose("x", frozenset({"a"}))) == 9001
+    # the only holder drains: load onto the other replica rather than hold up the replacement ...
+    choice = draining_pool((True, ["x"], 0), (False, [], 0)).choose("x", frozenset({"a"}), may_load=lambda r: True)
+    assert (port(choice), choice.load) == (9001, True)
+    # ... unless it cannot load it: then the draining holder still beats a 404
+    assert port(draining_pool((True, ["x"], 0), (False, [], 0)).choose("x", frozenset({"a"}))) == 9000
+    assert port(draining_pool((True, [], 0), (False, [], 3)).choose("b", frozenset({"a"}), adapter=False)) == 9001
+
+
+def test_spill_loads_onto_another_replica_only_when_every_holder_is_busy():
+    spill = residency.Policy("spill", spill_inflight=2)
+    ups = pool(("a", True, ["x"], 2), ("a", True, [], 0))
+    choice = ups.choose("x", frozenset({"a"}), may_load=lambda r: True, policy=spill)
+    assert (port(choice), choice.load) == (9001, True)
+    assert port(ups.choose("x", frozenset({"a"}), may_load=lambda r: True)) == 9000  # strict stays put
+    calm = pool(("a", True, ["x"], 1), ("a", True, [], 0))
+    assert port(calm.choose("x", frozenset({"a"}), may_load=lambda r: True, policy=spill)) == 9000
+
+
+def test_unserved_names_promised_specialists_that_no_healthy_replica_lists():
+    ups = pool(("a", True, ["x"], 0), ("a", False, ["y"], 0), ("b", True, ["y"], 0))
+    wanted = [("sx", "x", frozenset({"a"})), ("sy", "y", frozenset({"a"})), ("sz", "z", frozenset({"a", "b"}))]
+    assert residency.unserved(ups.replicas.values(), wanted) == ["sy", "sz"]
 
 
 def test_reconfigure_keeps_what_is_known_about_a_replica():

@@ -235,8 +235,10 @@ def test_a_name_already_loaded_is_refused_from_the_same_or_another_path(engine):
     assert load(engine, "dup", adapter(engine, "alpha")).status == 200
     try:
         for path in (adapter(engine, "alpha"), adapter(engine, "alpha", "1.1.0")):
-            assert_error(load(engine, "dup", path), 400, "InvalidUserInput",
+            again = load(engine, "dup", path)
+            assert_error(again, 400, "InvalidUserInput",
                          "The lora adapter 'dup' has already been loaded.", None, contains="load_inplace")
+            assert contract.already_loaded(again.status, again.text)  # what the router's on-demand loader reads
         card = next(c for c in served(engine) if c["id"] == "dup")
         assert card["root"] == adapter(engine, "alpha")  # still the first path
     finally:
@@ -291,6 +293,7 @@ def test_an_unknown_model_or_an_unloaded_adapter_is_a_404(engine):
         message = assert_error(answer, 404, "NotFoundError", f"The model `{model}` does not exist.", "model")
         # Only base names are listed as aliases, never adapters.
         assert message == f"The model `{model}` does not exist. Valid aliases: {engine.model}."
+        assert contract.model_missing(answer.status, answer.text)  # the router retries elsewhere on this
 
 
 # -- API key -----------------------------------------------------------------------------------

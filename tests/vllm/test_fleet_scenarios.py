@@ -4,7 +4,7 @@ One fleet, the example `examples/cpu-real-vllm.yaml` (two replicas of vLLM's CPU
 tiny Llama of scripts/make-tiny-model), is started once for the module and changed step by step:
 an engine start costs 30-70 s here, so the scenarios run in order on the same engines and each
 leaves the fleet as the next one expects. Requests go through fleetspec's router, under the load
-loop (tests/vllm/load_loop.py), wherever the change is one fleetspec promises to make hot.
+loop (tests/load_loop.py), wherever the change is one fleetspec promises to make hot.
 """
 
 from __future__ import annotations
@@ -267,6 +267,36 @@ def test_3_a_corrupt_new_version_changes_nothing_and_the_old_one_keeps_serving(f
     assert code == 0 and result["plan"]["actions"] == [], result["plan"]["actions"]
 
 
+def test_3b_a_new_version_no_engine_can_load_leaves_every_request_on_the_old_one(fleet):
+    """The engines refuse the new version (its directory is gone: plan only warns, since adapters
+    often live on the serving hosts): apply exits 1 naming it, and under load no request fails."""
+    before = fleet.engines()
+    good = json.loads(json.dumps(fleet.document))
+    fleet.set_version("beta", "3.0.0", path=fleet.install.model / "adapters" / "beta" / "3.0.0")  # not there
+    fleet.specialist("beta")["rank"] = 16
+    fleet.write()
+
+    with LoadLoop(fleet.router_url, ["beta", "alpha", fleet.name], clients=4) as loop:
+        code, result = fleet.apply()
+        tally = loop.stop_after_apply()
+
+    assert code == 1
+    failed = {(o["action"]["target"], o["action"]["adapter"]) for o in result["result"]["outcomes"]
+              if o["status"] == "failed"}
+    assert failed == {("cpu/0", "beta--3.0.0"), ("cpu/1", "beta--3.0.0")}
+    assert tally.failures == [], tally.summary()
+    assert tally.models_answered.get("beta--1.0.0", 0) > 0 and "beta--3.0.0" not in tally.models_answered
+    assert fleet.engines() == before
+    for replica in (0, 1):
+        assert fleet.served(replica) == {"alpha--1.1.0", "beta--1.0.0"}
+    fleet.document = good
+    fleet.write()
+    code, result = fleet.apply()  # the router drops the version that never loaded; the engines keep theirs
+    assert code == 0 and [a["kind"] for a in result["plan"]["actions"]] == ["update-router"], result["plan"]
+    code, result = fleet.apply()
+    assert code == 0 and result["plan"]["actions"] == [], result["plan"]["actions"]
+
+
 def test_4_removing_a_specialist_unloads_it_from_every_engine(fleet):
     before = fleet.engines()
     fleet.document["specialists"] = [s for s in fleet.document["specialists"] if s["name"] != "beta"]
@@ -286,8 +316,53 @@ def test_4_removing_a_specialist_unloads_it_from_every_engine(fleet):
     assert fleet.engines() == before
 
 
+def test_4b_a_preload_false_specialist_is_loaded_by_its_first_request_and_kept_by_apply(fleet):
+    """beta comes back as `preload: false`: apply loads nothing, the router loads it onto one real
+    engine when a request asks for it, and the next apply neither unloads nor reloads it."""
+    fleet.document["specialists"].append({"name": "beta", "version": "1.0.0", "preload": False,
+                                          "path": str(fleet.install.model / "adapters" / "beta" / "1.0.0")})
+    fleet.write()
+    code, result = fleet.apply()
+    assert code == 0 and [a for a in result["plan"]["actions"] if a["kind"] != "update-router"] == [], result["plan"]
+    assert fleet.served(0) == fleet.served(1) == {"alpha--1.1.0"}
+
+    with LoadLoop(fleet.router_url, ["beta", "alpha"], clients=4) as loop:
+        loop.wait_for_answers(8, 120)
+        tally = loop.stop_after_apply()
+
+    assert tally.failures == [], tally.summary()
+    assert tally.models_answered.get("beta--1.0.0", 0) > 0
+    holders = [r for r in (0, 1) if "beta--1.0.0" in fleet.served(r)]
+    assert holders
+    code, again = fleet.apply()
+    assert code == 0 and again["plan"]["actions"] == [], again["plan"]["actions"]
+    assert all("beta--1.0.0" in fleet.served(r) for r in holders)
+
+
+def test_5a_a_restart_requiring_change_on_two_replicas_fails_no_request(fleet):
+    """max_model_len needs new engines: apply drains, replaces and reloads one replica at a time
+    while the other serves."""
+    before = fleet.engines()
+    fleet.document["base_model"]["max_model_len"] = 448
+    # Both engines share one core here: one starting while the other serves the load loop can take
+    # several minutes (seen: over 300 s with other work on the machine).
+    fleet.document["servers"][0]["startup_timeout_s"] = 900
+    fleet.write()
+
+    with LoadLoop(fleet.router_url, ["alpha", fleet.name], clients=4) as loop:
+        code, result = fleet.apply()
+        tally = loop.stop_after_apply()
+
+    assert code == 0, json.dumps(result["result"], indent=1) + fleet.logs()
+    assert sorted(a["target"] for a in result["plan"]["actions"] if a["kind"] == "replace") == ["cpu/0", "cpu/1"]
+    after = fleet.engines()
+    assert all(after[n][1] != before[n][1] for n in after)
+    assert tally.failures == [], tally.summary()
+
+
 def test_5_a_restart_requiring_change_with_an_engine_key_replaces_both_and_reloads(fleet):
-    """max_model_len and an engine API key both need new engines; the fleet must come back keyed."""
+    """max_model_len and an engine API key both need new engines; the fleet must come back keyed.
+    (Not under load: until the router restarts with the key, a keyed engine refuses it.)"""
     before = fleet.engines()
     key = "real-vllm-test-key"
     fleet.env["FLEETSPEC_TEST_ENGINE_KEY"] = key
