@@ -84,6 +84,9 @@ class ScriptedEngine:
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
                 headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+                if ("x-engine", "no-read") in ((k.lower(), v) for k, v in headers):
+                    self._no_read(sock, method, path, head, headers)
+                    return
                 length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
                 while len(buffer) < length:
                     data = sock.recv(65536)
@@ -99,6 +102,14 @@ class ScriptedEngine:
             return
         finally:
             sock.close()
+
+    def _no_read(self, sock: socket.socket, method: str, path: str, head: bytes, headers) -> None:
+        """An engine that takes the connection and the head but never reads the body: its receive
+        window closes, and whoever writes a large body to it waits."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with self._lock:
+            self.seen.append(Seen(method, path, head, headers, b""))
+        time.sleep(4)  # longer than the router's --upstream-first-byte-s in the tests
 
     def _answer(self, sock: socket.socket, method: str, path: str, body: bytes) -> bool:
         """Write the answer; False when the connection is to be closed."""
@@ -172,6 +183,12 @@ class ScriptedEngine:
         return False
 
     @staticmethod
+    def _mode_stall_after_head(sock) -> bool:
+        sock.sendall(SSE_HEAD)
+        time.sleep(4)  # longer than the router's --upstream-idle-s in the tests
+        return False
+
+    @staticmethod
     def _mode_silent(sock) -> bool:
         time.sleep(4)  # longer than the router's --upstream-first-byte-s in the tests
         return False
@@ -179,6 +196,62 @@ class ScriptedEngine:
     @staticmethod
     def _mode_close(sock) -> bool:
         return False  # read the request, answer nothing, close
+
+    @staticmethod
+    def _mode_interim(sock) -> bool:
+        """Interim 1xx answers first (RFC 9110 §15.2), then the real one."""
+        sock.sendall(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+        )
+        return ScriptedEngine._mode_ok(sock)
+
+    @staticmethod
+    def _mode_101(sock) -> bool:
+        sock.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW"
+        )
+        return False
+
+    @staticmethod
+    def _mode_short_body(sock) -> bool:
+        sock.sendall(
+            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"id": 1'
+        )
+        return False
+
+    @staticmethod
+    def _mode_bad_chunk(sock) -> bool:
+        sock.sendall(SSE_HEAD + FIRST_EVENT + b"zz\r\ndata: 1\n\n\r\n0\r\n\r\n")
+        return False
+
+    @staticmethod
+    def _mode_huge_head(sock) -> bool:
+        sock.sendall(b"HTTP/1.1 200 OK\r\nX-Big: " + b"y" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n")
+        return False
+
+    @staticmethod
+    def _mode_over_send(sock) -> bool:
+        """A whole answer and, in the same write, the bytes of a second one nobody asked for, on a
+        connection kept open: a proxy that pools it would hand them to the next request as its answer."""
+        data = json.dumps({"choices": [{"index": 0, "text": "ok", "finish_reason": "length"}]}).encode()
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+            b'{"smuggled": 1} ' % (len(data), data)
+        )
+        return True
+
+    def _mode_flood_stream(self, sock) -> bool:
+        """A stream as fast as the socket takes it, up to 256 MiB: only a reader keeps up."""
+        sock.sendall(SSE_HEAD)
+        piece = b"data: " + b"x" * 65_000 + b"\n\n"
+        framed = b"%x\r\n%s\r\n" % (len(piece), piece)
+        try:
+            for _ in range(256 * 1024 * 1024 // len(piece)):
+                sock.sendall(framed)
+        except OSError:
+            self.client_gone.set()  # the router closed our connection: its client stopped reading
+        return False
 
     @staticmethod
     def _mode_bad_header(sock) -> bool:

@@ -71,6 +71,14 @@ class ResponseHead:
 # -- the server side: reading client requests -----------------------------------------------------
 
 
+def buffered(reader: asyncio.StreamReader) -> bytes | bytearray:
+    """What the stream has received and nobody has read yet. Reading from it cannot wait, so the
+    router arms no timer for bytes already here (the common case: a small request or answer arrives
+    whole, head and body in one segment). asyncio has no public call for it; a stream without the
+    attribute reads as empty, which only costs a timer."""
+    return getattr(reader, "_buffer", b"")
+
+
 class RequestReader:
     """Reads the requests of one client connection, each within the limits: the wait for its first
     byte (idle keep-alive), the rest of its head, and its body, in time and in bytes."""
@@ -106,7 +114,8 @@ class RequestReader:
             async with asyncio.timeout(self.limits.idle_timeout_s) as deadline:
                 first = await self.reader.readexactly(1)
                 self.started = True
-                deadline.reschedule(loop.time() + self.limits.header_timeout_s)
+                if b"\r\n\r\n" not in buffered(self.reader):  # the rest may take a while: bound it
+                    deadline.reschedule(loop.time() + self.limits.header_timeout_s)
                 head = first + await self.reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
             if not self.started:
@@ -154,6 +163,8 @@ class RequestReader:
         held = reserve
         try:
             self._continue(headers, version)
+            if framing.length is not None and len(buffered(self.reader)) >= framing.length:
+                return await self.reader.readexactly(framing.length), held  # here already: no wait to bound
             async with asyncio.timeout(self.limits.body_timeout_s):
                 if framing.length is not None:
                     return await self.reader.readexactly(framing.length), held
@@ -206,13 +217,12 @@ async def _chunk_sizes(reader: asyncio.StreamReader, cap: int) -> AsyncIterator[
         yield size
 
 
+_STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}" for s in http.HTTPStatus}
+
+
 def response_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [f"HTTP/1.1 {status} {phrase}"] + [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    first = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown"
+    return "\r\n".join([first, *(f"{k}: {v}" for k, v in headers), "", ""]).encode("latin-1")
 
 
 def chunk(data: bytes) -> bytes:
@@ -240,6 +250,12 @@ class Connection:
     def close(self) -> None:
         self.writer.close()
 
+    def clean(self) -> bool:
+        """Open, and holding no byte the engine sent beyond its last answer. Bytes there would be
+        read as the next request's answer (an engine that over-sends desynchronises the connection,
+        which is response smuggling), so such a connection is closed, never reused."""
+        return not self.writer.is_closing() and not buffered(self.reader)
+
 
 # vLLM's uvicorn closes a keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, measured:
 # docs/vllm-behaviour.md). A request sent on one just as the engine closes it dies with no answer, so
@@ -265,7 +281,7 @@ class Pool:
         while idle and not fresh_only:
             conn = idle.pop()
             fresh = now - conn.idle_since < self.max_idle_reuse_s
-            if fresh and not conn.reader.at_eof() and not conn.writer.is_closing():
+            if fresh and conn.clean() and not conn.reader.at_eof():
                 conn.reused = True
                 return conn
             conn.close()
@@ -275,7 +291,7 @@ class Pool:
 
     def release(self, conn: Connection) -> None:
         idle = self._idle.setdefault(conn.address, [])
-        if len(idle) < self.max_idle and not conn.writer.is_closing():
+        if len(idle) < self.max_idle and conn.clean():
             conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
@@ -295,15 +311,45 @@ def address_of(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 80
 
 
-def request_bytes(method: str, path: str, host: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """A request rebuilt from parsed fields. Every name and value came through httpwire (or from the
-    router itself); a CR, LF or NUL in one would still split the line, so the head is checked whole."""
+def request_head(method: str, path: str, host: str, headers: Iterable[tuple[str, str]], length: int) -> bytes:
+    """The head of a request rebuilt from parsed fields, for a body of `length` bytes. Every name and
+    value came through httpwire (or from the router itself); a CR, LF or NUL in one would still split
+    the line, so the head is checked whole."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers),
-             f"Content-Length: {len(body)}"]
+             f"Content-Length: {length}"]
     head = "\r\n".join(lines)
     if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1 or "\0" in head:
         raise ValueError("a header to forward contains CR, LF or NUL")
-    return (head + "\r\n\r\n").encode("latin-1") + body
+    return (head + "\r\n\r\n").encode("latin-1")
+
+
+def request_bytes(method: str, path: str, host: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    return request_head(method, path, host, headers, len(body)) + body
+
+
+# A body larger than this is written to an engine slice by slice, each handed to the kernel before
+# the next is queued, so that the router never holds a second whole copy of it in its write buffer.
+WRITE_SLICE = 1024 * 1024
+
+
+async def write_request(writer: asyncio.StreamWriter, head: bytes, body: bytes, deadline: float) -> None:
+    """Send a request; TimeoutError when the engine has not taken all of it by `deadline` (loop time),
+    OSError when the connection is gone. A small request goes out in one write and, when the kernel
+    took it all at once (nearly always), without arming a timer."""
+    if len(body) <= WRITE_SLICE:
+        writer.write(head + body)
+        if writer.transport.get_write_buffer_size() == 0:
+            await writer.drain()  # cannot wait: this only reports a connection already lost
+            return
+        async with asyncio.timeout_at(deadline):
+            await writer.drain()
+        return
+    view = memoryview(body)
+    writer.write(head)
+    async with asyncio.timeout_at(deadline):
+        for start in range(0, len(view), WRITE_SLICE):
+            writer.write(view[start:start + WRITE_SLICE])
+            await writer.drain()
 
 
 async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") -> ResponseHead:
@@ -320,7 +366,9 @@ async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") 
         try:
             lines = httpwire.split_head(head[:-4])
             version, status = httpwire.parse_status_line(lines[0])
-            if status >= 200 or status == 101:
+            if status == 101:  # the router never forwards Upgrade, so no engine may switch protocols
+                raise ProtocolError(502, "The engine switched protocols (101) though nothing asked it to.")
+            if status >= 200:
                 pairs = httpwire.parse_fields(lines[1:])
                 break
         except ProtocolError as exc:
@@ -329,7 +377,10 @@ async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") 
     framing = httpwire.response_framing(headers, status, method)
     tokens = httpwire.connection_tokens(headers)
     persistent = "close" not in tokens if version == (1, 1) else "keep-alive" in tokens
-    keep_alive = persistent and (framing.chunked or framing.length is not None)
+    # Transfer-Encoding and Content-Length together: chunked wins, but the connection is not to be
+    # trusted with another message (RFC 9112 §6.3 item 3).
+    ambiguous = "transfer-encoding" in headers and "content-length" in headers
+    keep_alive = persistent and not ambiguous and (framing.chunked or framing.length is not None)
     return ResponseHead(status, pairs, framing.length, framing.chunked, keep_alive)
 
 
@@ -341,36 +392,97 @@ async def _read(reader: asyncio.StreamReader, n: int, idle_s: float) -> bytes:
         raise Stalled(f"the engine sent nothing for {idle_s:g} s in the middle of its answer") from None
 
 
+class Dechunker:
+    """Chunked framing (RFC 9112 §7.1) decoded as the bytes arrive: `feed` takes whatever one read
+    returned and gives back the data of every chunk that read completed or continued. A burst of
+    small chunks (an SSE token stream) then costs one read and one write, not several awaits each.
+    Only a partial size line or CRLF is kept between reads; chunk data is passed on as it comes."""
+
+    __slots__ = ("pending", "remaining", "state", "trailer", "extra")
+    SIZE, DATA, CRLF, TRAILER, DONE = range(5)
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.remaining = 0  # data bytes of the current chunk still to come
+        self.state = self.SIZE
+        self.trailer = 0  # bytes of trailer lines seen (dropped; bounded like a head)
+        self.extra = b""  # bytes after the last chunk's trailer section: the sender over-sent
+
+    @property
+    def done(self) -> bool:
+        return self.state == self.DONE
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Raises ProtocolError (status 400) when the framing is broken."""
+        buf = self.pending + data if self.pending else data
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
+        while pos < end:
+            state = self.state
+            if state == self.DATA:
+                take = min(self.remaining, end - pos)
+                out.append(buf if take == end else buf[pos:pos + take])
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = self.CRLF
+            elif state == self.CRLF:
+                if end - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise ProtocolError(400, "Chunk data is not followed by CRLF.")
+                pos += 2
+                self.state = self.SIZE
+            elif state == self.DONE:
+                self.extra = buf[pos:]
+                pos = end
+            else:  # a size line or a trailer line
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > httpwire.MAX_CHUNK_LINE:
+                        raise ProtocolError(400, f"A chunk-size or trailer line is longer than {httpwire.MAX_CHUNK_LINE} bytes.")
+                    break
+                line, pos = buf[pos:eol], eol + 2
+                if state == self.SIZE:
+                    self.remaining = httpwire.chunk_size(line)
+                    self.state = self.DATA if self.remaining else self.TRAILER
+                elif line:
+                    self.trailer += len(line)
+                    if self.trailer > MAX_HEAD_BYTES:
+                        raise ProtocolError(400, "The chunked trailer section is larger than 64 KiB.")
+                else:
+                    self.state = self.DONE
+        self.pending = buf[pos:] if pos < end else b""
+        return out
+
+
 async def response_body(reader: asyncio.StreamReader, head: ResponseHead,
                         idle_s: float = httplimits.Limits.upstream_idle_s) -> AsyncIterator[bytes]:
     """The body in the pieces it arrives in. Raises Stalled when the engine goes silent for idle_s,
     ConnectionResetError when it closes too early, ProtocolError (502) when it breaks the framing."""
     if head.chunked:
+        loop = asyncio.get_running_loop()
+        chunks = Dechunker()
         try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(asyncio.get_running_loop().time() + idle_s)
-                    size = httpwire.chunk_size(await _line(reader))
-                    if size == 0:
-                        while await _line(reader):
-                            deadline.reschedule(asyncio.get_running_loop().time() + idle_s)
-                        return
-                    remaining = size
-                    while remaining:
-                        data = await reader.read(min(READ_SIZE, remaining))
-                        if not data:
-                            raise ConnectionResetError("the engine closed the connection in the middle of a chunk")
-                        remaining -= len(data)
-                        deadline.reschedule(asyncio.get_running_loop().time() + idle_s)
-                        yield data
-                    if await reader.readexactly(2) != b"\r\n":
-                        raise ProtocolError(502, "The engine's chunk data is not followed by CRLF.")
+            async with asyncio.timeout(idle_s) as deadline:
+                while not chunks.done:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        raise ConnectionResetError("the engine closed the connection in the middle of its answer")
+                    pieces = chunks.feed(data)
+                    if pieces:
+                        # The clock stops while the caller hands the data to its client: a slow client is
+                        # the write timeout's business, not the engine's silence.
+                        deadline.reschedule(None)
+                        yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                        deadline.reschedule(loop.time() + idle_s)
         except TimeoutError:
             raise Stalled(f"the engine sent nothing for {idle_s:g} s in the middle of its answer") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionResetError("the engine closed the connection in the middle of its answer") from None
         except ProtocolError as exc:
             raise ProtocolError(502, f"The engine broke its chunked framing: {exc}") from None
+        if chunks.extra:
+            head.keep_alive = False  # bytes past the last chunk: the connection is out of step, not reused
+        return
     remaining = head.length
     while remaining is None or remaining > 0:
         data = await _read(reader, READ_SIZE if remaining is None else min(READ_SIZE, remaining), idle_s)

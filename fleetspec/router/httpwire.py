@@ -21,8 +21,12 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # A field value: visible characters, obs-text, spaces and tabs (RFC 9110 §5.5). No CR, LF, NUL or
 # other control character can pass, so no header line can smuggle another.
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
-# request-target: no whitespace, no controls (RFC 9112 §3.2); the forms are told apart below.
-_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+\Z")
+# request-target: visible ASCII only, as in a URI (RFC 9112 §3.2, RFC 3986: anything else is
+# percent-encoded); no whitespace, no controls, no raw bytes above 0x7E. The forms are told apart below.
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+# A whole well-formed field line: token, colon, optional whitespace, a value that starts and ends
+# with a visible character (or is empty), optional whitespace (RFC 9112 §5.1).
+_FIELD_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\Z")
@@ -63,11 +67,11 @@ def split_head(head: bytes) -> list[bytes]:
     a CR or LF on its own, or a NUL, anywhere in the head is refused rather than read one way here
     and another way by the engine."""
     lines = head.split(b"\r\n")
-    for line in lines:
-        if b"\n" in line or b"\r" in line:
-            raise ProtocolError(400, "A header line contains a bare CR or LF; lines must end with CRLF.")
-        if b"\0" in line:
-            raise ProtocolError(400, "The request head contains a NUL byte.")
+    breaks = len(lines) - 1  # each CRLF made one split; any other CR or LF is a bare one
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+        raise ProtocolError(400, "A header line contains a bare CR or LF; lines must end with CRLF.")
+    if b"\0" in head:
+        raise ProtocolError(400, "The request head contains a NUL byte.")
     return lines
 
 
@@ -117,6 +121,10 @@ def parse_fields(lines: list[bytes]) -> list[tuple[str, str]]:
         )
     fields = []
     for line in lines:
+        match = _FIELD_LINE.match(line)
+        if match is not None:  # the one regex a well-formed line needs; the checks below say what is wrong
+            fields.append((match.group(1).decode("ascii"), match.group(2).decode("latin-1")))
+            continue
         if line[:1] in (b" ", b"\t"):
             raise ProtocolError(
                 400, "Obsolete line folding (a header line starting with whitespace) is not accepted."
@@ -224,6 +232,9 @@ def chunk_size(line: bytes) -> int:
     if b"\r" in line or b"\n" in line or b"\0" in line:
         raise ProtocolError(400, "A chunk-size line contains a bare CR, LF or NUL.")
     match = _CHUNK_LINE.match(line)
-    if match is None or len(match.group(1)) > 16:
+    if match is None:
         raise ProtocolError(400, f"Malformed chunk size {_shown(line, 40)}: expected hexadecimal digits.")
-    return int(match.group(1), 16)
+    digits = match.group(1).lstrip(b"0")  # leading zeros are 1*HEXDIG too; only the value is bounded
+    if len(digits) > 16:
+        raise ProtocolError(400, f"Chunk size {_shown(line, 40)} is too large.")
+    return int(digits or b"0", 16)

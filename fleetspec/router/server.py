@@ -699,6 +699,8 @@ class Router:
 
 async def _read_small(conn: httpio.Connection, head: httpio.ResponseHead, idle_s: float) -> bytes:
     """A body of known, small length, whole."""
+    if head.length is not None and len(httpio.buffered(conn.reader)) >= head.length:
+        return await conn.reader.readexactly(head.length) if head.length else b""  # here already
     try:
         async with asyncio.timeout(idle_s):
             return await conn.reader.readexactly(head.length) if head.length else b""

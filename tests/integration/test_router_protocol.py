@@ -13,6 +13,7 @@ second, not a minute; the engine is tests/scripted_engine.py, which records ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -166,7 +167,12 @@ def engine():
 
 @pytest.fixture(scope="module")
 def router(engine, tmp_path_factory):
-    work = tmp_path_factory.mktemp("protocol")
+    with running_router(engine, tmp_path_factory.mktemp("protocol"), ROUTER_LIMITS) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_router(engine, work, limits: list[str]):
     spec = models.FleetSpec.model_validate(
         {
             "name": "protocol",
@@ -192,7 +198,7 @@ def router(engine, tmp_path_factory):
             str(path),
             "--port",
             str(port),
-            *ROUTER_LIMITS,
+            *limits,
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -209,9 +215,11 @@ def router(engine, tmp_path_factory):
     else:
         proc.terminate()
         raise AssertionError(f"the router did not come up: {log.read_text()}")
-    yield type("Router", (), {"port": port, "proc": proc, "log": log})
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield type("Router", (), {"port": port, "proc": proc, "log": log})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def metric(router, name: str) -> float:
@@ -241,7 +249,9 @@ def router_stays_up(router, engine):
         answer = client.answer()
     assert answer.status == 200 and json.loads(answer.body)["choices"][0]["text"] == "ok"
     assert time.monotonic() - started < 1.0
-    assert "Traceback" not in router.log.read_text()
+    log = router.log.read_text()
+    assert "Traceback" not in log
+    assert "answering a client failed" not in log  # the catch-all for a bug: no case may reach it
 
 
 def refused(router, engine, raw: bytes) -> Answer:
@@ -362,6 +372,7 @@ MALFORMED = {
     "lower-case version": (post(BODY, version=b"http/1.1"), 400),
     "version with trailing garbage": (post(BODY, version=b"HTTP/1.1x"), 400),
     "target that is not a path": (post(BODY, target=b"v1/completions"), 400),
+    "raw non-ASCII byte in the target": (post(BODY, target=b"/v1/completions?q=\xff"), 400),
     "two spaces in the request line": (b"POST  /v1/completions HTTP/1.1\r\nHost: r\r\n\r\n", 400),
     "no Host in HTTP/1.1": (request(b"POST /v1/completions HTTP/1.1", b"Content-Length: 0"), 400),
     "two Host fields": (
@@ -508,6 +519,15 @@ def test_pipelined_requests_are_answered_in_order(router, engine):
     assert [json.loads(s.body)["prompt"] for s in engine.proxied()] == ["first", "second"]
 
 
+def test_nothing_pipelined_after_connection_close_is_read(router, engine):
+    with Client(router.port) as client:
+        client.send(post(prompt("first"), b"Connection: close") + post(prompt("second")))
+        answer = client.answer()
+        assert answer.status == 200 and answer.headers.get("connection") == "close"
+        assert client.closed_within(3) and client.buffer == b""  # no second answer
+    assert [json.loads(s.body)["prompt"] for s in engine.proxied()] == ["first"]
+
+
 def test_expect_100_continue_then_body(router, engine):
     body = prompt("continue " * 300)
     with Client(router.port) as client:
@@ -607,11 +627,12 @@ def test_engine_closing_mid_stream_cuts_the_client_stream(router, engine):
     assert len(engine.proxied()) == 1
 
 
-def test_engine_stalling_mid_stream_is_cut_and_counted(router, engine):
+@pytest.mark.parametrize("mode", ["stall-stream", "stall-after-head"])
+def test_engine_stalling_mid_stream_is_cut_and_counted(router, engine, mode):
     name = 'fleetspec_router_upstream_errors_total{server="main",replica="0",kind="stalled"}'
     before = metric(router, name)
     with Client(router.port) as client:
-        client.send(post(prompt("mode:stall-stream")))
+        client.send(post(prompt(f"mode:{mode}")))
         started = time.monotonic()
         with pytest.raises(EOFError):
             client.answer()
@@ -626,6 +647,117 @@ def test_engine_that_never_answers_is_504(router, engine):
         answer = client.answer()
         assert answer.status == 504 and time.monotonic() - started < 3.0  # --upstream-first-byte-s 1
     assert len(engine.proxied()) == 1
+
+
+def test_engine_interim_answers_are_skipped(router, engine):
+    with Client(router.port) as client:
+        client.send(post(prompt("mode:interim")))
+        answer = client.answer()
+        assert b"103" not in answer.raw_head and b"Link" not in answer.raw_head
+        assert answer.status == 200 and json.loads(answer.body)["choices"][0]["text"] == "ok"
+        assert client.buffer == b""  # one answer only, the interim ones were not passed on after it
+
+
+def test_engine_switching_protocols_unasked_is_502(router, engine):
+    with Client(router.port) as client:
+        client.send(post(prompt("mode:101")))
+        answer = client.answer()
+    assert answer.status == 502 and b"Upgrade" not in answer.raw_head and b"RAW" not in answer.body
+    assert len(engine.proxied()) == 1
+
+
+def test_engine_closing_before_its_declared_length_is_502(router, engine):
+    with Client(router.port) as client:
+        client.send(post(prompt("mode:short-body")))
+        answer = client.answer()  # the body had not reached the client: it gets a clean error instead
+        assert answer.status == 502 and b'{"id": 1' not in answer.body
+        client.send(post())  # and the connection serves on
+        assert client.answer().status == 200
+    assert len(engine.proxied()) == 2
+
+
+def test_engine_breaking_chunked_framing_mid_stream_cuts_and_counts(router, engine):
+    name = 'fleetspec_router_upstream_errors_total{server="main",replica="0",kind="broken-body"}'
+    before = metric(router, name)
+    with Client(router.port) as client:
+        client.send(post(prompt("mode:bad-chunk")))
+        with pytest.raises(EOFError):
+            client.answer()  # the client's chunked stream ends without its last chunk: it sees the failure
+    assert metric(router, name) == before + 1
+
+
+def test_engine_answer_head_over_the_limit_is_502(router, engine):
+    with Client(router.port) as client:
+        client.send(post(prompt("mode:huge-head")))
+        answer = client.answer()
+    assert answer.status == 502 and b"X-Big" not in answer.raw_head
+
+
+def test_bytes_an_engine_sends_past_its_answer_never_answer_the_next_request(router, engine):
+    with Client(router.port) as client:
+        client.send(post(prompt("mode:over-send")))
+        assert json.loads(client.answer().body)["choices"][0]["text"] == "ok"
+        for _ in range(3):  # a pooled connection holding the extra answer would give it to one of these
+            client.send(post())
+            answer = client.answer()
+            assert answer.status == 200 and json.loads(answer.body)["choices"][0]["text"] == "ok"
+    assert len(engine.proxied()) == 4
+
+
+def test_engine_that_stops_reading_the_request_is_504(router, engine, tmp_path):
+    """The kernel takes a few MiB for a peer that does not read, so the body is larger than that
+    (and than the shared router's caps): the router's write must wait, and give up in time."""
+    big = [
+        *ROUTER_LIMITS,
+        "--max-body-bytes",
+        str(16 * 1024 * 1024),
+        "--max-inflight-body-bytes",
+        str(32 * 1024 * 1024),
+    ]
+    body = json.dumps({"model": "auto", "prompt": "x" * (12 * 1024 * 1024)}).encode()
+    with running_router(engine, tmp_path, big) as alone:
+        with Client(alone.port) as client:
+            client.send(post(body, b"X-Engine: no-read"))
+            started = time.monotonic()  # from the last byte sent: the router reads it within ms
+            answer = client.answer()
+            assert answer.status == 504 and time.monotonic() - started < 3.0  # --upstream-first-byte-s 1
+        assert "did not read the request" in json.loads(answer.body)["error"]["message"]
+        assert [s.header("x-engine") for s in engine.proxied()] == [["no-read"]]
+        assert alone.proc.poll() is None and "Traceback" not in alone.log.read_text()
+
+
+def test_engine_connect_timeout_is_bounded():
+    """An engine whose accept queue is full never completes the handshake: the connection attempt
+    gives up after connect_timeout instead of hanging the request."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filling = []
+    try:
+        for _ in range(16):  # the kernel completes a few handshakes for the queue, then drops SYNs
+            sock = socket.socket()
+            sock.settimeout(0.3)
+            filling.append(sock)
+            try:
+                sock.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("the accept queue never filled")
+
+        async def run():
+            pool = httpio.Pool(connect_timeout=0.5)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await pool.acquire(("127.0.0.1", port))
+            assert 0.4 < time.monotonic() - started < 2.0
+
+        asyncio.run(run())
+    finally:
+        for sock in filling:
+            sock.close()
+        listener.close()
 
 
 def test_post_is_not_sent_twice_when_a_reused_connection_dies(router, engine):
@@ -644,6 +776,23 @@ def test_garbled_engine_answer_is_502(router, engine):
         client.send(post(prompt("mode:bad-header")))
         answer = client.answer()
     assert answer.status == 502 and "X-A" not in answer.raw_head.decode("latin-1")
+
+
+def test_client_that_stops_reading_is_dropped_after_the_write_timeout(router, engine):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", router.port))
+    client = Client.__new__(Client)
+    client.sock, client.buffer = sock, b""
+    with client:
+        client.send(post(prompt("mode:flood-stream")))
+        started = time.monotonic()
+        # It reads nothing: the router's write waits --write-timeout-s 2, then it gives up the client
+        # and, with it, the engine's stream.
+        assert engine.client_gone.wait(10), "the router held an engine stream for a client that reads nothing"
+        assert 1.5 < time.monotonic() - started < 10
+        assert client.closed_within(10)
 
 
 def test_client_closing_mid_stream_closes_the_engine_stream(router, engine):
@@ -703,13 +852,43 @@ def test_connections_beyond_the_cap_get_503(router, engine):
         )
         held.append(Client(router.port))
         with Client(router.port) as extra:
+            extra.send(post())  # whatever it sends is never read as a request
             answer = extra.answer()
             assert answer.status == 503 and answer.headers["retry-after"] == "1"
+            assert answer.headers.get("connection") == "close" and extra.closed_within(3)
     finally:
         for c in held:
             c.sock.close()
+    assert engine.proxied() == []
     wait_until(
         lambda: metric(router, "fleetspec_router_client_connections") == 1, 5, "the held connections to close"
+    )
+
+
+def test_chunked_bodies_count_against_the_in_flight_budget(router, engine):
+    size = 1000 * 1000  # each chunk is reserved when it is announced, before its data arrives
+    holders = [Client(router.port) for _ in range(3)]
+    try:
+        for c in holders:
+            c.send(chunked(b"%x\r\n{" % size))
+        wait_until(
+            lambda: metric(router, "fleetspec_router_inflight_body_bytes") == 3 * size,
+            5,
+            "the holders' chunks to be reserved",
+        )
+        with Client(router.port) as extra:
+            extra.send(chunked(b"%x\r\n{" % size))
+            answer = extra.answer()
+            assert answer.status == 503 and answer.headers["retry-after"] == "1"
+            assert extra.closed_within(3)
+    finally:
+        for c in holders:
+            c.sock.close()
+    assert engine.proxied() == []
+    wait_until(
+        lambda: metric(router, "fleetspec_router_inflight_body_bytes") == 0,
+        5,
+        "the reservations to be given back",
     )
 
 

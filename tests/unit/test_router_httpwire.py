@@ -3,11 +3,13 @@ which status, and that what passes is read one way only."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetspec.router import httpjson, httpwire
+from fleetspec.router import httpio, httpjson, httpwire
 from fleetspec.router.httpwire import ProtocolError
 
 
@@ -46,6 +48,8 @@ def test_visible_values_pass_and_are_trimmed(value):
         (b"G(T / HTTP/1.1", 400),
         (b"GET foo HTTP/1.1", 400),
         (b"CONNECT h:443 HTTP/1.1", 400),
+        (b"GET /caf\xc3\xa9 HTTP/1.1", 400),  # a URI is ASCII: anything else is percent-encoded
+        (b"GET /a\x7f HTTP/1.1", 400),
     ],
 )
 def test_bad_request_lines(line, status):
@@ -104,6 +108,39 @@ def test_bad_chunk_size_lines(line):
     assert status_of(httpwire.chunk_size, line) == 400
 
 
+def test_leading_zeros_in_a_chunk_size_are_not_its_length():
+    assert httpwire.chunk_size(b"0" * 40 + b"5") == 5
+    assert httpwire.chunk_size(b"0" * 40) == 0
+    assert status_of(httpwire.chunk_size, b"0" * 40 + b"1" * 17) == 400
+
+
+def _head(raw: bytes, method: str = "POST") -> httpio.ResponseHead:
+    async def read():
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        return await httpio.read_response_head(reader, method)
+
+    return asyncio.run(read())
+
+
+def test_engine_answers_framed_two_ways_are_not_kept_alive():
+    head = _head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert head.chunked and head.length is None and not head.keep_alive
+    assert _head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive
+
+
+def test_engine_interim_answers_are_skipped_and_101_is_refused():
+    head = _head(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+    )
+    assert (head.status, head.length, head.keep_alive) == (204, 0, True)
+    with pytest.raises(ProtocolError) as caught:
+        _head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert caught.value.status == 502
+
+
 def test_responses_without_bodies():
     for status, method in [(204, "POST"), (304, "GET"), (200, "HEAD")]:
         assert httpwire.response_framing({"content-length": "100"}, status, method) == httpwire.Framing(
@@ -127,3 +164,35 @@ def test_json_depth_limit():
         "[[[[[[",
         {"k": "{{{{{{"},
     ]  # brackets in strings
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    st.lists(st.integers(min_value=0, max_value=3000), max_size=10),
+    st.booleans(),
+)
+def test_dechunker_reads_any_split_of_a_chunked_body(pieces, cuts, extension):
+    """The engine-side decoder sees the bytes split wherever the network split them."""
+    wire = b"".join(b"%x%s\r\n%s\r\n" % (len(p), b";x=1" if extension else b"", p) for p in pieces)
+    wire += b"0\r\nX-Trailer: t\r\n\r\n"
+    bounds = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
+    decoder = httpio.Dechunker()
+    out = b""
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        assert not decoder.done
+        out += b"".join(decoder.feed(wire[start:end]))
+    assert decoder.done and out == b"".join(pieces) and decoder.extra == b""
+
+
+@pytest.mark.parametrize(
+    "wire", [b"5\r\nhelloXX0\r\n\r\n", b"0x5\r\nhello\r\n", b"5\nhello\r\n", b"-1\r\n", b"5;" + b"x" * 5000]
+)
+def test_dechunker_refuses_broken_framing(wire):
+    with pytest.raises(ProtocolError):
+        httpio.Dechunker().feed(wire)
+
+
+def test_dechunker_keeps_what_follows_the_body():
+    decoder = httpio.Dechunker()
+    assert decoder.feed(b"2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n") == [b"ok"]
+    assert decoder.done and decoder.extra == b"HTTP/1.1 200 OK\r\n"
