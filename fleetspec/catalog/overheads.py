@@ -20,6 +20,22 @@ class BatchDefault:
     max_num_batched_tokens: int
     max_num_seqs: int
     excluded_types: tuple[str, ...]
+    since: tuple[int, ...] = (0,)  # first vLLM release with this row
+    excluded_since: tuple[int, ...] = (0,)  # first release that excludes `excluded_types`
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerEra:
+    since: tuple[int, ...]
+    factor: float  # dummy sampler peak ÷ one fp32 logits tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureEra:
+    since: tuple[int, ...]
+    style: str  # "doubled_seqs" (min(2 × max_num_seqs, max)), "fixed" (max), "max_num_seqs"
+    max_size: int
+    step_after_256: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +56,19 @@ class CpuOverheads:
 
 @dataclasses.dataclass(frozen=True)
 class Overheads:
-    sampler_factor: float
+    sampler_eras: tuple[SamplerEra, ...]  # newest first
     reference_batched_tokens: int
     activation_base_bytes: dict[str, int]  # "dense" / "moe"
     activation_pp_factor: float
-    activation_old_before: tuple[int, ...]
-    activation_old_factor: float
+    activation_v0_factor: float
     non_torch_bytes: dict[str, int]  # single_gpu / tensor_parallel / pipeline_only
     cuda_context_bytes: dict[str, int]
-    cudagraph_base_bytes: int
-    cudagraph_per_layer_bytes: int
+    flash_attn_splits: int
+    cudagraph_piecewise_base_bytes: int
+    cudagraph_per_layer_per_graph_bytes: int
+    capture_eras: tuple[CaptureEra, ...]  # newest first
+    full_and_piecewise_since: tuple[int, ...]
+    large_capture_architectures: tuple[str, ...]
     cudagraph_subtracted_since: tuple[int, ...]
     cudagraph_lora_factor: float
     v1_engine_since: tuple[int, ...]
@@ -57,6 +76,17 @@ class Overheads:
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
     cpu: CpuOverheads
+
+    @property
+    def sampler_factor(self) -> float:
+        """The newest era's factor (the one the activation fit of llmd-v0.19 measured)."""
+        return self.sampler_eras[0].factor
+
+    def sampler_factor_for(self, version: tuple[int, ...]) -> float:
+        return next(e.factor for e in self.sampler_eras if version >= e.since)
+
+    def capture_era_for(self, version: tuple[int, ...]) -> CaptureEra:
+        return next(e for e in self.capture_eras if version >= e.since)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -67,31 +97,47 @@ def _gib(value: float) -> int:
     return round(value * GIB)
 
 
+def _mib(value: float) -> int:
+    return round(value * (1 << 20))
+
+
+def _batch_row(row: dict) -> BatchDefault:
+    return BatchDefault(
+        row["min_memory_gib"], row["max_num_batched_tokens"], row["max_num_seqs"], tuple(row.get("except", ())),
+        since=_version(row.get("since", "0")), excluded_since=_version(row.get("except_since", "0")),
+    )
+
+
 @functools.cache
 def load() -> Overheads:
     data = data_files.load("overheads")
     act, graphs, cpu = data["activation"], data["cudagraph"], data["cpu"]
     return Overheads(
-        sampler_factor=act["sampler_factor"],
+        sampler_eras=tuple(
+            SamplerEra(_version(e["since"]), e["factor"])
+            for e in sorted(act["sampler_eras"], key=lambda e: _version(e["since"]), reverse=True)
+        ),
         reference_batched_tokens=act["reference_batched_tokens"],
         activation_base_bytes={k: _gib(v) for k, v in act["base_gib"].items()},
         activation_pp_factor=act["pp_factor"],
-        activation_old_before=_version(act["older_versions"]["before"]),
-        activation_old_factor=act["older_versions"]["factor"],
+        activation_v0_factor=act["v0_factor"],
         non_torch_bytes={k: _gib(v) for k, v in data["non_torch_gib"].items()},
         cuda_context_bytes={k: _gib(v) for k, v in data["cuda_context_gib"].items()},
-        cudagraph_base_bytes=_gib(graphs["base_gib"]),
-        cudagraph_per_layer_bytes=_gib(graphs["per_layer_gib"]),
+        flash_attn_splits=graphs["flash_attn_splits"],
+        cudagraph_piecewise_base_bytes=_mib(graphs["piecewise_base_mib"]),
+        cudagraph_per_layer_per_graph_bytes=_mib(graphs["per_layer_per_graph_mib"]),
+        capture_eras=tuple(
+            CaptureEra(_version(e["since"]), e["style"], e["max"], e["step_after_256"])
+            for e in sorted(graphs["capture_eras"], key=lambda e: _version(e["since"]), reverse=True)
+        ),
+        full_and_piecewise_since=_version(graphs["full_and_piecewise_since"]),
+        large_capture_architectures=tuple(graphs.get("large_capture_architectures", ())),
         cudagraph_subtracted_since=_version(graphs["subtracted_since"]),
         cudagraph_lora_factor=graphs["lora_factor"],
         v1_engine_since=_version(data["engine"]["v1_default_since"]),
         v0_defaults=V0Defaults(**data["engine"]["v0_defaults"]),
         block_size=data["block_size"],
-        batch_defaults=tuple(
-            BatchDefault(row["min_memory_gib"], row["max_num_batched_tokens"], row["max_num_seqs"],
-                         tuple(row.get("except", ())))
-            for row in data["batch_defaults"]
-        ),
+        batch_defaults=tuple(_batch_row(row) for row in data["batch_defaults"]),
         cpu=CpuOverheads(
             worker_base_bytes=_gib(cpu["worker_base_gib"]),
             side_processes_bytes=_gib(cpu["side_processes_gib"]),

@@ -85,7 +85,9 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version)
     cpu = overheads.load().cpu
     non_torch = cpu.worker_base_bytes if s.host else memory.non_torch_bytes(tp, pp)
-    graphs = 0 if s.host else memory.cudagraph_bytes(facts, pp, s.lora is not None, s.enforce_eager)
+    graphs = 0 if s.host else memory.cudagraph_bytes(
+        facts, pp, s.lora is not None, s.enforce_eager, tp=tp, dtype_bytes=s.dtype_bytes,
+        max_num_seqs=s.max_num_seqs, batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version)
     in_budget = memory.cudagraphs_in_budget(s.vllm_version)
     outside = cpu.side_processes_bytes if s.host else memory.cuda_context_bytes(tp, pp)
     kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
@@ -93,7 +95,7 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     request = memory.kv_bytes_per_request(facts, tp, pp, s.kv_bytes, s.max_model_len,
                                           s.max_num_batched_tokens, s.kv_cache_dtype, s.block_size)
     warmup = 0 if s.host or not memory.warms_up_sampler_after_kv(s.vllm_version) else \
-        memory.sampler_bytes(facts, s.max_num_seqs)
+        memory.sampler_bytes(facts, s.max_num_seqs, s.vllm_version)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
                                        s.kv_cache_dtype, block=s.block_size)
     return GpuBudget(

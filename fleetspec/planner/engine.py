@@ -39,14 +39,18 @@ class EngineSettings:
         return dataclasses.replace(self, **changes)
 
 
-def batch_defaults(gpu: catalog_gpus.GpuFacts) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) `vllm serve` picks for this device."""
+def batch_defaults(gpu: catalog_gpus.GpuFacts, version: tuple[int, ...] = (0, 33)) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) `vllm serve` of this release picks for this device
+    (overheads.yaml batch_defaults: the ≥ 160 GiB row since 0.28, A100s excluded since 0.9)."""
     if gpu.host:
         row = overheads.load().cpu.batch_default
         return row.max_num_batched_tokens, row.max_num_seqs
     for row in overheads.load().batch_defaults:
-        if gpu.total_gib >= row.min_memory_gib and gpu.type not in row.excluded_types:
-            return row.max_num_batched_tokens, row.max_num_seqs
+        if version < row.since or gpu.total_gib < row.min_memory_gib:
+            continue
+        if gpu.type in row.excluded_types and version >= row.excluded_since:
+            continue
+        return row.max_num_batched_tokens, row.max_num_seqs
     last = overheads.load().batch_defaults[-1]
     return last.max_num_batched_tokens, last.max_num_seqs
 
@@ -74,7 +78,7 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
     configured_len = spec.max_model_len_of(server)
     max_model_len = configured_len or facts.max_position_embeddings or FALLBACK_MAX_MODEL_LEN
     version = derived.vllm_version_tuple(spec.runtime.vllm_version)
-    default_tokens, default_seqs = batch_defaults(gpu)
+    default_tokens, default_seqs = batch_defaults(gpu, version)
     max_num_seqs = server.max_num_seqs or default_seqs
     batched = server.max_num_batched_tokens or min(default_tokens, max_num_seqs * max_model_len)
     if version < overheads.load().v1_engine_since and not gpu.host:

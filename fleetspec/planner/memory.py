@@ -352,22 +352,27 @@ def _version_tuple(version: tuple[int, ...] | str) -> tuple[int, ...]:
 def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_num_seqs: int, pp: int,
                      vllm_version: tuple[int, ...] | str) -> int:
     """Peak of vLLM's profiling run: a forward pass of max_num_batched_tokens tokens and a dummy
-    sampler over max_num_seqs rows of fp32 logits (fit in overheads.yaml)."""
+    sampler over max_num_seqs rows of fp32 logits (fit in overheads.yaml; the sampler's share
+    follows the release's top-k/top-p code, `sampler_bytes`)."""
     c = overheads.load()
     base = c.activation_base_bytes["moe" if facts.is_moe else "dense"] * batched_tokens / c.reference_batched_tokens
-    total = base + sampler_bytes(facts, max_num_seqs)
+    total = base + sampler_bytes(facts, max_num_seqs, vllm_version)
     if pp > 1:
         total *= c.activation_pp_factor
-    if _version_tuple(vllm_version) < c.activation_old_before:
-        total *= c.activation_old_factor
+    if _version_tuple(vllm_version) < c.v1_engine_since:
+        total *= c.activation_v0_factor
     return round(total)
 
 
-def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int) -> int:
+def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int,
+                  vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1]) -> int:
     """Transient peak of one dummy sampler pass over `max_num_seqs` rows of full-vocabulary fp32
-    logits (`GPUModelRunner._dummy_sampler_run`: logits, top-k/top-p sort values and int64 indices,
-    softmax; the fitted `sampler_factor` is that peak in units of one fp32 logits tensor)."""
-    return round(overheads.load().sampler_factor * max_num_seqs * facts.architecture.vocab_size * 4)
+    logits (`GPUModelRunner._dummy_sampler_run`: logits, top-k/top-p, softmax), in units of one
+    fp32 logits tensor by era: since 0.17 a Triton top-k/top-p kernel filters in place, before it
+    the whole vocabulary was sorted (fp32 values + int64 indices, cumsum, scatter) — overheads.yaml
+    activation.sampler_eras."""
+    factor = overheads.load().sampler_factor_for(_version_tuple(vllm_version))
+    return round(factor * max_num_seqs * facts.architecture.vocab_size * 4)
 
 
 def warms_up_sampler_after_kv(vllm_version: tuple[int, ...] | str) -> bool:
@@ -403,11 +408,79 @@ def cuda_context_bytes(tp: int, pp: int) -> int:
     return overheads.load().cuda_context_bytes[_parallel_key(tp, pp)]
 
 
-def cudagraph_bytes(facts: catalog_models.ModelFacts, pp: int, lora: bool, enforce_eager: bool) -> int:
+def cudagraph_capture_sizes(facts: catalog_models.ModelFacts, max_num_seqs: int, batched_tokens: int,
+                            vllm_version: tuple[int, ...] | str) -> list[int]:
+    """The batch sizes vLLM captures CUDA graphs for by default (overheads.yaml cudagraph.capture_eras):
+    V1 ≥ 0.10 [1, 2, 4] + 8..248 step 8 + 256..max step 16, max = min(2 × max_num_seqs, 512)
+    (1024 for gpt-oss; 0.33 also uses 1024 on Blackwell, which the catalog has no card of) —
+    VllmConfig._set_cudagraph_sizes; V1 0.8/0.9
+    [1, 2, 4] + 8..512 step 8; V0 [1, 2, 4] + multiples of 8 up to max_num_seqs. Never above
+    max_num_batched_tokens."""
+    c = overheads.load()
+    version = _version_tuple(vllm_version)
+    era = c.capture_era_for(version)
+    largest = era.max_size
+    if era.style != "max_num_seqs" and set(facts.architecture.architectures or ()) & set(c.large_capture_architectures):
+        largest = 1024
+    if era.style == "doubled_seqs":
+        largest = min(2 * max_num_seqs, largest)
+    elif era.style == "max_num_seqs":
+        largest = min(max_num_seqs, largest)
+    largest = min(largest, batched_tokens)
+    sizes = [s for s in (1, 2, 4) if s <= largest]
+    sizes += list(range(8, min(256, largest + 1), 8))
+    sizes += list(range(256, largest + 1, era.step_after_256))
+    return sizes
+
+
+def _full_graph_first_capture(facts: catalog_models.ModelFacts, tp: int, dtype_bytes: int, largest: int) -> int:
+    """FlashAttention's split-KV fp32 accumulator, allocated in the first (largest) FULL capture:
+    [splits, batch, q heads per GPU, v head dim] × 4 B (flash_attn_max_num_splits_for_cuda_graph;
+    MLA's FlashAttention backend accumulates kv_lora_rank wide). No fp32 FlashAttention kernel."""
+    if dtype_bytes >= 4:
+        return 0
+    a = facts.architecture
+    width = (a.kv_lora_rank or 0) if facts.attention == "mla" else a.attention_head_dim
+    heads = max(1, a.num_attention_heads // tp)
+    return overheads.load().flash_attn_splits * largest * heads * width * 4
+
+
+def _piecewise_first_capture(facts: catalog_models.ModelFacts, tp: int, dtype_bytes: int, largest: int) -> int:
+    """Largest PIECEWISE capture: a base plus the MLP intermediate of `largest` tokens (gated:
+    gate_up output and activation output, 3 × intermediate; plain 2 ×; MoE: per routed expert)."""
+    a = facts.architecture
+    if facts.is_moe:
+        per_token = 3 * (a.num_experts_per_tok or 1) * facts.expert_intermediate_size / tp
+    else:
+        per_token = (2 if facts.mlp == "plain" else 3) * a.intermediate_size / tp
+    return round(overheads.load().cudagraph_piecewise_base_bytes + largest * per_token * dtype_bytes)
+
+
+def cudagraph_bytes(facts: catalog_models.ModelFacts, pp: int, lora: bool, enforce_eager: bool, *,
+                    tp: int = 1, dtype_bytes: int = 2, max_num_seqs: int = 1024, batched_tokens: int = 8192,
+                    vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1]) -> int:
+    """CUDA graph pool of one GPU, the way vLLM's profile_cudagraph_memory estimates it
+    (gpu_model_runner.py): the largest first capture over the captured modes plus, per mode,
+    (graphs − 1) × one graph's own memory; graphs per mode = the capture sizes; FULL and PIECEWISE
+    both since 0.11 (FULL_AND_PIECEWISE), one mode before. LoRA doubles the graphs
+    (cudagraph_specialize_lora, measured factor)."""
     if enforce_eager:
         return 0
     c = overheads.load()
-    graphs = c.cudagraph_base_bytes + c.cudagraph_per_layer_bytes * layers_on_gpu(facts.architecture.num_hidden_layers, pp)
+    version = _version_tuple(vllm_version)
+    sizes = cudagraph_capture_sizes(facts, max_num_seqs, batched_tokens, version)
+    if not sizes:
+        return 0
+    largest = sizes[-1]
+    v1 = version >= c.v1_engine_since
+    both = v1 and version >= c.full_and_piecewise_since
+    firsts = [_piecewise_first_capture(facts, tp, dtype_bytes, largest)] if v1 else []
+    if both or not v1:  # FULL graphs (V1 since 0.11; V0 captured whole-model graphs)
+        firsts.append(_full_graph_first_capture(facts, tp, dtype_bytes, largest))
+    modes = 2 if both else 1
+    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
+    per_graph = c.cudagraph_per_layer_per_graph_bytes * layers
+    graphs = max(firsts) + modes * (len(sizes) - 1) * per_graph
     return round(graphs * (c.cudagraph_lora_factor if lora else 1.0))
 
 

@@ -188,12 +188,23 @@ def test_pipeline_stage_holds_its_layers_and_one_embedding():
 
 def test_activation_peak_fit():
     # 0.19 GiB × (8192 / 8192) + 3.54 × 1024 sequences × 128256 vocab × 4 bytes
-    expected = 0.19 * GIB + 3.54 * 1024 * 128256 * 4
+    logits = 1024 * 128256 * 4
+    expected = 0.19 * GIB + 3.54 * logits
     assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.33.0") == round(expected)
     assert memory.activation_bytes(LLAMA8, 8192, 1024, 2, "0.33.0") == pytest.approx(expected * 0.57, abs=2)
-    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.16.0") == pytest.approx(expected * 2.53, abs=2)
     moe = 0.60 * GIB * 2048 / 8192 + 3.54 * 256 * 32000 * 4
     assert memory.activation_bytes(MIXTRAL, 2048, 256, 1, "0.33.0") == round(moe)
+
+
+def test_the_sampler_share_follows_the_release_top_k_top_p_code():
+    logits = 1024 * 128256 * 4
+    # 0.8 to 0.16 sorted the whole vocabulary (values, int64 indices, cumsum, scatter): 9.40 logits tensors.
+    sorted_era = 0.19 * GIB + 9.40 * logits
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.16.0") == pytest.approx(sorted_era, abs=2)
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.17.0") == round(0.19 * GIB + 3.54 * logits)
+    # The V0 engine (< 0.8) profiles with its own runner: the sort era scaled by the V0 factor.
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.6.4") == pytest.approx(sorted_era * 2.53, abs=4)
+    assert memory.sampler_bytes(LLAMA8, 1024, "0.16.0") == round(9.40 * logits)
 
 
 def test_non_torch_context_and_graphs():
@@ -201,10 +212,23 @@ def test_non_torch_context_and_graphs():
     assert memory.non_torch_bytes(2, 1) == round(2.13 * GIB)
     assert memory.non_torch_bytes(1, 2) == round(0.07 * GIB)
     assert memory.cuda_context_bytes(1, 1) == round(0.51 * GIB)
-    graphs = round(0.2 * GIB) + 32 * round(0.02 * GIB)
+    # FULL_AND_PIECEWISE (0.11+), 51 capture sizes up to min(2 × 1024, 512): the first FULL capture
+    # holds FlashAttention's split-KV accumulator (32 splits × 512 × 32 heads × 128 × 4 B = 256 MiB),
+    # then 50 more graphs per mode at 0.2 MiB per layer (vLLM's DEBUG line for this model:
+    # "260.00 MiB first-capture + (51-1) × 6.00 MiB per-graph").
+    graphs = 256 * MIB + 2 * 50 * 32 * round(0.2 * MIB)
     assert memory.cudagraph_bytes(LLAMA8, 1, lora=False, enforce_eager=False) == graphs
     assert memory.cudagraph_bytes(LLAMA8, 1, lora=True, enforce_eager=False) == round(graphs * 1.47)
     assert memory.cudagraph_bytes(LLAMA8, 1, lora=True, enforce_eager=True) == 0
+
+
+def test_cuda_graph_capture_sizes_follow_the_release():
+    v1 = memory.cudagraph_capture_sizes(LLAMA8, 1024, 8192, "0.33.0")
+    assert v1[:4] == [1, 2, 4, 8] and v1[-3:] == [480, 496, 512] and len(v1) == 51
+    assert memory.cudagraph_capture_sizes(LLAMA8, 128, 8192, "0.33.0")[-1] == 256  # 2 × max_num_seqs
+    assert memory.cudagraph_capture_sizes(LLAMA8, 1024, 8192, "0.9.0")[-2:] == [504, 512]  # step 8 throughout
+    assert memory.cudagraph_capture_sizes(LLAMA8, 256, 8192, "0.6.4")[-1] == 256  # V0: up to max_num_seqs
+    assert memory.cudagraph_capture_sizes(LLAMA8, 1024, 64, "0.33.0")[-1] == 64  # never above batched tokens
 
 
 def test_cudagraphs_count_against_the_budget_from_0_21():
