@@ -107,13 +107,16 @@ def _nginx_quote(text: str) -> str:
 
 
 class Peer:
-    def __init__(self, name: str, version: str, argv: list[str], port: int, ready_path: str):
+    def __init__(self, name: str, version: str, argv: list[str], port: int, ready_path: str,
+                 env: dict[str, str] | None = None):
         self.name, self.version, self.argv, self.port, self.ready_path = name, version, argv, port, ready_path
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, core: int, log: pathlib.Path) -> None:
         self.proc = subprocess.Popen(["taskset", "-c", str(core), *self.argv], stdout=log.open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **self.env})
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -195,9 +198,10 @@ def litellm_peer(work: pathlib.Path, binary: str, upstream: int) -> Peer:
     conf.write_text(json.dumps({"model_list": [{"model_name": "auto", "litellm_params": {
         "model": f"openai/{SERVED}", "api_base": f"http://127.0.0.1:{upstream}/v1", "api_key": "none"}}],
         "litellm_settings": {"drop_params": True, "telemetry": False}, "general_settings": {"master_key": KEY}}))
+    # Offline: LiteLLM would otherwise fetch its model price list from the internet at start.
     return Peer("LiteLLM proxy", _pip_version(binary, "litellm"),
                 [binary, "--config", str(conf), "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"],
-                port, "/health/liveliness")
+                port, "/health/liveliness", env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"})
 
 
 def _pip_version(binary: str, distribution: str) -> str:
@@ -205,6 +209,14 @@ def _pip_version(binary: str, distribution: str) -> str:
     out = subprocess.run([str(python), "-c", f"import importlib.metadata as m; print(m.version({distribution!r}))"],
                          capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
+
+
+def _installed(program: str) -> str | None:
+    """A peer on PATH, else in its own virtual environment under .cache/ (`python3 -m venv
+    .cache/vllm-router-venv && .cache/vllm-router-venv/bin/pip install vllm-router`; the same for
+    `litellm[proxy]` in .cache/litellm-venv), so that no peer's dependencies touch fleetspec's."""
+    local = ROOT / ".cache" / f"{program}-venv" / "bin" / program
+    return shutil.which(program) or (str(local) if local.exists() else None)
 
 
 def wait_ready(url: str, deadline_s: float = 90.0, proc: subprocess.Popen | None = None) -> None:
@@ -291,8 +303,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", default="fleetspec,vllm-router,nginx,litellm")
-    parser.add_argument("--vllm-router", default=shutil.which("vllm-router"))
-    parser.add_argument("--litellm", default=shutil.which("litellm"))
+    parser.add_argument("--vllm-router", default=_installed("vllm-router"))
+    parser.add_argument("--litellm", default=_installed("litellm"))
     parser.add_argument("--router-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
     args = parser.parse_args()

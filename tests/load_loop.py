@@ -35,6 +35,7 @@ class Tally:
     ok: int = 0
     failures: list[Failure] = dataclasses.field(default_factory=list)
     models_answered: dict[str, int] = dataclasses.field(default_factory=dict)  # `model` in the answers
+    latencies: list[float] = dataclasses.field(default_factory=list)  # seconds, each successful request
 
     def summary(self) -> str:
         shown = "\n".join(f"  client {f.client} ({'stream' if f.streaming else 'json'}, {f.model}) at "
@@ -99,6 +100,7 @@ class LoadLoop:
         while not self._stop.is_set():
             model = self._models[(index + turn) % len(self._models)]
             turn += 1
+            sent = time.monotonic()
             try:
                 status, answered, detail = self._request(model, streaming)
             except (OSError, ValueError, http.client.HTTPException) as exc:
@@ -107,7 +109,7 @@ class LoadLoop:
                 continue
             ok = 200 <= status < 300
             self._record(index, model, streaming, answered if ok else None,
-                         None if ok else f"HTTP {status}: {detail[:200]}")
+                         None if ok else f"HTTP {status}: {detail[:200]}", time.monotonic() - sent)
             if not ok:
                 self._stop.wait(ERROR_PAUSE_S)
 
@@ -128,13 +130,15 @@ class LoadLoop:
         return 200, _answered_model(text, streaming), text
 
 
-    def _record(self, index: int, model: str, streaming: bool, answered: str | None, failure: str | None) -> None:
+    def _record(self, index: int, model: str, streaming: bool, answered: str | None, failure: str | None,
+                seconds: float = 0.0) -> None:
         with self._lock:
             if failure is not None:
                 at = time.monotonic() - self._started
                 self.tally.failures.append(Failure(index, model, streaming, failure, at))
                 return
             self.tally.ok += 1
+            self.tally.latencies.append(seconds)  # the whole exchange: connect, send, last byte read
             if answered:
                 self.tally.models_answered[answered] = self.tally.models_answered.get(answered, 0) + 1
 

@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "rollback": "fleetspec.cli.apply_cmd:rollback",
     "route": "fleetspec.cli.route_cmd:route",
     "schema": "fleetspec.cli.validate_cmd:schema",
-    "status": "fleetspec.cli.apply_cmd:status",
+    "status": "fleetspec.cli.status_cmd:status",
     "validate": "fleetspec.cli.validate_cmd:validate",
     "watch": "fleetspec.cli.watch_cmd:watch",
 }

@@ -1,4 +1,4 @@
-"""`fleetspec apply`, `status`, `destroy` and `rollback`: the commands that change or read a live fleet."""
+"""`fleetspec apply`, `destroy` and `rollback`: the commands that change a live fleet (`status` reads it)."""
 
 from __future__ import annotations
 
@@ -90,29 +90,6 @@ def apply(file: str, yes: bool, output: str, rebuild_state: bool = False, **over
         click.echo(f"note: rebuilding the state of fleet {prepared.fleet.spec.name} from what runs ({kept}). "
                    f"{state.REBUILD_LOSES}", err=True)
     return run_apply(prepared, session.open_driver(prepared), yes or output == "json", output, "fleetspec apply")
-
-
-@click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "output", type=FORMATS, default="human", show_default=True)
-@overrides_opt.options
-def status(file: str, output: str, **override) -> int:
-    """Show servers, health, GPUs and loaded adapters per replica, and drift from FILE."""
-    from fleetspec.reconcile import router_edge, session
-
-    prepared = overrides_opt.prepare(file, overrides_opt.make(**override))
-    spec = prepared.fleet.spec
-    have = session.observe(session.open_driver(prepared), spec)
-    rows = reconcile_views.status_rows(prepared.desired, have)
-    drift = router_edge.router_drift(spec) if have.router is not None else []
-    router = reconcile_views.router_row(prepared.desired, have, router_edge.router_url(spec), drift)
-    in_sync = all(not r["drift"] for r in rows) and not have.strays and not (router and router["drift"])
-    if output == "json":
-        click.echo(views.dump_json({"fleet": spec.name, "replicas": rows, "router": router,
-                                    "strays": [c.to_json() for c in have.strays], "in_sync": in_sync}))
-    else:
-        click.echo(reconcile_views.status_text(spec.name, rows, len(have.strays), router))
-    return 0
 
 
 @click.command()

@@ -1,10 +1,8 @@
-"""Reconcile plans, apply outcomes and fleet status as text, markdown and JSON (same data, three forms)."""
+"""Reconcile plans, destroy previews and apply outcomes as text and markdown (`status` is in status_views)."""
 
 from __future__ import annotations
 
-from fleetspec.compile import desired as desired_mod
 from fleetspec.reconcile import apply as apply_mod
-from fleetspec.reconcile import observed as observed_mod
 from fleetspec.reconcile import plan as plan_mod
 
 
@@ -16,7 +14,8 @@ def plan_text(reconcile_plan: plan_mod.ReconcilePlan, subject: str = "the runnin
     for action in reconcile_plan.actions:
         lines.append(f"  {action.describe()}")
         lines.extend(f"      {change}" for change in action.changes)
-    lines += ["", reconcile_plan.summary(), _disruption_line(reconcile_plan), *notes]
+    lines += ["", reconcile_plan.summary(), _disruption_line(reconcile_plan),
+              *(f"Interrupts serving: {i.describe()}" for i in reconcile_plan.interruptions), *notes]
     return "\n".join(lines)
 
 
@@ -36,7 +35,8 @@ def plan_markdown(reconcile_plan: plan_mod.ReconcilePlan) -> str:
         reason = "; ".join((a.reason, *a.changes)).replace("|", "\\|")
         rows.append(f"| `{a.symbol}` | {a.kind.value} | `{a.target}` | {f'`{a.adapter}`' if a.adapter else ''} "
                     f"| {a.disruption.value} | {reason} |")
-    return "\n".join([*rows, "", f"**{reconcile_plan.summary()}** {_disruption_line(reconcile_plan)}"]) + notes
+    interruptions = "".join(f"\n- **interrupts serving:** {i.describe()}" for i in reconcile_plan.interruptions)
+    return "\n".join([*rows, "", f"**{reconcile_plan.summary()}** {_disruption_line(reconcile_plan)}"]) + interruptions + notes
 
 
 def destroy_text(fleet: str, containers) -> str:
@@ -81,77 +81,4 @@ def outcomes_text(result: apply_mod.ApplyResult, teardown: bool = False) -> str:
         lines.append("Apply complete." if not failed else
                      f"Apply finished with {failed} failure{'s' * (failed != 1)}; everything else was applied. "
                      "Fix the cause above and run apply again.")
-    return "\n".join(lines)
-
-
-def status_rows(want: desired_mod.DesiredState, have: observed_mod.ObservedState) -> list[dict]:
-    """One row per replica slot, desired or observed, with drift spelled out."""
-    rows = []
-    for key in sorted(set(want.replicas) | set(have.replicas)):
-        wanted, seen = want.replicas.get(key), have.replicas.get(key)
-        container = seen.container if seen else None
-        loaded = sorted(seen.adapters) if seen and seen.adapters is not None else None
-        declared = sorted(wanted.adapters) if wanted else []
-        drift = []
-        if wanted is None:
-            drift.append("not declared (will be removed)")
-        elif seen is None:
-            drift.append("not running")
-        elif container.spec_hash != wanted.container.spec_hash():
-            drift.append("configuration differs (will be replaced)")
-        if loaded is not None and wanted is not None:
-            drift += [f"missing {n}" for n in declared if n not in loaded]
-            drift += [f"extra {n}" for n in loaded if n not in declared]
-        rows.append({
-            "server": key[0], "replica": key[1],
-            "container": container.name if container else None,
-            "pid": container.pid if container else None, "log": container.log_path if container else None,
-            "status": container.status if container else "absent",
-            "healthy": bool(seen and seen.healthy),
-            "url": seen.base_url if seen else None,
-            "gpus": list(wanted.container.gpu_ids) if wanted else [],
-            "adapters": loaded, "declared_adapters": declared, "drift": drift,
-        })
-    return rows
-
-
-def router_row(want: desired_mod.DesiredState, have: observed_mod.ObservedState, url: str,
-               drift: list[str]) -> dict | None:
-    if want.router is None and have.router is None:
-        return None
-    problems = list(drift)
-    if want.router is None:
-        problems.append("not declared (will be removed)")
-    elif have.router is None or not have.router.running:
-        problems.append("not running")
-    elif have.router_config_hash != want.router_config_hash():
-        problems.append("serves an older routing config (the next apply updates it)")
-    return {"container": have.router.name if have.router else None,
-            "pid": have.router.pid if have.router else None,
-            "status": have.router.status if have.router else "absent", "url": url,
-            "config_hash": have.router_config_hash, "drift": problems}
-
-
-def status_text(fleet: str, rows: list[dict], strays: int, router: dict | None = None) -> str:
-    if not rows and router is None:
-        return f"Fleet {fleet} has no servers running and none declared."
-    lines = [f"Fleet {fleet}:"]
-    for row in rows:
-        health = "healthy" if row["healthy"] else ("not answering" if row["status"] == "running" else row["status"])
-        if row["adapters"] is not None:
-            adapters = ", ".join(row["adapters"]) or "none"
-        else:
-            adapters = "-" if row["status"] == "absent" else "(unknown: the engine is not answering)"
-        pid = f"PID {row['pid']:<8} " if row.get("pid") else ""
-        lines.append(f"  {row['server']}/{row['replica']}  {health:<14} {row['url'] or '-':<24} {pid}"
-                     f"GPUs {','.join(row['gpus']) or '-':<6} adapters: {adapters}")
-        lines.extend(f"      drift: {d}" for d in row["drift"])
-    if router is not None:
-        pid = f" PID {router['pid']}" if router.get("pid") else ""
-        lines.append(f"  router  {router['status']:<14} {router['url']:<24}{pid}")
-        lines.extend(f"      drift: {d}" for d in router["drift"])
-    if strays:
-        lines.append(f"  {strays} leftover container(s) of this fleet will be removed by the next apply.")
-    in_sync = all(not r["drift"] for r in rows) and not strays and not (router and router["drift"])
-    lines.append("In sync with the fleet file." if in_sync else "Out of sync: run `fleetspec apply` to converge.")
     return "\n".join(lines)

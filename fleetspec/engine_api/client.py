@@ -53,11 +53,18 @@ class EngineClient:
 
     def healthy(self, timeout: float = 2.0) -> bool:
         """True when `/health` answers 200; False while loading (refused or 503), or anything else."""
+        return self.health_problem(timeout) is None
+
+    def health_problem(self, timeout: float = 2.0) -> str | None:
+        """None when `/health` answers 200, else what happened instead, as a sentence for `status`
+        (refused, timed out, 503 while loading, another status)."""
         try:
             status, _ = self._request("GET", contract.HEALTH, timeout=timeout)
-        except contract.EngineUnavailable:
-            return False
-        return status == 200
+        except contract.EngineUnavailable as exc:
+            if exc.status is None:
+                return str(exc)  # refused or timed out: the sentence says which
+            status = exc.status  # 503: vLLM's answer while it loads, and once its engine core died
+        return None if status == 200 else f"{self.base_url}{contract.HEALTH} answered HTTP {status}."
 
     def wait_healthy(self, deadline: float, clock: Clock = SYSTEM_CLOCK, interval: float = 0.25,
                      check: Callable[[], None] | None = None) -> None:

@@ -20,6 +20,8 @@ class ObservedReplica:
     base_url: str | None
     healthy: bool
     adapters: dict[str, str] | None  # served name → path as loaded; None when the engine did not answer
+    # Why a running engine is not healthy (what /health or /v1/models answered instead), for `status`.
+    problem: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -27,6 +29,7 @@ class ObservedReplica:
             "base_url": self.base_url,
             "healthy": self.healthy,
             "adapters": self.adapters,
+            "problem": self.problem,
         }
 
 
@@ -48,8 +51,11 @@ class ObservedState:
         }
 
 
+NOT_PROBED = (None, False, None, None)  # a container that does not run has no engine to ask
+
+
 def assemble(fleet: str, containers: list[base.ObservedContainer], probe) -> ObservedState:
-    """Group containers into replica slots; `probe(container) -> (base_url, healthy, adapters)`.
+    """Group containers into replica slots; `probe(container) -> (base_url, healthy, adapters, problem)`.
 
     When two containers claim one slot (a crash mid-replace, one started by hand), the one with the
     slot's own name wins, then a running one, then the newest; the others become strays that the plan
@@ -75,8 +81,8 @@ def assemble(fleet: str, containers: list[base.ObservedContainer], probe) -> Obs
         candidates.sort(key=lambda c: (c.name == own_name, c.running, c.started_at or ""), reverse=True)
         chosen, *rest = candidates
         strays.extend(rest)
-        base_url, healthy, adapters = probe(chosen) if chosen.running else (None, False, None)
-        replicas[key] = ObservedReplica(chosen, base_url, healthy, adapters)
+        base_url, healthy, adapters, problem = probe(chosen) if chosen.running else NOT_PROBED
+        replicas[key] = ObservedReplica(chosen, base_url, healthy, adapters, problem)
     return ObservedState(fleet, replicas, tuple(strays), router)
 
 

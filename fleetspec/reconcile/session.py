@@ -154,30 +154,23 @@ def observe(driver, spec) -> observed.ObservedState:
 
     def probe(container):
         if container.host_port is None:
-            return None, False, None
+            return None, False, None, f"the {container.noun} publishes no port, so its engine cannot be asked"
         client = engine_client.EngineClient(f"http://{probe_host(spec)}:{container.host_port}", key)
-        if not client.healthy():
-            return client.base_url, False, None
+        problem = client.health_problem()
+        if problem is not None:
+            return client.base_url, False, None, problem
         try:
-            return client.base_url, True, dict(client.models().adapters)
-        except errors.FleetspecError:
-            return client.base_url, False, None
+            return client.base_url, True, dict(client.models().adapters), None
+        except errors.FleetspecError as exc:
+            return client.base_url, False, None, f"/health answers, but listing its adapters failed: {exc}"
 
     running = [c for c in containers if c.running and c.role != "router"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(running) or 1)) as pool:
         answers = dict(zip([c.id for c in running], pool.map(probe, running), strict=True))
-    have = observed.assemble(spec.name, containers, lambda c: answers.get(c.id, (None, False, None)))
+    have = observed.assemble(spec.name, containers, lambda c: answers.get(c.id, observed.NOT_PROBED))
     if have.router is not None and have.router.running:
         have = dataclasses.replace(have, router_config_hash=router_edge.router_config_hash(router_edge.router_url(spec)))
     return have
-
-
-
-
-
-
-
-
 
 
 def last_applied_containers(fleet_state: state.FleetState) -> dict[tuple[str, int], desired.ContainerSpec]:

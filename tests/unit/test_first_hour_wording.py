@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from fleetspec.cli import app, reconcile_views
+from fleetspec.cli import app, reconcile_views, status_views
 from fleetspec.compile import desired
 from fleetspec.drivers import base
 from fleetspec.reconcile import apply as apply_mod
@@ -85,10 +85,13 @@ def test_destroy_of_nothing_names_the_runtimes_own_things(tmp_path, capsys, monk
         "Nothing to destroy: fleet demo has no processes (running or stopped) on this machine.")
 
 
-def test_readme_destroy_line_says_how_to_run_it_in_scripts():
+def test_readme_destroy_line_runs_where_nobody_can_answer():
+    """The line a new user copies after ./scripts/run must work in scripts and CI too (it used to exit 1
+    there); tests/integration/test_readme_first_hour.py runs it exactly as written."""
     readme = (ROOT / "README.md").read_text()
-    line = next(p for p in readme.split("\n\n") if "fleetspec destroy" in p and "scripts/run" in p)
-    assert "--yes" in line and "asks first" in line
+    line = next(line for line in readme.splitlines() if line.startswith(".venv/bin/fleetspec destroy fleet.yaml"))
+    assert line.split("#")[0].split() == [".venv/bin/fleetspec", "destroy", "fleet.yaml", "--yes"]
+    assert "asks first" in line
 
 
 # -- the runtime's own words -----------------------------------------------------------------------
@@ -140,12 +143,14 @@ def test_status_shows_pids_of_local_processes_and_none_for_docker():
     current = dict(LOCAL[0].__dict__, spec_hash=container.spec_hash(), log_path="/x/demo-main-0.log")
     have = observed.ObservedState("demo", {("main", 0): observed.ObservedReplica(
         base.ObservedContainer(**current), "http://127.0.0.1:8000", True, {})})
-    rows = reconcile_views.status_rows(want, have)
+    rows = status_views.status_rows(want, have)
     assert (rows[0]["pid"], rows[0]["log"]) == (4242, "/x/demo-main-0.log")
-    assert "PID 4242" in reconcile_views.status_text("demo", rows, 0)
+    assert "process demo-main-0, PID 4242, http://127.0.0.1:8000, log /x/demo-main-0.log" in status_views.status_text(
+        "demo", rows)
     docker_have = observed.ObservedState("demo", {("main", 0): observed.ObservedReplica(
         DOCKER[0], "http://127.0.0.1:8000", True, {})})
-    assert "PID" not in reconcile_views.status_text("demo", reconcile_views.status_rows(want, docker_have), 0)
+    docker_text = status_views.status_text("demo", status_views.status_rows(want, docker_have))
+    assert "container demo-main-0" in docker_text and "PID" not in docker_text and "log" not in docker_text
 
 
 # -- status: no false drift ------------------------------------------------------------------------

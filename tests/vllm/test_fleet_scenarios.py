@@ -405,6 +405,19 @@ def test_6_watch_restores_a_killed_engine_with_its_adapters(fleet):
         victim = f"{fleet.name}-cpu-1"
         os.kill(before[victim][1], signal.SIGKILL)
 
+        # Until watch has a new engine up (30 s at the very least here), the fleet is short of a
+        # replica: the router stops sending to it and `status` says so to a monitor.
+        def router_sees_it_down() -> bool:
+            code, health = get(fleet.router_url + "/health")
+            rows = {r["replica"]: r for r in (health or {}).get("replicas", [])} if code == 200 else {}
+            return 1 in rows and rows[1]["healthy"] is False
+
+        wait_for(router_sees_it_down, 30, "the router marking the killed replica down")
+        answers = [_complete(fleet.router_url, "alpha", {})[0] for _ in range(10)]
+        assert answers == [200] * 10
+        code, out, err = fleet.cli("status", str(fleet.file), "--detailed-exitcode", timeout_s=60)
+        assert code == 2, out + err
+
         def restored():
             now = fleet.engines()
             if victim not in now or now[victim][1] == before[victim][1]:
