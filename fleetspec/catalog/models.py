@@ -19,7 +19,7 @@ PACKED_MODULES = {
     "query_key_value": "qkv_proj", "c_attn": "qkv_proj",
     "o_proj": "o_proj", "dense": "o_proj", "c_proj": "o_proj",
     "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "gate_up_proj": "gate_up_proj",
-    "down_proj": "down_proj",
+    "down_proj": "down_proj", "fc1": "fc1", "fc2": "fc2",  # phi-2's two-matrix MLP
     "w1": "experts", "w2": "experts", "w3": "experts", "experts": "experts",
     "gate": "gate", "embed_tokens": "embed_tokens", "lm_head": "lm_head",
     "kv_a_proj_with_mqa": "kv_a_proj_with_mqa", "kv_b_proj": "kv_b_proj",
@@ -42,11 +42,19 @@ class ModelFacts:
     attention: str  # "standard" or "mla"
     qkv_bias: bool
     learned_positions: bool
-    sliding_window_layers: str | None  # None, "all" or "alternate"
+    sliding_window_layers: str | None  # None, "all", "alternate", "pattern" or "layer_types"
     checkpoint_quantization: str  # the checkpoint's own quantization ("none", "awq", ...)
     checkpoint_group_size: int | None
     source: str
     from_catalog: bool
+    # Attention type of every decoder layer, "full" or "sliding" (issue #18 item 4): from the
+    # config's layer_types, its sliding_window_pattern, or the family's known layout.
+    layer_kinds: tuple[str, ...] = ()
+    # config.json gives a sliding_window but nothing says which layers use it (an unknown family):
+    # the planner keeps every layer full (more KV per request, the safe side) and says so.
+    window_layers_unknown: bool = False
+    dense_mlp: str = "gated"  # the MLP of dense layers (a MoE model's first_k_dense_replace layers): gated/plain
+    quantization_scope: frozenset[str] | None = None  # module kinds the checkpoint quantizes; None: the method's
 
     @property
     def is_moe(self) -> bool:
@@ -54,11 +62,36 @@ class ModelFacts:
 
     @property
     def num_experts(self) -> int:
-        return self.architecture.num_local_experts or self.architecture.num_experts or 0
+        return self.architecture.routed_experts
 
     @property
     def expert_intermediate_size(self) -> int:
         return self.architecture.moe_intermediate_size or self.architecture.intermediate_size
+
+    @property
+    def shared_expert_intermediate_size(self) -> int:
+        """Width of the shared-expert MLP of each MoE layer: DeepSeek's n_shared_experts ×
+        moe_intermediate_size (DeepseekV2MoE, vllm/model_executor/models/deepseek_v2.py), Qwen-MoE's
+        shared_expert_intermediate_size (Qwen2MoeSparseMoeBlock, qwen2_moe.py)."""
+        a = self.architecture
+        if not self.is_moe:
+            return 0
+        if a.shared_expert_intermediate_size is not None:
+            return a.shared_expert_intermediate_size
+        return (a.n_shared_experts or 0) * self.expert_intermediate_size
+
+    @property
+    def moe_layers(self) -> int:
+        """Decoder layers with experts: all but DeepSeek's first_k_dense_replace dense layers
+        (deepseek_v2.py DeepseekV2DecoderLayer: layer_idx >= first_k_dense_replace)."""
+        if not self.is_moe:
+            return 0
+        return self.architecture.num_hidden_layers - min(self.architecture.first_k_dense_replace or 0,
+                                                         self.architecture.num_hidden_layers)
+
+    @property
+    def sliding_layers(self) -> int:
+        return sum(1 for kind in self.layer_kinds if kind == "sliding")
 
 
 def resolve(base_model: spec_models.BaseModelSpec) -> ModelFacts | None:
@@ -131,19 +164,56 @@ def _family_of(arch: spec_models.Architecture) -> str | None:
 def _facts(*, model_id: str, family: str, architecture: spec_models.Architecture, num_parameters: int | None,
            dtype: str, entry: dict | None, source: str, from_catalog: bool) -> ModelFacts:
     fam = data_files.load("models")["families"].get(family, {})
-    moe = bool(architecture.num_local_experts or architecture.num_experts)
+    moe = bool(architecture.routed_experts)
     quant = (entry or {}).get("quantization") or {}
     default_modules = ["qkv_proj", "o_proj", "experts", "gate"] if moe else ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     window_layers = (entry or {}).get("sliding_window_layers") or fam.get("sliding_window_layers")
+    layout, kinds, unknown = window_layout(architecture, window_layers, fam.get("sliding_window_pattern", 6))
+    dense_mlp = architecture.mlp or fam.get("mlp", "gated")
+    scope = architecture.quantization_scope or quant.get("scope")
     return ModelFacts(
         id=model_id, family=family, architecture=architecture, num_parameters=num_parameters,
         default_dtype=dtype, max_position_embeddings=architecture.max_position_embeddings,
         lora_supported=fam.get("lora_supported", True), embedding_lora=fam.get("embedding_lora", False),
         lora_modules=tuple(fam.get("lora_modules", default_modules)),
-        mlp="moe" if moe else fam.get("mlp", "gated"),
+        mlp="moe" if moe else dense_mlp,
         attention="mla" if architecture.kv_lora_rank else fam.get("attention", "standard"),
         qkv_bias=fam.get("qkv_bias", False), learned_positions=fam.get("learned_positions", False),
-        sliding_window_layers=(window_layers or "all") if architecture.sliding_window else None,
+        sliding_window_layers=layout,
         checkpoint_quantization=quant.get("method", "none"), checkpoint_group_size=quant.get("group_size"),
         source=source, from_catalog=from_catalog,
+        layer_kinds=kinds, window_layers_unknown=unknown,
+        dense_mlp="gated" if dense_mlp == "moe" else dense_mlp,
+        quantization_scope=frozenset(scope) if scope else None,
     )
+
+
+def window_layout(arch: spec_models.Architecture, family_layout: str | None,
+                  family_pattern: int = 6) -> tuple[str | None, tuple[str, ...], bool]:
+    """(layout name, per-layer "full"/"sliding", window given but its layers unknown).
+
+    What vLLM gives each layer (issue #18 item 4): a model whose code reads `layer_types` (Gemma-2/3,
+    Llama, gpt-oss: `per_layer_sliding_window`, vllm/model_executor/models/gemma3.py, llama.py) windows
+    only the sliding_attention layers; a config without layer_types puts its sliding_window on the
+    CacheConfig and so on every layer (EngineArgs.create_engine_config, vllm/engine/arg_utils.py:
+    "Only set CacheConfig.sliding_window if the model is all sliding window"; Attention.__init__,
+    vllm/model_executor/layers/attention/attention.py). Which families do that is catalog data;
+    for an unknown family the window is not assumed."""
+    layers = arch.num_hidden_layers
+    full = ("full",) * layers
+    if arch.layer_types is not None:
+        kinds = tuple("sliding" if t == "sliding_attention" else "full" for t in arch.layer_types)
+        return ("layer_types" if "sliding" in kinds else None), kinds, False
+    if not arch.sliding_window or arch.use_sliding_window is False:
+        return None, full, False
+    layout = "pattern" if arch.sliding_window_pattern else family_layout
+    if layout is None and arch.use_sliding_window:
+        layout = "all"  # Qwen2-style: use_sliding_window true on a config without layer_types
+    if layout == "all":
+        return layout, ("sliding",) * layers, False
+    if layout == "alternate":  # HF Gemma2Config / gpt-oss (layer_idx % 2 == 0): even layers slide
+        return layout, tuple("sliding" if i % 2 == 0 else "full" for i in range(layers)), False
+    if layout == "pattern":  # HF Gemma3TextConfig: every sliding_window_pattern-th layer is global
+        period = arch.sliding_window_pattern or family_pattern
+        return layout, tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(layers)), False
+    return None, full, True

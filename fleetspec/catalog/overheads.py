@@ -73,6 +73,10 @@ class Overheads:
     cudagraph_lora_factor: float
     v1_engine_since: tuple[int, ...]
     v0_defaults: V0Defaults
+    hybrid_kv_since: tuple[int, ...]  # several KV cache groups (the hybrid KV cache manager)
+    kv_concurrency_report_since: tuple[int, ...]  # "GPU KV cache size" = max_concurrency × max_model_len
+    in_flight_batches_since: tuple[int, ...]
+    in_flight_batches: int
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
     cpu: CpuOverheads
@@ -136,6 +140,10 @@ def load() -> Overheads:
         cudagraph_lora_factor=graphs["lora_factor"],
         v1_engine_since=_version(data["engine"]["v1_default_since"]),
         v0_defaults=V0Defaults(**data["engine"]["v0_defaults"]),
+        hybrid_kv_since=_version(data["kv_cache"]["hybrid_manager_since"]),
+        kv_concurrency_report_since=_version(data["kv_cache"]["concurrency_report_since"]),
+        in_flight_batches_since=_version(data["kv_cache"]["in_flight_batches"]["since"]),
+        in_flight_batches=data["kv_cache"]["in_flight_batches"]["batches"],
         block_size=data["block_size"],
         batch_defaults=tuple(_batch_row(row) for row in data["batch_defaults"]),
         cpu=CpuOverheads(

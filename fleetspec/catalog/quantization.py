@@ -22,6 +22,11 @@ _ONE_BYTE = {
 # FP4 with one fp8 scale per 16 (NVFP4) or one e8m0 scale per 32 (MXFP4) weights.
 _FP4 = {"modelopt_fp4": 0.5 + 1 / 16, "nvfp4_per_token": 0.5 + 1 / 16, "mxfp4": 0.5 + 1 / 32,
         "gpt_oss_mxfp4": 0.5 + 1 / 32}
+# Methods that quantize only the routed experts: Mxfp4Config.get_quant_method returns
+# UnquantizedLinearMethod for every LinearBase (attention, dense MLP) and the MXFP4 MoE method for
+# RoutedExperts (vllm/model_executor/layers/quantization/mxfp4.py, 0.32; gpt-oss's config also lists
+# self_attn in modules_to_not_convert).
+EXPERTS_ONLY = {"mxfp4", "gpt_oss_mxfp4"}
 # Out-of-tree plugins: NF4 with double-quantized absmax per 64 weights; GGUF Q4_K is 4.5 bits.
 _PLUGINS = {"bitsandbytes": 0.5 + 1 / 64, "gguf": 4.5 / 8}
 # compressed-tensors carries its bit width in the checkpoint; 8-bit (w8a8/fp8) is assumed, which

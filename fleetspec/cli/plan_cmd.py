@@ -35,7 +35,9 @@ def reconcile_plan(loaded, fleet_plan, against: str | None):
     from fleetspec.reconcile import diff, observed, session
 
     if not fleet_plan.fits:
-        return None, "the fleet file has errors or does not fit, so apply would refuse it"
+        if all(server.fits for server in fleet_plan.servers):  # a corrupt adapter is no memory problem
+            return None, "apply would refuse the fleet file for the error(s) above, so no changes are listed"
+        return None, "the fleet does not fit in memory, so apply would refuse it and no changes are listed"
     new = session.prepare_loaded(loaded, memory=fleet_plan)
     if against is not None:
         old = _prepare_other(against, loaded.base_dir)
@@ -102,8 +104,11 @@ def _prepare_other(path: str, base_dir: pathlib.Path):
 @click.option("--against", type=click.Path(dir_okay=False),
               help="Diff against another fleet file (e.g. the base branch's) instead of the running fleet.")
 @click.option("--memory-only", is_flag=True, help="Skip the reconcile plan; do not look at the running fleet.")
+@click.option("--explain", is_flag=True,
+              help="Say, per memory term, where its figure comes from and how far to trust it.")
 @overrides_opt.options
-def plan(file: str, output: str, detailed_exitcode: bool, against: str | None, memory_only: bool, **override) -> int:
+def plan(file: str, output: str, detailed_exitcode: bool, against: str | None, memory_only: bool,
+         explain: bool = False, **override) -> int:
     """Plan GPU memory per server and GPU, and the changes apply would make.
 
     Exit 0 when every replica fits, 1 on any error or when something does not fit; with
@@ -132,6 +137,8 @@ def plan(file: str, output: str, detailed_exitcode: bool, against: str | None, m
             click.echo(f"\n### Changes against {subject}\n\n{reconcile_views.plan_markdown(changes)}")
     else:
         plan_views.render_human(fleet_plan)
+        if explain:
+            click.echo(_explain_text(fleet_plan))
         views.print_diagnostics(fleet_plan.findings, err=False)
         click.echo(plan_views.summary_text(fleet_plan))
         if kube is not None:
@@ -144,6 +151,21 @@ def plan(file: str, output: str, detailed_exitcode: bool, against: str | None, m
         return EXIT_ERROR
     pending = bool(kube) if kube is not None else changes is not None and changes.has_changes
     return EXIT_CHANGES if detailed_exitcode and pending else EXIT_OK
+
+
+def _explain_text(fleet_plan) -> str:
+    """One line per term of each server's budget (per GPU type): source and confidence."""
+    lines = ["", "Where each figure comes from (per GPU):"]
+    for server in fleet_plan.servers:
+        seen = set()
+        for replica in server.replicas:
+            b = replica.budget
+            if b is None or replica.gpu_type in seen:
+                continue
+            seen.add(replica.gpu_type)
+            lines.append(f"  {server.name} on {replica.gpu_type}:")
+            lines.extend(f"    {t.line()}" for t in b.terms)
+    return "\n".join(lines)
 
 
 def _k8s_text(kube, markdown: bool = False) -> str:

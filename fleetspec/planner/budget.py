@@ -6,7 +6,7 @@ import dataclasses
 
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads
-from fleetspec.planner import engine, memory
+from fleetspec.planner import engine, explain, memory
 
 GIB = 1 << 30
 
@@ -34,6 +34,11 @@ class GpuBudget:
     # GPU memory free when it runs with this replica alone on its GPUs (memory.warmup_free_bytes).
     sampler_warmup: int = 0
     warmup_free: int = 0
+    # KV cache groups (memory.KvLayout): the kind of each group and the layers per group.
+    kv_groups: tuple[str, ...] = ("full",)
+    kv_group_size: int = 0
+    # Per term: its source and confidence (planner.explain), for `plan --explain` and the JSON.
+    terms: tuple = ()
 
     @property
     def warmup_fits(self) -> bool:
@@ -59,6 +64,8 @@ class GpuBudget:
             "cudagraph_in_budget": self.cudagraph_in_budget,
             "kv_bytes_per_token": round(self.kv_bytes_per_token, 2),
             "sampler_warmup_gib": gib(self.sampler_warmup), "warmup_free_gib": gib(self.warmup_free),
+            "kv_cache_groups": {"kinds": list(self.kv_groups), "layers_per_group": self.kv_group_size},
+            "terms": [t.to_json() for t in self.terms],
             "memory": "host" if self.host else "gpu",
         }
 
@@ -91,20 +98,24 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     in_budget = memory.cudagraphs_in_budget(s.vllm_version)
     outside = cpu.side_processes_bytes if s.host else memory.cuda_context_bytes(tp, pp)
     kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
-    per_token = memory.kv_bytes_per_token(facts, tp, pp, s.kv_bytes, s.kv_cache_dtype)
-    request = memory.kv_bytes_per_request(facts, tp, pp, s.kv_bytes, s.max_model_len,
-                                          s.max_num_batched_tokens, s.kv_cache_dtype, s.block_size)
+    layout = memory.kv_layout(facts, tp, pp, s.kv_bytes, kv_cache_dtype=s.kv_cache_dtype,
+                              batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
+                              host=s.host, block=s.block_size)
+    per_token = layout.bytes_per_token
+    request = layout.request_bytes(s.max_model_len)
     warmup = 0 if s.host or not memory.warms_up_sampler_after_kv(s.vllm_version) else \
         memory.sampler_bytes(facts, s.max_num_seqs, s.vllm_version)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
-                                       s.kv_cache_dtype, block=s.block_size)
-    return GpuBudget(
+                                       s.kv_cache_dtype, block=s.block_size, layout=layout)
+    result = GpuBudget(
         total=total, budget=budget, weights=weights, lora=lora, activation=activation, non_torch=non_torch,
         cudagraph=graphs, cudagraph_in_budget=in_budget, cuda_context=outside, host=s.host,
         kv_cache=kv_cache, kv_bytes_per_token=per_token,
-        kv_tokens=memory.kv_tokens(kv_cache, per_token, s.block_size),
+        kv_tokens=layout.tokens(kv_cache, s.max_model_len), kv_groups=layout.groups,
+        kv_group_size=layout.group_size,
         request_bytes=request, max_model_len=s.max_model_len, largest_model_len=largest,
         max_concurrency=max(kv_cache, 0) / request if request else 0.0,
         sampler_warmup=warmup,
         warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget),
     )
+    return dataclasses.replace(result, terms=explain.terms(facts, s, result))

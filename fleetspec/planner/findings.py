@@ -53,7 +53,83 @@ def model_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts
         found.extend(_lora_support(facts, server, i))
         found.extend(_context_limit(spec, facts, server, i))
     scope = version_scope_finding(spec.runtime.vllm_version)
-    return found + ([scope] if scope else [])
+    return found + ([scope] if scope else []) + architecture_findings(facts) + lora_residency_findings(spec)
+
+
+def lora_residency_findings(spec: spec_models.FleetSpec) -> list[Diagnostic]:
+    """What vLLM really holds in its adapter caches (issue #18 item 7), read in the 0.32 and 0.33
+    wheels, vllm/entrypoints/openai/models/serving.py OpenAIServingModels:
+    - unload_lora_adapter only deletes the name from `lora_requests`; it never calls the engine's
+      remove_lora, so the adapter keeps its CPU-cache entry (and its GPU slot until another adapter
+      needs it) until LRU eviction (vllm-project/vllm#54839);
+    - load_lora_adapter reuses the name's lora_int_id only while the name is still registered
+      (an in-place reload); a name loaded again after an unload gets a new id from
+      lora_id_counter, so the old id's cache entry and the new one both count;
+    - fleetspec loads a new version before it unloads the old one (reconcile/apply.py), so during a
+      switch requests for the old version still run on its slot while the new one takes another.
+    The spec checks count pinned specialists against max_loras; these findings count what a
+    fleet's versions and switches make vLLM hold."""
+    out = []
+    for j, server in enumerate(spec.servers):
+        if server.lora is None:
+            continue
+        hosted = spec.hosted_by(server)
+        names = sum(len(s.all_versions) for s in hosted)
+        cpu = server.lora.max_cpu_loras or server.lora.max_loras
+        if names > cpu and names > len(hosted):  # the excess comes from versions replaced or kept
+            out.append(finding(
+                INFO, "lora-cache-holds-unloaded", ("servers", j, "lora", "max_cpu_loras"),
+                f"server `{server.name}` can load {names} adapter versions over time but caches {cpu}; vLLM's "
+                "unload does not free a cached adapter (vllm-project/vllm#54839), so unloaded versions stay "
+                "until LRU eviction and an idle preloaded adapter can be evicted first and reloaded from disk "
+                "on its next request",
+                f"raise servers[{j}].lora.max_cpu_loras to {names}, or keep fewer versions deployable",
+            ))
+        pinned = [s for s in hosted if s.pinned]
+        switching = [s.name for s in pinned if len(s.all_versions) > 1]
+        if switching and len(pinned) + 1 > server.lora.max_loras:
+            out.append(finding(
+                WARNING, "pinned-switch-needs-a-slot", ("servers", j, "lora", "max_loras"),
+                f"server `{server.name}` has {len(pinned)} pinned specialist(s) in {server.lora.max_loras} GPU "
+                f"slot(s); switching the version of {switching[0]} loads the new version (a new lora_int_id) "
+                "while requests on the old one still hold its slot, so for that moment vLLM needs "
+                f"{len(pinned) + 1} slots and a pinned specialist is not resident",
+                f"raise servers[{j}].lora.max_loras to {len(pinned) + 1}",
+            ))
+    return out
+
+
+def architecture_findings(facts: catalog_models.ModelFacts) -> list[Diagnostic]:
+    """What the planner took from the architecture and what it could not model, said in the plan
+    (issue #18 items 3 and 4)."""
+    out = []
+    counts = memory.parameter_counts(facts)
+    published, derived = counts["published"], counts["derived"]
+    if published and derived and abs(published - derived) / published > 0.02:
+        used = "used" if counts["layer_scale"] != 1.0 else "ignored (catalog guard: more than 25 % from the shapes)"
+        out.append(finding(
+            INFO, "parameter-count-differs", ("base_model", "architecture", "num_parameters"),
+            f"the published count is {published / 1e9:.3f} B parameters, the shapes give {derived / 1e9:.3f} B; "
+            f"the published count is {used} (decoder layers scaled ×{counts['layer_scale']:.3f})",
+            "if the shapes miss something, say it in base_model.architecture: `mlp: plain` for a two-matrix "
+            "fc1/fc2 MLP, n_shared_experts / shared_expert_intermediate_size, first_k_dense_replace, vision_config",
+        ))
+    if facts.window_layers_unknown:
+        out.append(finding(
+            INFO, "sliding-window-layers-unknown", ("base_model", "architecture", "sliding_window"),
+            f"config.json gives sliding_window {facts.architecture.sliding_window} but not which layers use it, and "
+            f"fleetspec does not know the `{facts.family}` family: every layer is planned as full attention "
+            "(more KV per request than a windowed layer needs)",
+            "copy layer_types (or sliding_window_pattern) from config.json into base_model.architecture",
+        ))
+    if facts.architecture.vision_config is not None:
+        out.append(finding(
+            INFO, "vision-encoder-profile-not-modelled", ("base_model", "architecture", "vision_config"),
+            "the vision tower's weights are counted, but the activation of vLLM's dummy multimodal profile run "
+            "(encoder cache, dummy images) is not modelled: the KV cache may come out smaller than planned",
+            "compare with the engine's startup log, or set limit_mm_per_prompt low in extra_args",
+        ))
+    return out
 
 
 def version_scope_finding(version: str) -> Diagnostic | None:

@@ -41,14 +41,41 @@ def kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ParamSplit:
-    """Parameters on one GPU: linear layers (quantizable) and the rest (kept in model dtype)."""
+    """Parameters on one GPU by what a quantization method may cover: the decoder's linear layers
+    (attention, dense MLP, routed experts, shared experts), the vision tower's linear layers, and
+    the rest (embeddings, lm_head, norms, routers, positions: always in the model dtype)."""
 
-    linear: float
+    attention: float
+    mlp: float
+    experts: float
     other: float
+    shared_experts: float = 0.0
+    vision: float = 0.0
+
+    @property
+    def linear(self) -> float:
+        """Decoder linear layers (what AWQ/GPTQ/FP8 quantize by default)."""
+        return self.attention + self.mlp + self.experts + self.shared_experts
 
     @property
     def total(self) -> float:
-        return self.linear + self.other
+        return self.linear + self.vision + self.other
+
+    def by_kind(self) -> dict[str, float]:
+        return {"attention": self.attention, "mlp": self.mlp, "experts": self.experts,
+                "shared_experts": self.shared_experts, "vision": self.vision}
+
+    def scaled(self, factor: float) -> ParamSplit:
+        return ParamSplit(self.attention * factor, self.mlp * factor, self.experts * factor, self.other * factor,
+                          self.shared_experts * factor, self.vision * factor)
+
+    def __add__(self, other: ParamSplit) -> ParamSplit:
+        return ParamSplit(self.attention + other.attention, self.mlp + other.mlp, self.experts + other.experts,
+                          self.other + other.other, self.shared_experts + other.shared_experts,
+                          self.vision + other.vision)
+
+    def times(self, count: float) -> ParamSplit:
+        return self.scaled(count)
 
 
 def _attention_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float, float]:
@@ -67,20 +94,79 @@ def _attention_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float,
     return hidden * q_out + 2 * hidden * kv_out + q_out * hidden, bias
 
 
-def _mlp_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float, float]:
+def _dense_mlp_params(facts: catalog_models.ModelFacts, tp: int) -> float:
+    """A dense MLP: gated (gate_proj, up_proj, down_proj: 3 matrices, LlamaMLP) or plain (fc1, fc2:
+    2 matrices, phi-2's PhiMLP / GPT-2's c_fc, c_proj) — issue #18 item 3."""
+    matrices = 2 if facts.dense_mlp == "plain" else 3
+    return matrices * facts.architecture.hidden_size * facts.architecture.intermediate_size / tp
+
+
+def _dense_layer(facts: catalog_models.ModelFacts, tp: int) -> ParamSplit:
+    attn_linear, attn_other = _attention_params(facts, tp)
+    return ParamSplit(attn_linear, _dense_mlp_params(facts, tp), 0.0, attn_other + 2 * facts.architecture.hidden_size)
+
+
+def _moe_layer(facts: catalog_models.ModelFacts, tp: int) -> ParamSplit:
+    """A MoE layer: routed experts (w1/w3 gate-up + w2, FusedMoE), the router (hidden × experts, kept
+    in the model dtype) and the shared experts (DeepSeek: one gated MLP n_shared_experts ×
+    moe_intermediate_size wide, DeepseekV2MoE.shared_experts; Qwen-MoE: shared_expert of
+    shared_expert_intermediate_size plus its hidden × 1 shared_expert_gate, Qwen2MoeSparseMoeBlock)."""
     a = facts.architecture
-    if facts.is_moe:
-        experts = facts.num_experts
-        return experts * 3 * a.hidden_size * facts.expert_intermediate_size / tp, a.hidden_size * experts
-    matrices = 2 if facts.mlp == "plain" else 3
-    return matrices * a.hidden_size * a.intermediate_size / tp, 0
+    attn_linear, attn_other = _attention_params(facts, tp)
+    experts = facts.num_experts * 3 * a.hidden_size * facts.expert_intermediate_size / tp
+    shared = 3 * a.hidden_size * facts.shared_expert_intermediate_size / tp
+    gate = a.hidden_size if a.shared_expert_intermediate_size else 0
+    other = attn_other + 2 * a.hidden_size + a.hidden_size * facts.num_experts + gate
+    return ParamSplit(attn_linear, 0.0, experts, other, shared_experts=shared)
+
+
+def _layer_counts(facts: catalog_models.ModelFacts, layers: int) -> tuple[int, int]:
+    """(dense, MoE) layers among `layers` decoder layers (the first stage holds the dense ones)."""
+    if not facts.is_moe:
+        return layers, 0
+    moe = min(layers, facts.moe_layers)
+    return layers - moe, moe
+
+
+def _decoder_params(facts: catalog_models.ModelFacts, tp: int, layers: int) -> ParamSplit:
+    dense, moe = _layer_counts(facts, layers)
+    total = ParamSplit(0.0, 0.0, 0.0, 0.0)
+    if dense:
+        total = total + _dense_layer(facts, tp).times(dense)
+    if moe:
+        total = total + _moe_layer(facts, tp).times(moe)
+    return total
 
 
 def _layer_params(facts: catalog_models.ModelFacts, tp: int) -> ParamSplit:
-    attn_linear, attn_other = _attention_params(facts, tp)
-    mlp_linear, mlp_other = _mlp_params(facts, tp)
-    norms = 2 * facts.architecture.hidden_size
-    return ParamSplit(attn_linear + mlp_linear, attn_other + mlp_other + norms)
+    """One decoder layer (the average one for a MoE model with dense first layers)."""
+    layers = facts.architecture.num_hidden_layers
+    return _decoder_params(facts, tp, layers).scaled(1 / layers)
+
+
+def vision_params(facts: catalog_models.ModelFacts, tp: int = 1) -> ParamSplit:
+    """The vision tower and its projector, ViT-style (SigLIP/CLIP encoders as vLLM builds them,
+    vllm/model_executor/models/siglip.py: QKVParallelLinear + o_proj and fc1/fc2 sharded by tensor
+    parallel, biases, two LayerNorms per layer; a Conv2d patch embedding, a learned position table
+    and a post-LayerNorm replicated) plus one projection from the tower's width to the text model's
+    (Gemma-3's mm_input_projection; LLaVA's two-layer projector adds text_hidden² more, UNCONFIRMED
+    per family). A published vision_config.num_parameters replaces the derived count."""
+    v = facts.architecture.vision_config
+    if v is None:
+        return ParamSplit(0.0, 0.0, 0.0, 0.0)
+    h, i, layers = v.hidden_size, v.intermediate_size, v.num_hidden_layers
+    linear_per_layer = (4 * h * h + 2 * h * i) / tp
+    other_per_layer = 4 * h + i + h + 4 * h  # q/k/v/o biases, fc biases, two LayerNorms (weight + bias)
+    patches = (v.image_size // v.patch_size) ** 2 if v.image_size and v.patch_size else 0
+    embed = (v.num_channels * (v.patch_size or 0) ** 2 * h + h) + patches * h + 2 * h
+    projector = h * facts.architecture.hidden_size / tp
+    linear = layers * linear_per_layer + projector
+    other = layers * other_per_layer + embed
+    if v.num_parameters:
+        derived = layers * (4 * h * h + 2 * h * i) + h * facts.architecture.hidden_size + layers * other_per_layer + embed
+        factor = v.num_parameters / derived
+        linear, other = linear * factor, other * factor
+    return ParamSplit(0.0, 0.0, 0.0, other, vision=linear)
 
 
 def _embedding_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float, float]:
@@ -91,39 +177,70 @@ def _embedding_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float,
     return table + positions + a.hidden_size, 0 if a.tie_word_embeddings else table
 
 
-def derived_parameters(facts: catalog_models.ModelFacts) -> int:
-    """Total parameters from the shapes alone (unpadded vocabulary), for cross-checks."""
+def _derived_embeddings(facts: catalog_models.ModelFacts) -> float:
     a = facts.architecture
-    layer = _layer_params(facts, 1).total
     embeddings = a.vocab_size * a.hidden_size * (1 if a.tie_word_embeddings else 2)
     if facts.learned_positions:
         embeddings += (a.max_position_embeddings or 0) * a.hidden_size
-    return round(a.num_hidden_layers * layer + embeddings + a.hidden_size)
+    return embeddings + a.hidden_size
+
+
+def derived_parameters(facts: catalog_models.ModelFacts) -> int:
+    """Total parameters from the shapes alone (unpadded vocabulary), for cross-checks and for the
+    plan to show beside a published count."""
+    a = facts.architecture
+    return round(_decoder_params(facts, 1, a.num_hidden_layers).total + _derived_embeddings(facts)
+                 + vision_params(facts).total)
 
 
 def _layer_scale(facts: catalog_models.ModelFacts) -> float:
-    """Published count ÷ shape-derived count of the decoder layers: covers what config keys omit
-    (shared experts, dense first layers, a two-matrix MLP the shapes read as three). A count given
-    in the fleet's inline `architecture` is the user's statement about the checkpoint and is
-    trusted (issue #18, item 3); a catalog count far from its own shapes is taken for a typo."""
+    """Published count ÷ shape-derived count of the decoder layers: covers what config keys omit.
+    A count given in the fleet's inline `architecture` is the user's statement about the
+    checkpoint and is trusted (issue #18, item 3); a catalog count far from its own shapes is taken
+    for a typo."""
     if not facts.num_parameters:
         return 1.0
     a = facts.architecture
-    embeddings = derived_parameters(facts) - a.num_hidden_layers * _layer_params(facts, 1).total
-    ratio = (facts.num_parameters - embeddings) / (a.num_hidden_layers * _layer_params(facts, 1).total)
+    layers = _decoder_params(facts, 1, a.num_hidden_layers).total
+    ratio = (facts.num_parameters - _derived_embeddings(facts) - vision_params(facts).total) / layers
     if ratio <= 0:  # fewer parameters than the embeddings alone: not a count of this model
         return 1.0
     return ratio if not facts.from_catalog or 0.8 <= ratio <= 1.25 else 1.0
 
 
+def parameter_counts(facts: catalog_models.ModelFacts) -> dict[str, int | float | None]:
+    """What the plan reports: the published count (if any), the shape-derived one, and the scale
+    applied to the decoder layers because of the difference."""
+    return {"published": facts.num_parameters, "derived": derived_parameters(facts),
+            "layer_scale": round(_layer_scale(facts), 4)}
+
+
 def params_per_gpu(facts: catalog_models.ModelFacts, tp: int, pp: int) -> ParamSplit:
-    layer = _layer_params(facts, tp)
-    scale = _layer_scale(facts)
     layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
+    decoder = _decoder_params(facts, tp, layers).scaled(_layer_scale(facts))
     embed, lm_head = _embedding_params(facts, tp)
-    # With pipeline parallel the first stage holds the embedding, the last the lm_head.
-    edges = embed + lm_head if pp == 1 else max(embed, lm_head or embed)
-    return ParamSplit(layers * layer.linear * scale, layers * layer.other * scale + edges)
+    # With pipeline parallel the first stage holds the embedding (and the vision tower), the last
+    # the lm_head.
+    vision = vision_params(facts, tp)
+    if pp == 1:
+        return decoder + vision + ParamSplit(0.0, 0.0, 0.0, embed + lm_head)
+    last = lm_head or embed
+    if embed + vision.total >= last:
+        return decoder + vision + ParamSplit(0.0, 0.0, 0.0, embed)
+    return decoder + ParamSplit(0.0, 0.0, 0.0, last)
+
+
+def quantized_kinds(facts: catalog_models.ModelFacts, method: str) -> frozenset[str]:
+    """Module kinds a method quantizes: the checkpoint's scope when the fleet or catalog gives one,
+    else the method's own: MXFP4 only the routed experts (Mxfp4Config.get_quant_method,
+    vllm/model_executor/layers/quantization/mxfp4.py: LinearBase → UnquantizedLinearMethod,
+    RoutedExperts → the MXFP4 MoE method), every other method every decoder linear layer (a vision
+    tower is usually in modules_to_not_convert: UNCONFIRMED per checkpoint)."""
+    if facts.quantization_scope is not None:
+        return facts.quantization_scope
+    if method in quantization.EXPERTS_ONLY:
+        return frozenset({"experts"})
+    return frozenset({"attention", "mlp", "experts", "shared_experts"})
 
 
 def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
@@ -145,7 +262,11 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
     plus the buffers vLLM allocates with them (the rotary cos/sin cache)."""
     split = params_per_gpu(facts, tp, pp)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
-    return round(split.linear * cost.bytes_per_weight + split.other * dtype_bytes) + rope_cache_bytes(facts, dtype_bytes)
+    scope = quantized_kinds(facts, method)
+    total = split.other * dtype_bytes
+    for kind, count in split.by_kind().items():
+        total += count * (cost.bytes_per_weight if kind in scope else dtype_bytes)
+    return round(total) + rope_cache_bytes(facts, dtype_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +300,7 @@ def _lora_layer_terms(facts: catalog_models.ModelFacts, tp: int, fully_sharded: 
     terms = {
         "gate_up_proj": 2 * col_a + 2 * inter,
         "down_proj": inter + row_b,
+        "fc1": col_a + inter, "fc2": inter + row_b,  # plain MLP: column- then row-parallel
         "experts": experts * (3 * hidden + 3 * facts.expert_intermediate_size / tp),
         "gate": hidden + experts,
     }
@@ -223,6 +345,7 @@ def _module_dims(facts: catalog_models.ModelFacts) -> dict[str, float]:
         "q_proj": hidden + heads * d, "k_proj": hidden + a.kv_heads * d, "v_proj": hidden + a.kv_heads * d,
         "o_proj": heads * d + hidden, "gate_proj": hidden + a.intermediate_size,
         "up_proj": hidden + a.intermediate_size, "down_proj": a.intermediate_size + hidden,
+        "fc1": hidden + a.intermediate_size, "fc2": a.intermediate_size + hidden,
     }
     if facts.is_moe:
         expert = facts.num_experts * (hidden + facts.expert_intermediate_size)
@@ -290,27 +413,104 @@ def kv_bytes_per_token(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_by
     return layers * kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
 
 
-def _window_layers(facts: catalog_models.ModelFacts, layers: int) -> int:
-    if facts.sliding_window_layers == "all":
-        return layers
-    if facts.sliding_window_layers == "alternate":
-        return (layers + 1) // 2
-    return 0
+@dataclasses.dataclass(frozen=True)
+class KvLayout:
+    """How vLLM lays out one GPU's KV cache (vllm/v1/core/kv_cache_utils.py, overheads.yaml kv_cache):
+    KV cache groups of `group_size` layers each ("full" or "sliding"), one block = one page of every
+    layer of a group, all groups drawing blocks from one pool."""
+
+    block: int
+    page: float  # bytes of one block of one layer (KVCacheSpec.page_size_bytes)
+    groups: tuple[str, ...]  # the kind of each group
+    group_size: int
+    window: int  # sliding_window tokens (0 without sliding groups)
+    in_flight: int  # tokens scheduled but not settled (VllmConfig.max_in_flight_tokens)
+    concurrency_report: bool  # "GPU KV cache size" = int(max_concurrency × max_model_len)
+    layer_counts: tuple[int, int] = (0, 0)  # (full, sliding) real layers, without padding
+
+    @property
+    def bytes_per_block(self) -> float:
+        return self.page * self.group_size
+
+    @property
+    def padding_layers(self) -> int:
+        return len(self.groups) * self.group_size - sum(self.layer_counts)
+
+    def num_blocks(self, available: int) -> int:
+        return int(available // self.bytes_per_block) if available > 0 and self.bytes_per_block > 0 else 0
+
+    def _group_blocks(self, kind: str, max_model_len: int) -> int:
+        if kind == "sliding":  # SlidingWindowSpec.max_admission_blocks_per_request
+            return -(-min(self.window - 1 + self.in_flight, max_model_len) // self.block) + 1
+        return -(-max_model_len // self.block)
+
+    def blocks_per_request(self, max_model_len: int) -> int:
+        return sum(self._group_blocks(kind, max_model_len) for kind in self.groups)
+
+    def request_bytes(self, max_model_len: int) -> float:
+        """KV memory one max_model_len request needs (_max_memory_usage_bytes_from_groups)."""
+        return self.bytes_per_block * self.blocks_per_request(max_model_len)
+
+    def tokens(self, available: int, max_model_len: int) -> int:
+        """vLLM's "GPU KV cache size: N tokens" for this release."""
+        blocks = self.num_blocks(available)
+        if not blocks:
+            return 0
+        if self.concurrency_report:
+            return int(blocks / self.blocks_per_request(max_model_len) * max_model_len)
+        return blocks // len(self.groups) * self.block
+
+    @property
+    def bytes_per_token(self) -> float:
+        """KV bytes per token as the legacy report counts them (padding layers included)."""
+        return self.bytes_per_block * len(self.groups) / self.block
+
+
+def _groups(full: int, sliding: int, hybrid: bool) -> tuple[tuple[str, ...], int]:
+    """(group kinds, layers per group): _get_kv_cache_groups_uniform_page_size's split."""
+    if not sliding:
+        return ("full",), full
+    if not full:
+        return ("sliding",), sliding
+    if not hybrid:  # unify_hybrid_kv_cache_specs: window layers promoted to full attention
+        return ("full",), full + sliding
+    size = min(full, sliding)
+    if max(full, sliding) < size * 1.5:
+        size = max(full, sliding)
+    return ("sliding",) * -(-sliding // size) + ("full",) * -(-full // size), size
+
+
+def kv_layout(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float, *,
+              kv_cache_dtype: str = "auto", batched_tokens: int = 2048,
+              vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], host: bool = False,
+              block: int | None = None) -> KvLayout:
+    c = overheads.load()
+    block = block or c.block_size
+    version = _version_tuple(vllm_version)
+    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
+    kinds = facts.layer_kinds[:layers] if facts.layer_kinds else ("full",) * layers
+    sliding = sum(1 for k in kinds if k == "sliding")
+    hybrid = not host and version >= c.hybrid_kv_since
+    groups, size = _groups(layers - sliding, sliding, hybrid)
+    batches = c.in_flight_batches if version >= c.in_flight_batches_since and pp == 1 and not host else 1
+    page = block * kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
+    return KvLayout(
+        block=block, page=page, groups=groups, group_size=size,
+        window=(facts.architecture.sliding_window or 0) if "sliding" in groups else 0,
+        in_flight=batches * batched_tokens,
+        concurrency_report=version >= c.kv_concurrency_report_since and not host,
+        layer_counts=(layers - sliding, sliding) if "sliding" in groups else (layers, 0),
+    )
 
 
 def kv_bytes_per_request(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float,
                          max_model_len: int, batched_tokens: int, kv_cache_dtype: str = "auto",
-                         block: int | None = None) -> float:
-    """KV memory one request of max_model_len tokens can claim: full-attention layers hold every
-    block, sliding-window layers at most the window plus one step's tokens (vllm-facts §4.3)."""
-    block = block or overheads.load().block_size
-    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
-    per_layer = kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
-    full_blocks = -(-max_model_len // block)
-    windowed = _window_layers(facts, layers)
-    window_tokens = min((facts.architecture.sliding_window or 0) - 1 + batched_tokens, max_model_len)
-    window_blocks = min(-(-window_tokens // block) + 1, full_blocks) if windowed else 0
-    return per_layer * block * ((layers - windowed) * full_blocks + windowed * window_blocks)
+                         block: int | None = None, vllm_version: tuple[int, ...] | str = (0, 19)) -> float:
+    """KV memory one request of max_model_len tokens can claim: full-attention groups hold every
+    block, sliding-window groups at most the window plus the in-flight tokens plus one block
+    (SlidingWindowSpec.max_admission_blocks_per_request)."""
+    return kv_layout(facts, tp, pp, kv_bytes, kv_cache_dtype=kv_cache_dtype, batched_tokens=batched_tokens,
+                     vllm_version=vllm_version, block=block).request_bytes(max_model_len)
 
 
 def kv_tokens(available: int, bytes_per_token: float, block: int | None = None) -> int:
@@ -323,11 +523,13 @@ def kv_tokens(available: int, bytes_per_token: float, block: int | None = None) 
 
 def largest_model_len(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float, available: int,
                       batched_tokens: int, kv_cache_dtype: str = "auto", limit: int | None = None,
-                      block: int | None = None) -> int:
+                      block: int | None = None, layout: KvLayout | None = None) -> int:
     """Longest max_model_len whose one full request fits (vLLM's estimate_max_model_len search)."""
+    layout = layout or kv_layout(facts, tp, pp, kv_bytes, kv_cache_dtype=kv_cache_dtype,
+                                 batched_tokens=batched_tokens, vllm_version=(0, 19), block=block)
+
     def fits(length: int) -> bool:
-        return kv_bytes_per_request(facts, tp, pp, kv_bytes, length, batched_tokens, kv_cache_dtype,
-                                    block) <= available
+        return layout.request_bytes(length) <= available
 
     high = limit or facts.max_position_embeddings or 1 << 24
     if available <= 0 or not fits(1):

@@ -154,5 +154,44 @@ def _read_local_config(data: dict, base_dir: pathlib.Path, source) -> list[Diagn
         )]
     text_config = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
     merged = {**raw, **text_config}
-    base["architecture"] = {k: v for k, v in merged.items() if k in _CONFIG_KEYS and v is not None}
+    architecture = {k: v for k, v in merged.items() if k in _CONFIG_KEYS and v is not None}
+    vision = raw.get("vision_config")
+    if isinstance(vision, dict):
+        architecture["vision_config"] = {k: v for k, v in vision.items() if k in _VISION_KEYS and v is not None}
+    scope = _quantization_scope(raw.get("quantization_config"), architecture)
+    if scope is not None:
+        architecture["quantization_scope"] = scope
+    base["architecture"] = architecture
     return []
+
+
+_VISION_KEYS = set(models.VisionConfig.model_fields)
+# Module-name fragments of quantization_config.modules_to_not_convert / ignore → the planner's kinds.
+# The first fragment a name contains decides (a vision tower's self_attn is the tower's).
+_SKIPPED_KINDS = (("vision", "vision"), ("visual", "vision"), ("multi_modal_projector", "vision"),
+                  ("shared_expert", "shared_experts"), ("experts", "experts"), ("self_attn", "attention"),
+                  ("attn", "attention"), ("mlp", "mlp"))
+
+
+def _quantization_scope(config, architecture: dict) -> list[str] | None:
+    """What a checkpoint's quantization_config leaves quantized, from the module names it skips
+    (gpt-oss: `model.layers.*.self_attn` → attention stays in bf16). None when it names none."""
+    if not isinstance(config, dict):
+        return None
+    skipped = config.get("modules_to_not_convert") or config.get("ignore") or config.get("ignored_layers")
+    if not isinstance(skipped, list) or not skipped:
+        return None
+    kinds = {"attention"}
+    moe = architecture.get("num_local_experts") or architecture.get("num_experts") or architecture.get("n_routed_experts")
+    if not moe or architecture.get("first_k_dense_replace"):
+        kinds |= {"mlp"}  # dense MLPs exist
+    if moe:
+        kinds |= {"experts"}
+        if architecture.get("n_shared_experts") or architecture.get("shared_expert_intermediate_size"):
+            kinds |= {"shared_experts"}
+    for name in (str(n) for n in skipped):
+        for fragment, kind in _SKIPPED_KINDS:
+            if fragment in name and not name.endswith((".router", ".gate")):
+                kinds.discard(kind)
+                break
+    return sorted(kinds)

@@ -66,12 +66,19 @@ SECRET_ONLY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # fullmatch: a valu
 # contains one is about something else (FLEETSPEC_SIM_TOKEN_SECONDS, MAX_TOKENS, TOKENIZERS_PARALLELISM).
 SECRET_NAME = re.compile(r"(?:^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|SECRET_KEY|PRIVATE_KEY|CREDENTIALS)$",
                          re.IGNORECASE)
+# ...and the value must look like one: a number, a yes/no word or a file path is a setting or says
+# where a credential lives (GOOGLE_APPLICATION_CREDENTIALS=/secrets/sa.json), not the credential.
+_NOT_CREDENTIAL_VALUE = re.compile(
+    r"^(?:[+-]?\d+(?:\.\d+)?|true|false|yes|no|on|off|none|null|(?:/|\./|\.\./|~/)\S*)$", re.IGNORECASE)
 _REDIS_PASSWORD = re.compile(r"^rediss?://[^/@]*:([^/@]+)@")
 
 
 def literal_secret(key: str, value: str) -> bool:
-    """An env entry that looks like a credential and holds it literally instead of as ${VAR}."""
-    return bool(SECRET_NAME.search(key) and value and not SECRET_REF.search(value))
+    """An env entry that is a credential held literally instead of as ${VAR}: named like one
+    (SECRET_NAME) and with a value shaped like one (not a number, yes/no word or path)."""
+    value = (value or "").strip()
+    return bool(SECRET_NAME.search(key) and value and not SECRET_REF.search(value)
+                and not _NOT_CREDENTIAL_VALUE.match(value))
 
 
 def literal_redis_password(url: str | None) -> bool:
@@ -180,6 +187,15 @@ LIMIT_REASONS: dict[str, str] = {
     "qk_rope_head_dim": "no published model comes within 10× of it; the memory model multiplies these",
     "qk_nope_head_dim": "no published model comes within 10× of it; the memory model multiplies these",
     "v_head_dim": "no published model comes within 10× of it; the memory model multiplies these",
+    "n_routed_experts": "no published model comes within 10× of it; the memory model multiplies these",
+    "n_shared_experts": "no published model comes within 10× of it; the memory model multiplies these",
+    "shared_expert_intermediate_size": "no published model comes within 10× of it; the memory model multiplies these",
+    "first_k_dense_replace": "no published model comes within 10× of it; the memory model multiplies these",
+    "sliding_window_pattern": "a pattern repeats every few layers; no model has more layers",
+    "layer_types": "one entry per decoder layer; no model has more layers",
+    "patch_size": "no published vision encoder comes within 10× of it",
+    "image_size": "no published vision encoder comes within 10× of it",
+    "num_channels": "images have a few colour channels",
     "rank": "LoRA ranks go up to 512 in vLLM; anything larger cannot be served",
 }
 # Text fields: longer values are refused with the field's own reason, or this one.
@@ -242,6 +258,24 @@ class Strict(BaseModel):
 # Base model
 
 
+MAX_LAYERS = 4_096
+QuantScope = Literal["attention", "mlp", "experts", "shared_experts", "vision"]
+LayerType = Literal["full_attention", "sliding_attention"]
+
+
+class VisionConfig(Strict):
+    """config.json `vision_config` of a multimodal model: the vision tower vLLM loads with the weights."""
+
+    hidden_size: Count(1_048_576)
+    intermediate_size: Count(4_194_304)
+    num_hidden_layers: Count(MAX_LAYERS)
+    patch_size: Count(4_096) | None = Field(None, description="Pixels per patch side (14 for SigLIP/CLIP).")
+    image_size: Count(65_536) | None = Field(None, description="Input resolution (learned position table).")
+    num_channels: Count(16) = 3
+    num_parameters: Count(10**15) | None = Field(
+        None, description="The tower's published parameter count (with its projector); derived when absent.")
+
+
 class Architecture(Strict):
     """Facts from the model's config.json (same key names), for models outside the catalog."""
 
@@ -250,26 +284,114 @@ class Architecture(Strict):
         None, max_length=16, description="config.json architectures, e.g. [LlamaForCausalLM].")
     hidden_size: Count(1_048_576)
     intermediate_size: Count(4_194_304)
-    num_hidden_layers: Count(4_096)
+    num_hidden_layers: Count(MAX_LAYERS)
     num_attention_heads: Count(16_384)
     num_key_value_heads: Count(16_384) | None = Field(None, description="Defaults to num_attention_heads (MHA).")
     head_dim: Count(65_536) | None = Field(None, description="Defaults to hidden_size / num_attention_heads.")
     vocab_size: Count(16_777_216)
     tie_word_embeddings: Bool = False
-    num_parameters: Count(10**15) | None = Field(None, description="Total parameter count; derived when absent.")
+    num_parameters: Count(10**15) | None = Field(
+        None, description="Published total parameter count; trusted over the shapes (the derived count is "
+                          "reported beside it). Derived when absent.")
+    mlp: Literal["gated", "plain"] | None = Field(
+        None, description="Dense MLP shape: gated (gate/up/down, Llama) or plain (two matrices fc1/fc2, phi-2, "
+                          "GPT-2). The family's when absent, else gated.")
     sliding_window: Count(MAX_TOKENS) | None = None
+    use_sliding_window: Bool | None = Field(None, description="Qwen2 configs: false means sliding_window is unused.")
+    sliding_window_pattern: Count(MAX_LAYERS) | None = Field(
+        None, description="Gemma-3: every Nth layer is global, the others use sliding_window.")
+    layer_types: list[LayerType] | None = Field(
+        None, max_length=MAX_LAYERS,
+        description="Attention type of each decoder layer (full_attention / sliding_attention), as config.json lists it.")
     max_position_embeddings: Count(MAX_TOKENS) | None = None
     # MoE
     num_local_experts: Count(65_536) | None = Field(None, description="MoE experts (Mixtral naming).")
     num_experts: Count(65_536) | None = Field(None, description="MoE experts (Qwen naming).")
+    n_routed_experts: Count(65_536) | None = Field(None, description="MoE experts (DeepSeek naming).")
     num_experts_per_tok: Count(1_024) | None = None
     moe_intermediate_size: Count(4_194_304) | None = None
+    n_shared_experts: Count(1_024) | None = Field(
+        None, description="DeepSeek: shared experts per MoE layer, each moe_intermediate_size wide.")
+    shared_expert_intermediate_size: Count(4_194_304, ge=0) | None = Field(
+        None, description="Qwen-MoE: width of the shared expert of each MoE layer (0: none).")
+    first_k_dense_replace: Count(MAX_LAYERS, ge=0) | None = Field(
+        None, description="DeepSeek: leading layers with a dense MLP of intermediate_size instead of experts.")
     # MLA (DeepSeek-style attention)
     kv_lora_rank: Count(65_536) | None = None
     q_lora_rank: Count(65_536) | None = None
     qk_rope_head_dim: Count(65_536) | None = None
     qk_nope_head_dim: Count(65_536) | None = None
     v_head_dim: Count(65_536) | None = None
+    # Multimodal
+    vision_config: VisionConfig | None = Field(
+        None, description="config.json vision_config: the vision tower's hidden_size, intermediate_size, "
+                          "num_hidden_layers (patch_size, image_size).")
+    quantization_scope: list[QuantScope] | None = Field(
+        None, max_length=5,
+        description="Module kinds the checkpoint's quantization covers (attention, mlp, experts, shared_experts, "
+                    "vision): what quantization_config.modules_to_not_convert leaves. Default: the method's own "
+                    "scope (MXFP4: experts only; others: every decoder linear layer, not the vision tower).")
+
+    @field_validator("layer_types")
+    @classmethod
+    def _one_type_per_layer(cls, value, info: ValidationInfo):
+        layers = info.data.get("num_hidden_layers")
+        if value is not None and layers is not None and len(value) != layers:
+            raise SpecValueError(f"layer_types lists {len(value)} layer(s) but num_hidden_layers is {layers}",
+                                 "copy layer_types from config.json unchanged: one entry per decoder layer")
+        if value is not None and "sliding_attention" in value and not info.data.get("sliding_window"):
+            raise SpecValueError("layer_types names sliding_attention layers but sliding_window is not set",
+                                 "add sliding_window (tokens) from config.json")
+        return value
+
+    @field_validator("sliding_window_pattern")
+    @classmethod
+    def _pattern_needs_window(cls, value, info: ValidationInfo):
+        if value is not None and not info.data.get("sliding_window"):
+            raise SpecValueError("sliding_window_pattern is set but sliding_window is not",
+                                 "add sliding_window (tokens) from config.json, or drop sliding_window_pattern")
+        return value
+
+    @field_validator("n_shared_experts", "shared_expert_intermediate_size", "first_k_dense_replace")
+    @classmethod
+    def _needs_experts(cls, value, info: ValidationInfo):
+        data = info.data
+        if value and not (data.get("num_local_experts") or data.get("num_experts") or data.get("n_routed_experts")):
+            raise SpecValueError(f"{info.field_name} describes a mixture of experts, but no expert count is set",
+                                 "add num_experts (or n_routed_experts / num_local_experts) from config.json")
+        if info.field_name == "first_k_dense_replace" and value and value > data.get("num_hidden_layers", value):
+            raise SpecValueError(f"first_k_dense_replace ({value}) is more than num_hidden_layers "
+                                 f"({data.get('num_hidden_layers')})", "copy it from config.json")
+        return value
+
+    @field_validator("quantization_scope")
+    @classmethod
+    def _scope_exists(cls, value, info: ValidationInfo):
+        if value is None:
+            return value
+        data = info.data
+        moe = data.get("num_local_experts") or data.get("num_experts") or data.get("n_routed_experts")
+        shared = data.get("n_shared_experts") or data.get("shared_expert_intermediate_size")
+        missing = {"experts": not moe, "shared_experts": not shared, "vision": data.get("vision_config") is None}
+        absent = [kind for kind in value if missing.get(kind)]
+        if absent:
+            raise SpecValueError(f"quantization_scope names {', '.join(absent)}, which this architecture does not have",
+                                 "list only module kinds the model has (attention, mlp, experts, shared_experts, "
+                                 "vision)")
+        if len(set(value)) != len(value):
+            raise SpecValueError("quantization_scope names a module kind twice", "list each kind once")
+        return value
+
+    @model_validator(mode="after")
+    def _plain_mlp_is_dense(self) -> Architecture:
+        if self.mlp == "plain" and self.routed_experts:
+            raise SpecValueError("mlp: plain describes a dense two-matrix MLP, but this architecture has experts",
+                                 "drop `mlp` for a mixture-of-experts model (its experts are gated)")
+        return self
+
+    @property
+    def routed_experts(self) -> int:
+        return self.num_local_experts or self.num_experts or self.n_routed_experts or 0
 
     @property
     def kv_heads(self) -> int:

@@ -65,9 +65,12 @@ def test_sliding_window_request_is_capped_at_window_plus_one_step():
 
 
 def test_gemma2_alternates_window_and_global_layers():
+    # Two KV cache groups of 21 layers; a window group claims cdiv(min(window − 1 + batch, len), 16)
+    # + 1 blocks, one more than a full group when the window covers the whole length
+    # (SlidingWindowSpec.max_admission_blocks_per_request, vllm/v1/kv_cache_interface.py).
     per_layer_token = 8 * 2 * 256 * 2
-    blocks_full, blocks_window = 8192 // 16, -(-(4095 + 8192) // 16) + 1
-    expected = per_layer_token * 16 * (21 * blocks_full + 21 * min(blocks_window, blocks_full))
+    blocks_full, blocks_window = 8192 // 16, -(-min(4095 + 8192, 8192) // 16) + 1
+    expected = per_layer_token * 16 * 21 * (blocks_full + blocks_window)
     assert memory.kv_bytes_per_request(GEMMA9, 1, 1, 2, 8192, 8192) == expected
 
 
@@ -245,9 +248,13 @@ def test_budget_is_the_ceiling_of_total_times_utilization():
 def test_an_inline_parameter_count_is_trusted_even_far_from_the_shapes():
     # phi-2 (config.json of microsoft/phi-2): a two-matrix fc1/fc2 MLP, which an unknown family's
     # shapes count as three; its published 2.78 B parameters correct the weights.
-    arch = {"model_type": "phi", "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
+    # (An id and model_type the catalog does not know, so nothing says the MLP is plain.)
+    arch = {"model_type": "phi-fork", "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
             "num_attention_heads": 32, "vocab_size": 51200, "max_position_embeddings": 2048}
-    shapes_only = models.resolve(spec.BaseModelSpec(id="microsoft/phi-2", architecture=arch))
-    counted = models.resolve(spec.BaseModelSpec(id="microsoft/phi-2", architecture={**arch, "num_parameters": 2779683840}))
+    shapes_only = models.resolve(spec.BaseModelSpec(id="acme/phi-2-fork", architecture=arch))
+    counted = models.resolve(spec.BaseModelSpec(id="acme/phi-2-fork", architecture={**arch, "num_parameters": 2779683840}))
     assert memory.params_per_gpu(counted, 1, 1).total == pytest.approx(2779683840, rel=0.002)
     assert memory.params_per_gpu(shapes_only, 1, 1).total > 1.2 * 2779683840
+    # ...and the derived count stays reported beside the published one.
+    counts = memory.parameter_counts(counted)
+    assert counts["published"] == 2779683840 and counts["derived"] > 1.2 * 2779683840 and counts["layer_scale"] < 0.8

@@ -287,6 +287,7 @@ def test_every_limit_named_in_a_reason_belongs_to_a_field():
         models.Specialist,
         models.GpuGroup,
         models.Architecture,
+        models.VisionConfig,
         models.LoraLimits,
         models.HashClusters,
         models.Routing,

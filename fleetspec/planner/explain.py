@@ -1,0 +1,116 @@
+"""Per term of one GPU's budget: where the number comes from and how far to trust it (issue #18:
+"activation measured for this family on 0.19; extrapolated for 0.26"). `plan --explain` prints one
+line per term; the plan's JSON carries the same list under each replica's `per_gpu.terms`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fleetspec.catalog import models as catalog_models
+from fleetspec.catalog import overheads, quantization
+from fleetspec.planner import memory
+
+MEASURED_ON = (0, 19)  # the release overheads.yaml's constants were measured on (llmd-v0.19)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    term: str
+    bytes: int
+    source: str
+    confidence: str  # "computed", "measured", "estimated", "extrapolated", "not modelled"
+
+    def to_json(self) -> dict:
+        return {"term": self.term, "gib": round(self.bytes / (1 << 30), 3), "source": self.source,
+                "confidence": self.confidence}
+
+    def line(self) -> str:
+        return f"{self.term}: {self.confidence}; {self.source}"
+
+
+def _release(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version[:2]))
+
+
+def _measured(version: tuple[int, ...], what: str) -> tuple[str, str]:
+    if version[:2] == MEASURED_ON:
+        return f"{what} measured on vLLM 0.19 (llmd-v0.19, overheads.yaml)", "measured"
+    return f"{what} measured on vLLM 0.19, extrapolated for {_release(version)}", "extrapolated"
+
+
+def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
+    """`s`: engine.EngineSettings, `b`: budget.GpuBudget of the same replica (not imported: cycle)."""
+    version = s.vllm_version
+    c = overheads.load()
+    out = []
+    counts = memory.parameter_counts(facts)
+    cost = quantization.weight_cost(s.quantization, s.group_size, s.dtype_bytes)
+    present = memory.params_per_gpu(facts, s.tensor_parallel_size, s.pipeline_parallel_size).by_kind()
+    scope = [k for k in sorted(memory.quantized_kinds(facts, s.quantization)) if present.get(k)] \
+        if s.quantization not in ("none", "") else []
+    source = f"shapes of {facts.source}" + (f"; {s.quantization} on {', '.join(scope)}" if scope else "")
+    confidence = "computed"
+    if counts["layer_scale"] != 1.0:
+        source += (f"; decoder scaled to the published {counts['published'] / 1e9:.3f} B parameters "
+                   f"(shapes: {counts['derived'] / 1e9:.3f} B)")
+        confidence = "estimated"
+    if cost.estimated:
+        source += f"; {s.quantization}'s real bytes per weight depend on the checkpoint"
+        confidence = "estimated"
+    out.append(Term("weights", b.weights, source, confidence))
+    if s.lora is not None:
+        out.append(Term("lora", b.lora, f"max_loras {s.lora.max_loras} × rank {s.lora.max_lora_rank} buffers on "
+                        "every wrapped module, as vLLM preallocates them (vllm-facts §3.3)", "computed"))
+    if s.host:
+        out.append(Term("activation", b.activation, "vLLM CPU build: the 0.19 GPU fit applied to host RAM",
+                        "extrapolated"))
+    else:
+        kind = "MoE" if facts.is_moe else "dense"
+        what = f"activation base for {kind} models; sampler by the {_release(version)} top-k/top-p era"
+        if version < c.v1_engine_since:
+            what += "; V0 factor from one 0.6.4 log"
+        text, confidence = _measured(version, what)
+        if version < c.v1_engine_since:
+            confidence = "extrapolated"
+        if facts.architecture.vision_config is not None:
+            text += "; the vision encoder's dummy profile run is not modelled"
+            confidence = "not modelled"
+        out.append(Term("activation", b.activation, text, confidence))
+    nt_what = "non-torch (NCCL/cuBLAS) memory" + (" at tensor parallel (2.13 GiB for every release; 0.11 logs "
+                                                  "show about 0.55 GiB)" if s.tensor_parallel_size > 1 else "")
+    text, confidence = _measured(version, nt_what)
+    out.append(Term("non_torch", b.non_torch, text, confidence))
+    if not s.host:
+        if s.enforce_eager:
+            out.append(Term("cudagraph", 0, "enforce_eager: no graphs", "computed"))
+        else:
+            sizes = memory.cudagraph_capture_sizes(facts, s.max_num_seqs, s.max_num_batched_tokens, version)
+            where = "inside the budget" if b.cudagraph_in_budget else "outside the budget (captured after KV)"
+            text, confidence = _measured(version, "per-graph constants")
+            out.append(Term("cudagraph", b.cudagraph,
+                            f"profile_cudagraph_memory's estimate over {len(sizes)} capture sizes up to "
+                            f"{sizes[-1] if sizes else 0}, {where}; {text}",
+                            "estimated" if confidence == "measured" else confidence))
+        text, confidence = _measured(version, "CUDA context")
+        out.append(Term("cuda_context", b.cuda_context, text + "; outside the budget", confidence))
+        if b.sampler_warmup:
+            out.append(Term("sampler_warmup", b.sampler_warmup,
+                            f"max_num_seqs {s.max_num_seqs} × vocab {facts.architecture.vocab_size} × 4 B × the "
+                            f"{_release(version)} era factor, after the KV cache is allocated", "estimated"))
+    groups = b.kv_groups
+    if len(groups) > 1 or "sliding" in groups:
+        layout = (f"{len(groups)} KV cache group(s) of {b.kv_group_size} layers "
+                  f"({groups.count('sliding')} sliding-window, {groups.count('full')} full; "
+                  "kv_cache_utils._get_kv_cache_groups_uniform_page_size)")
+    else:
+        layout = "one KV cache group of every layer"
+    report = ("int(max_concurrency × max_model_len)" if version >= c.kv_concurrency_report_since and not s.host
+              else "num_blocks // groups × block_size")
+    kv_confidence = "computed"
+    if facts.window_layers_unknown:
+        layout += "; sliding_window ignored: its layers are unknown"
+        kv_confidence = "estimated"
+    out.append(Term("kv_cache", max(b.kv_cache, 0),
+                    f"what the budget leaves; {layout}; tokens as {_release(version)} logs them: {report}",
+                    kv_confidence))
+    return tuple(out)
