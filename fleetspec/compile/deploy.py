@@ -6,6 +6,7 @@ The router command is the router's own (`python -m fleetspec.router serve --conf
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import pathlib
 import posixpath
@@ -26,13 +27,17 @@ HF_CACHE = "/root/.cache/huggingface"  # the vLLM image's Hugging Face cache
 
 
 def router_image(spec: models.FleetSpec) -> str:
-    if spec.runtime.router.image:
-        return spec.runtime.router.image
+    return spec.runtime.router.image or f"fleetspec/router:{_installed_version()}"
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_version() -> str:
+    # Once per process: importlib.metadata scans and parses the installed distributions on every
+    # call, and Kubernetes asks once per LoRA server (its agent sidecar runs this image).
     try:
-        version = importlib.metadata.version("fleetspec")
+        return importlib.metadata.version("fleetspec")
     except importlib.metadata.PackageNotFoundError:
-        version = "latest"
-    return f"fleetspec/router:{version}"
+        return "latest"
 
 
 def router_argv() -> list[str]:
