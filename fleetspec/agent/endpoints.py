@@ -2,7 +2,8 @@
 
 GET /healthz  200 while the loop runs (liveness: a stuck loop gets the container restarted)
 GET /ready    200 when the base model and the last good adapter set serve (readiness), else 503
-GET /status   the whole picture as JSON: revision read, last good set, what serves, the problem
+GET /status   the whole picture as JSON: revision read, last good set (required `adapters` and
+              `on_demand`), what serves (`serving`, and of it `serving_on_demand`), the problem
 GET /metrics  Prometheus text: readiness, whether the ConfigMap's content is applied, counters
 """
 
@@ -34,6 +35,9 @@ def metrics_text(agent: reconciler.Agent) -> str:
         "# HELP fleetspec_agent_adapters_serving Adapters the engine serves.",
         "# TYPE fleetspec_agent_adapters_serving gauge",
         f"fleetspec_agent_adapters_serving {len(status['serving'] or {})}",
+        "# HELP fleetspec_agent_adapters_serving_on_demand Of those, adapters the set allows on demand (router-loaded).",
+        "# TYPE fleetspec_agent_adapters_serving_on_demand gauge",
+        f"fleetspec_agent_adapters_serving_on_demand {len(status['serving_on_demand'] or {})}",
         "# HELP fleetspec_agent_last_good_timestamp_seconds When the last good adapter set was first served.",
         "# TYPE fleetspec_agent_last_good_timestamp_seconds gauge",
         f"fleetspec_agent_last_good_timestamp_seconds {(status['last_good'] or {}).get('at') or 0}",

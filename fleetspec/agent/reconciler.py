@@ -2,7 +2,10 @@
 
 Each step reads the mounted set, looks at what the engine serves (`/v1/models`) and converges with
 the code `fleetspec apply` runs (`reconcile.diff.adapter_actions`, `reconcile.apply.Applier`): new
-versions load under their new names first, old ones unload only after every load succeeded.
+versions load under their new names first, old ones unload only after every load succeeded. The
+set's on-demand adapters are `apply`'s too: allowed, not required. One the router loaded for a
+request stays (vLLM's LRU evicts it), one the engine does not hold is not loaded, and one that
+leaves the set is unloaded; only what `adapter_actions` plans counts as drift.
 
 A bad edit must never become an outage (every pod of the server reads the same ConfigMap):
 - a set that does not parse is refused; the engine keeps the last good set;
@@ -157,7 +160,7 @@ class Agent:
         view = self._engine.models()
         if self._pending is not None and time.monotonic() >= self._retry_at:
             view = self._try(*self._pending, view)
-        elif self.last_good is not None and dict(view.adapters) != self.last_good.mapping:
+        elif self.last_good is not None and _actions(self.last_good, view, self._port, self.settings):
             # Drift: the engine restarted (and lost its adapters), or someone loaded or unloaded by hand.
             failures, view = self._apply(self.last_good, view)
             with self._lock:
@@ -200,7 +203,7 @@ class Agent:
             "unloadable",
             revision,
             f"{'; '.join(failures)}; {restored}, and the set is tried again every "
-            f"{self.settings.retry_s:.0f} s",
+            f"{self.settings.retry_s:g} s",
         )
         if self.last_good is not None:
             undo_failures, view = self._apply(self.last_good, view)
@@ -214,17 +217,10 @@ class Agent:
         view: contract.ModelsView,
     ) -> tuple[list[str], contract.ModelsView]:
         """Loads, then (only if every load worked) unloads: `apply`'s order and code. Failures as sentences."""
-        replica = desired.DesiredReplica(
-            wanted.server,
-            0,
-            desired.ContainerSpec(name="engine", image="pod", argv=()),
-            wanted.mapping,
-            self._port,
-            int(self.settings.load_timeout_s),
-        )
-        actions = diff.adapter_actions(replica, dict(view.adapters))
+        actions = _actions(wanted, view, self._port, self.settings)
         if not actions:
             return [], view
+        replica = _replica(wanted, self._port, self.settings)
         applier = apply.Applier(
             None,
             desired.DesiredState(wanted.server, {(wanted.server, 0): replica}),
@@ -247,7 +243,12 @@ class Agent:
             self.counters.applied += 1
         if changed:
             log.info(
-                "serving adapter set %s: %s", revision, ", ".join(sorted(wanted.mapping)) or "no adapters"
+                "serving adapter set %s: %s%s",
+                revision,
+                ", ".join(sorted(wanted.mapping)) or "no adapters",
+                f"; allowed on demand: {', '.join(sorted(wanted.on_demand_mapping))}"
+                if wanted.on_demand
+                else "",
             )
         self._save_state()
 
@@ -329,6 +330,14 @@ class Agent:
                     **self.last_good.to_json(),
                 },
                 "serving": self.serving,
+                # Of what serves, the adapters the last good set allows on demand (the router loaded them).
+                "serving_on_demand": None
+                if self.serving is None
+                else {
+                    n: p
+                    for n, p in sorted(self.serving.items())
+                    if self.last_good is not None and n in self.last_good.on_demand_mapping
+                },
                 "problem": self.problem.to_json() if self.problem else None,
                 "counters": dataclasses.asdict(self.counters),
             }
@@ -337,6 +346,26 @@ class Agent:
         """False once one step has run longer than any load may take: the loop is stuck."""
         with self._lock:
             return self.step_started is None or time.monotonic() - self.step_started < stuck_after_s
+
+
+def _replica(wanted: adapter_set.AdapterSet, port: int, settings: Settings) -> desired.DesiredReplica:
+    """The pod's engine as `fleetspec apply` sees a replica: required adapters and on-demand ones."""
+    return desired.DesiredReplica(
+        wanted.server,
+        0,
+        desired.ContainerSpec(name="engine", image="pod", argv=()),
+        wanted.mapping,
+        port,
+        int(settings.load_timeout_s),
+        wanted.on_demand_mapping,
+    )
+
+
+def _actions(
+    wanted: adapter_set.AdapterSet, view: contract.ModelsView, port: int, settings: Settings
+) -> tuple[plan_mod.Action, ...]:
+    """What brings the engine to `wanted`: `reconcile.diff`'s loads and unloads, nothing of the agent's own."""
+    return diff.adapter_actions(_replica(wanted, port, settings), dict(view.adapters))
 
 
 def _failures(result: apply.ApplyResult) -> list[str]:

@@ -31,6 +31,12 @@ def _confirm(question: str, yes: bool, without_asking: str) -> None:
         raise click.exceptions.Abort()
 
 
+def _again(command: str, file, flags: str | None) -> str:
+    """The command to type to go ahead without the prompt: the same flags (`--runtime local` picks
+    which fleet it is), plus --yes."""
+    return " ".join(part for part in (command, str(file), flags or "", "--yes") if part)
+
+
 def _print_warnings(prepared) -> None:
     # Info findings belong to `fleetspec plan`; commands that act show only what may need acting on.
     views.print_diagnostics([d for d in prepared.warnings if d.severity is errors.Severity.WARNING])
@@ -49,7 +55,7 @@ def run_apply(prepared, driver, yes: bool, output: str, command: str) -> int:
             click.echo(views.dump_json({"plan": reconcile_plan.to_json(), "result": None}))
         return 0
     if output == "human":
-        _confirm("Apply these changes?", yes, f"{command} {prepared.fleet.file} --yes")
+        _confirm("Apply these changes?", yes, _again(command, prepared.fleet.file, prepared.overrides))
     result, stale = session.apply(prepared, driver, reconcile_plan, progress=_progress, command=command)
     if stale:
         click.echo(f"note: {stale}", err=True)
@@ -119,7 +125,7 @@ def destroy(file: str, yes: bool, **override) -> int:
         click.echo(f"Nothing to destroy: fleet {name} has no {where}.")
         return 0
     click.echo(reconcile_views.destroy_text(name, found))
-    _confirm(f"Destroy fleet {name}?", yes, f"fleetspec destroy {file} --yes")
+    _confirm(f"Destroy fleet {name}?", yes, _again("fleetspec destroy", file, overrides_opt.make(**override).describe()))
     result = session.destroy(pathlib.Path(file), name, driver, reconcile_plan, progress=_progress)
     click.echo(reconcile_views.outcomes_text(result, teardown=True))
     return 0 if result.ok else 1

@@ -20,6 +20,7 @@ literally go into a Secret fleetspec writes, never a ConfigMap (`compile.k8s_sec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import pathlib
@@ -32,6 +33,7 @@ from fleetspec.planner import scheduling
 from fleetspec.spec import models
 
 KUSTOMIZATION = "kustomization.yaml"
+KUSTOMIZATION_TEMPLATE = "k8s/kustomization.yaml.j2"
 MANAGED_BY = "fleetspec"
 PROBE_PERIOD = 10
 
@@ -168,12 +170,13 @@ def _model_claim(spec: models.FleetSpec) -> dict | None:
 
 
 def engine_deployment(spec: models.FleetSpec, server: models.Server, weights_gib: float | None,
-                      base_dir: pathlib.Path | None) -> dict:
+                      base_dir: pathlib.Path | None, inline_secrets: k8s_secrets.InlineSecrets) -> dict:
+    """`inline_secrets`: k8s_secrets.collect(spec), collected once per fleet (it walks every server)."""
     # A LoRA server starts without adapters: its agent loads the set from the ConfigMap, so an adapter
     # change never touches the pod template (no rollout, no restart).
     launch = vllm_args.replica_launch(spec, server, 0, host="0.0.0.0", port=vllm_args.CONTAINER_PORT,
                                       preload_adapters=server.lora is None, base_dir=base_dir)
-    inline = k8s_secrets.collect(spec).engine_env.get(server.name)
+    inline = inline_secrets.engine_env.get(server.name)
     settings = spec.runtime.kubernetes
     launch_env = dict(launch.env)
     if settings.model_volume != "none":
@@ -312,10 +315,12 @@ def namespace_of(spec: models.FleetSpec) -> str:
 
 def routing_table(spec: models.FleetSpec, base_dir: pathlib.Path | None, cluster_maps: dict | None = None) -> dict:
     """One upstream per server: its headless pods Service, which the router resolves to every ready
-    pod, so that it routes by what each pod holds (LoRA affinity across pods)."""
+    pod, so that it routes by what each pod holds (LoRA affinity across pods). A LoRA server's pods run
+    the agent sidecar: its port lets the router read each pod's /status (the ConfigMap's standing)."""
     ns = namespace_of(spec)
     upstreams = [router.upstream(s.name, 0, f"http://{pods_service_name(s)}.{ns}.svc.cluster.local:"
-                                            f"{vllm_args.CONTAINER_PORT}", discover=True)
+                                            f"{vllm_args.CONTAINER_PORT}", discover=True,
+                                 agent_port=spec.runtime.kubernetes.agent_port if s.lora is not None else None)
                  for s in spec.servers if s.replicas > 0]
     return router.routing_table(spec, upstreams, base_dir, cluster_maps)
 
@@ -340,7 +345,7 @@ def objects(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.
     for server in spec.servers:
         if server.replicas == 0:
             continue
-        d = engine_deployment(spec, server, weights.get(server.name), base_dir)
+        d = engine_deployment(spec, server, weights.get(server.name), base_dir, inline)
         if server.lora is not None:
             # The desired adapter set: editing it is a hot change (the agent applies it), not a rollout.
             config = {"name": adapter_set_name(server), "labels": d["labels"],
@@ -393,22 +398,26 @@ def ingress_paths(spec: models.FleetSpec) -> list[str]:
 
 def compile_manifests(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.Path | None = None,
                       templates: str | pathlib.Path | None = None, cluster_maps: dict | None = None) -> dict[str, str]:
-    """File name → text; every manifest parsed back and checked before return."""
+    """File name → text; a manifest from an override template is parsed back and checked before
+    return (templating's docstring says why the shipped ones are not)."""
     ns = namespace_of(spec)
     files: dict[str, str] = {}
     for file, template, view, kind, object_name in objects(spec, placed, base_dir, cluster_maps):
-        text, document = templating.render_checked(template, {"namespace": ns, **view}, templates)
-        check(template, document, kind, object_name, view)
-        files[file] = text
-    text, document = templating.render_checked(
-        "k8s/kustomization.yaml.j2", {"fleet": spec.name, "namespace": ns, "resources": list(files)}, templates)
-    if not isinstance(document, dict) or document.get("resources") != list(files):
-        raise templating.TemplateError("the kustomization template does not list every manifest")
-    files[KUSTOMIZATION] = text
+        files[file] = templating.render_checked(template, {"namespace": ns, **view}, templates, functools.partial(
+            check, template=template, kind=kind, object_name=object_name, view=view))
+    resources = list(files)
+    files[KUSTOMIZATION] = templating.render_checked(
+        KUSTOMIZATION_TEMPLATE, {"fleet": spec.name, "namespace": ns, "resources": resources}, templates,
+        functools.partial(check_kustomization, resources=resources))
     return files
 
 
-def check(template: str, document: object, kind: str, object_name: str, view: dict) -> None:
+def check_kustomization(document: object, resources: list[str]) -> None:
+    if not isinstance(document, dict) or document.get("resources") != resources:
+        raise templating.TemplateError("the kustomization template does not list every manifest")
+
+
+def check(document: object, template: str, kind: str, object_name: str, view: dict) -> None:
     if not isinstance(document, dict) or document.get("kind") != kind:
         raise templating.TemplateError(f"the template {template} did not produce a {kind}")
     if (document.get("metadata") or {}).get("name") != object_name:

@@ -13,7 +13,6 @@ for fleets with `runtime.target: k8s` (what would this pull request, or its reve
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import yaml
 
@@ -91,21 +90,26 @@ def _changed(kind: str, name: str, old: dict, new: dict) -> ObjectChange:
 
 
 def _adapter_detail(old: dict, new: dict) -> str:
-    def mapping(document: dict) -> dict[str, str]:
+    def mappings(document: dict) -> tuple[dict[str, str], dict[str, str]]:
         try:
-            return json.loads(document["data"][adapter_set.FILE])["adapters"]
-        except (KeyError, TypeError, ValueError):
-            return {}
+            parsed = adapter_set.parse(document["data"][adapter_set.FILE])
+        except (KeyError, TypeError, adapter_set.AdapterSetError):
+            return {}, {}
+        return parsed.mapping, parsed.on_demand_mapping
 
-    before, after = mapping(old), mapping(new)
+    (before, before_on_demand), (after, after_on_demand) = mappings(old), mappings(new)
+    # The agent's rule (`reconcile.diff`): an on-demand adapter is neither loaded nor unloaded while listed.
     added = sorted(n for n in after if before.get(n) != after[n])
-    removed = sorted(n for n in before if n not in after)
+    removed = sorted(n for n in {**before, **before_on_demand} if n not in after and n not in after_on_demand)
+    allowed = sorted(n for n in after_on_demand if before_on_demand.get(n) != after_on_demand[n])
     steps = []
     if added:
         steps.append(f"load {', '.join(added)}")
     if removed:
         steps.append(f"then unload {', '.join(removed)}" if added else f"unload {', '.join(removed)}")
     what = " ".join(steps) or "no adapter changes"
+    if allowed:
+        what += f" (and leave {', '.join(allowed)} to the router's on-demand loads)"
     return f"the agent in each pod will {what}; no restart"
 
 

@@ -36,8 +36,8 @@ def adapter_paths(spec: models.FleetSpec, base_dir: pathlib.Path | None) -> dict
     return found
 
 
-def upstream(server: str, replica: int, url: str, discover: bool = False) -> dict:
-    return config.Upstream(server, replica, url, discover=discover).to_json()
+def upstream(server: str, replica: int, url: str, discover: bool = False, agent_port: int | None = None) -> dict:
+    return config.Upstream(server, replica, url, discover=discover, agent_port=agent_port).to_json()
 
 
 def to_json(document: dict) -> str:

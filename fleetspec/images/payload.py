@@ -147,8 +147,8 @@ def _distribution_files(dist: importlib.metadata.Distribution) -> dict[str, tupl
         # Console scripts live outside site-packages ("../../bin"); bytecode is rebuilt in the image.
         if parts[0] == ".." or "__pycache__" in parts or entry.suffix == ".pyc":
             continue
-        if entry.name in _INSTALL_RECORDS and len(parts) == 2 and parts[0].endswith(".dist-info"):
-            continue  # where pip fetched the wheel from (a file:// URL, a temp dir): not the package
+        if _install_record(parts):
+            continue  # how this environment got the package (pip or uv, asked for or pulled in, from where)
         path = pathlib.Path(dist.locate_file(entry))
         if path.is_file():
             content = path.read_bytes()
@@ -158,17 +158,27 @@ def _distribution_files(dist: importlib.metadata.Distribution) -> dict[str, tupl
     return files
 
 
-_INSTALL_RECORDS = ("direct_url.json",)
+# Files an installer writes about one install, not the package: where the wheel came from (a file://
+# URL, a temp dir), which tool installed it, and whether the user asked for it or it was pulled in.
+_INSTALL_RECORDS = ("direct_url.json", "INSTALLER", "REQUESTED")
+
+
+def _install_record(parts: tuple[str, ...]) -> bool:
+    return len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] in _INSTALL_RECORDS
 
 
 def _portable_record(content: bytes) -> bytes:
     """RECORD without the rows of files the image does not get: console scripts ("../../../bin/x",
-    whose hash covers a `#!` line naming this virtualenv's python) and bytecode. Rows are CSV."""
+    whose hash covers a `#!` line naming this virtualenv's python), bytecode and the install
+    records above. Rows are CSV."""
     kept = io.StringIO()
     writer = csv.writer(kept, lineterminator="\n")
     for row in csv.reader(io.StringIO(content.decode("utf-8", "replace"))):
-        if row and not row[0].startswith("../") and "__pycache__/" not in row[0] and not row[0].endswith(".pyc"):
-            writer.writerow(row)
+        if not row or row[0].startswith("../") or "__pycache__/" in row[0] or row[0].endswith(".pyc"):
+            continue
+        if _install_record(tuple(row[0].split("/"))):
+            continue
+        writer.writerow(row)
     return kept.getvalue().encode()
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import time
+import urllib.error
 import urllib.request
 
 from fleetspec import errors
@@ -28,9 +29,10 @@ def router_url(spec) -> str:
 router_config_hash = fastpath.router_config_hash  # one way to ask, shared with the fast path
 
 
-def router_drift(spec) -> list[str]:
+def router_drift(spec, url: str | None = None) -> list[str]:
     """Sentences for what the running router changed at runtime through its admin API (cluster
-    mappings, warmed adapters): drift from the fleet file, reported, never silently kept.
+    mappings, warmed adapters): drift from the fleet file, reported, never silently kept. `url`: where
+    the router answers (by default where this machine runs it).
 
     Needs the admin token (runtime.router.admin_token, resolved from this environment); without
     one the admin API is off and there can be no such drift."""
@@ -42,7 +44,8 @@ def router_drift(spec) -> list[str]:
         return [f"cannot check the router for runtime changes: export {', '.join(names)} (its admin token)"]
     for name in names:
         token = token.replace(f"${{{name}}}", os.environ[name])
-    request = urllib.request.Request(f"{router_url(spec)}/admin/state", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(f"{url or router_url(spec)}/admin/state",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=2.0) as response:  # noqa: S310 - our own router
             state_ = json.loads(response.read())
@@ -57,6 +60,36 @@ def router_drift(spec) -> list[str]:
     return found
 
 
+MAX_HEALTH_BYTES = 16 << 20  # hundreds of pods, each with its adapters and its agent's last good set
+
+
+def read_health(url: str, timeout_s: float = 5.0) -> dict:
+    """The router's GET /health, bounded in time and size; TemporaryError with a sentence when it
+    cannot be read (for a Kubernetes fleet, the router is all fleetspec can see of the cluster)."""
+    where = f"{url.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(where, timeout=timeout_s) as response:  # noqa: S310 - the fleet's router
+            body = response.read(MAX_HEALTH_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise errors.TemporaryError(f"the router at {url} answered /health with HTTP {exc.code}; is {url} the "
+                                    "fleet's router (check --router-url)?") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise errors.TemporaryError(f"the router does not answer at {where} ({reason}); check --router-url, or "
+                                    "reach the router with `kubectl port-forward`") from None
+    if len(body) > MAX_HEALTH_BYTES:
+        raise errors.TemporaryError(f"the router's /health at {url} is larger than {MAX_HEALTH_BYTES >> 20} MiB; "
+                                    "fleetspec does not read it") from None
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or not isinstance(health.get("replicas"), list):
+        raise errors.TemporaryError(f"{where} did not answer with a fleetspec router's health (JSON with "
+                                    "`replicas`); is --router-url the fleet's router?")
+    return health
+
+
 def update_router(driver, prepared, progress=lambda _: None, document=None) -> str:
     """Write the router's config (`document`, by default the desired one), (re)start the router if
     its container changed, and wait until it serves that config. The router re-reads its file
@@ -68,14 +101,18 @@ def update_router(driver, prepared, progress=lambda _: None, document=None) -> s
     files.write_atomic(config_path, router_config.dumps(document))
     current = [c for c in driver.observe(spec.name) if c.role == "router"]
     fresh = [c for c in current if c.running and c.spec_hash == want.router.spec_hash()]
+    started = None
     if not fresh:
         for old in current:
             driver.remove(old.id)
         progress("Starting the router")
-        driver.wait_running(driver.create(want.router), timeout_s=30.0)
+        started = driver.create(want.router)
+        driver.wait_running(started, timeout_s=30.0)
     expected, url = router_config.config_hash(document), router_url(spec)
     _wait_for_config(url, expected, config_path)
-    return f"router serves config {expected[:12]} at {url}" + ("" if fresh else " (started)")
+    # In the runtime's words (process, PID and log; container and id), as apply names engines it starts.
+    serves = f"serves routing config {expected[:12]} at {url}"
+    return f"started {driver.describe(started)}, which {serves}" if started else f"the router {serves}"
 
 
 def _config_path(want) -> pathlib.Path:

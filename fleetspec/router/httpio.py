@@ -496,10 +496,12 @@ async def response_body(reader: asyncio.StreamReader, head: ResponseHead,
 
 
 async def fetch(pool: Pool, url: str, method: str, path: str, body: bytes = b"",
-                headers: Iterable[tuple[str, str]] = (), timeout: float = 5.0) -> tuple[int, bytes]:
+                headers: Iterable[tuple[str, str]] = (), timeout: float = 5.0,
+                max_bytes: int | None = None) -> tuple[int, bytes]:
     """One whole request/response exchange (health checks, model lists, adapter loads). A request
     that may be repeated (GET...) is sent again on a new connection when a reused one turns out to be
-    closed; a POST is never sent twice, since the engine may have acted on it."""
+    closed; a POST is never sent twice, since the engine may have acted on it. With `max_bytes`, a
+    longer answer is ProtocolError (502) and its connection is closed, not read to the end."""
     address = address_of(url)
     data = request_bytes(method, path, f"{address[0]}:{address[1]}", headers, body)
 
@@ -509,7 +511,15 @@ async def fetch(pool: Pool, url: str, method: str, path: str, body: bytes = b"",
             conn.writer.write(data)
             await conn.writer.drain()
             head = await read_response_head(conn.reader, method)
-            answer = b"".join([piece async for piece in response_body(conn.reader, head, timeout)])
+            if max_bytes is not None and head.length is not None and head.length > max_bytes:
+                raise ProtocolError(502, f"the answer is {head.length} bytes, more than the {max_bytes} allowed")
+            pieces, size = [], 0
+            async for piece in response_body(conn.reader, head, timeout):
+                size += len(piece)
+                if max_bytes is not None and size > max_bytes:
+                    raise ProtocolError(502, f"the answer is longer than the {max_bytes} bytes allowed")
+                pieces.append(piece)
+            answer = b"".join(pieces)
         except BaseException as exc:
             conn.close()
             if conn.reused and method in IDEMPOTENT and isinstance(exc, ConnectionError | asyncio.IncompleteReadError):

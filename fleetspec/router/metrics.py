@@ -128,6 +128,14 @@ class RouterMetrics:
         self.upstream_up = Counter("fleetspec_router_upstream_healthy",
                                    "1 when the engine replica answered its last health check.",
                                    ("server", "replica", "url"), kind="gauge")
+        self.agent_up = Counter("fleetspec_router_agent_up",
+                                "1 when the pod's fleetspec agent answered its last /status read, 0 when it did "
+                                "not (the engine's own health is fleetspec_router_upstream_healthy).",
+                                ("server", "replica", "url"), kind="gauge")
+        self.agent_applied = Counter("fleetspec_router_agent_config_applied",
+                                     "1 when the pod's agent serves its ConfigMap's adapter set, 0 while it refuses "
+                                     "it and serves the last good set (no series while the agent does not answer).",
+                                     ("server", "replica", "url"), kind="gauge")
         self.reloads = Counter("fleetspec_router_config_reloads_total",
                                "Config reloads, by result.", ("result",))
         self.state_up = Counter("fleetspec_router_runtime_state_healthy",
@@ -175,6 +183,19 @@ class RouterMetrics:
                                           "Seed 000's name: ensemble_miss_total / swarm_router_requests_total since "
                                           "the router started (its target: < 0.10).", (), kind="gauge")
 
+    def agents(self, replicas) -> None:
+        """Copy each pod agent's standing into the gauges, just before they are rendered (pods come
+        and go with discovery: only the replicas known now have series)."""
+        self.agent_up.values.clear()
+        self.agent_applied.values.clear()
+        for replica in replicas:
+            if replica.upstream.agent_port is None or replica.agent_state is None:
+                continue
+            key = (replica.server, str(replica.upstream.replica), replica.upstream.url)
+            self.agent_up.set(*key, value=0.0 if replica.agent is None else 1.0)
+            if replica.agent is not None:
+                self.agent_applied.set(*key, value=float(replica.agent.problem_kind is None and replica.agent.last_good is not None))
+
     def runtime_state(self, health: dict, active: int, ignored: int, syncs: dict | None) -> None:
         """Copy the runtime store's standing into the gauges, just before they are rendered."""
         self.state_up.values.clear()
@@ -198,7 +219,8 @@ class RouterMetrics:
     def render(self) -> str:
         self._ensemble()
         families = (self.requests, self.latency, self.fallbacks, self.decisions, self.embeddings, self.upstream_errors,
-                    self.refused, self.connections, self.body_bytes, self.upstream_up, self.reloads, self.state_up, self.state_mappings, self.state_syncs,
+                    self.refused, self.connections, self.body_bytes, self.upstream_up, self.agent_up,
+                    self.agent_applied, self.reloads, self.state_up, self.state_mappings, self.state_syncs,
                     self.gaps, self.adapter_cache, self.adapter_loads, self.adapter_load_seconds,
                     self.adapter_evictions, self.ensemble_misses, self.ensemble_requests, self.ensemble_cache_hits,
                     self.ensemble_cache_misses, self.ensemble_cache_evictions, self.ensemble_miss_rate)

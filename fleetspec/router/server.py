@@ -278,13 +278,18 @@ class Router:
         read); `degraded` names the specialists that must be served at all times and are served nowhere."""
         replicas = self.upstreams.replicas.values()
         unserved = residency.unserved(replicas, self._promised)
+        rows = [{"server": r.server, "replica": r.upstream.replica, "url": r.upstream.url,
+                 "healthy": r.healthy, "draining": r.draining, "inflight": r.inflight,
+                 "adapters": sorted(r.adapters), "last_error": r.last_error, "agent": r.agent_json()}
+                for r in replicas]
+        # The agents' problems (a refused ConfigMap, an agent that does not answer) are shown, not acted
+        # on: the pod keeps its last good set and routing follows what each engine serves.
+        agent_problems = [f"{row['server']}/{row['replica']} ({row['url']}): {row['agent']['problem']}"
+                          for row in rows if row["agent"] and row["agent"]["problem"]]
         return {"status": "degraded" if unserved else "ok", "fleet": self.config.spec.name,
                 "config_hash": self.config.hash, "healthy_upstreams": sum(1 for r in replicas if r.healthy),
-                "upstreams": len(self.upstreams.replicas), "unserved": unserved,
-                "replicas": [{"server": r.server, "replica": r.upstream.replica, "url": r.upstream.url,
-                              "healthy": r.healthy, "draining": r.draining, "inflight": r.inflight,
-                              "adapters": sorted(r.adapters), "last_error": r.last_error} for r in replicas],
-                "runtime_state": self.runtime.health()}
+                "upstreams": len(self.upstreams.replicas), "unserved": unserved, "agent_problems": agent_problems,
+                "replicas": rows, "runtime_state": self.runtime.health()}
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -403,6 +408,7 @@ class Router:
         if method == "GET" and path == "/metrics":
             self.metrics.runtime_state(self.runtime.health(), len(self.runtime.overrides) - len(self.ignored),
                                        len(self.ignored), getattr(self.runtime, "syncs", None))
+            self.metrics.agents(self.upstreams.replicas.values())
             self.metrics.connections.set(value=self.connections)
             self.metrics.body_bytes.set(value=self.budget.held)
             data = self.metrics.render().encode()

@@ -5,6 +5,11 @@ Each replica's `/health` and `/v1/models` are read (vLLM lists loaded adapters t
 `refresh_seconds`, and at once when a new config arrives (apply's changes). A replica that
 refuses a connection is marked down at once, so the next request goes elsewhere without waiting
 for the next check; an engine that answers 404 for an adapter loses it from its list at once.
+
+Where the upstream names an `agent_port` (Kubernetes pods with the `fleetspec agent` sidecar), the
+agent's `/status` is read at the same moment, at the pod's address: its ConfigMap revision, last good
+set and problem are shown in /health. They never steer a request (residency comes from /v1/models
+alone), and an agent that does not answer is reported as such, never as an engine failure.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Iterable
 
 from fleetspec import errors
+from fleetspec.agent import view as agent_view
 from fleetspec.engine_api import contract
 from fleetspec.router import httpio, residency
 from fleetspec.routing import config as config_mod
@@ -36,6 +42,38 @@ class Replica:
     busy: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # in flight by served name
     checked_at: float | None = None
     last_error: str | None = None
+    agent: agent_view.AgentView | None = None  # the pod's agent at its last answer
+    agent_state: str | None = None  # agent_view's OK, PROBLEM, NOT_READY, UNREACHABLE, BAD_ANSWER; None: no agent
+    agent_error: str | None = None  # why the agent could not be read
+    agent_checked_at: float | None = None
+
+    @property
+    def agent_url(self) -> str | None:
+        port = self.upstream.agent_port
+        if port is None:
+            return None
+        host = self.address[0]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def agent_json(self) -> dict | None:
+        """What /health shows of the pod's agent; None where the replica has none."""
+        url = self.agent_url
+        if url is None:
+            return None
+        seen = self.agent if self.agent_state in (agent_view.OK, agent_view.PROBLEM, agent_view.NOT_READY) else None
+        if seen is not None:
+            problem = seen.problem()
+        elif self.agent_state is None:
+            problem = None  # not read yet
+        else:
+            problem = agent_view.unanswered(url, self.agent_state, self.agent_error or "no answer")
+        return {"url": url, "state": self.agent_state, "ready": seen.ready if seen else None,
+                "revision": seen.revision if seen else None,
+                "last_good": None if seen is None or seen.last_good is None else
+                {"revision": seen.last_good_revision, "adapters": list(seen.last_good)},
+                "problem": problem, "problem_kind": seen.problem_kind if seen else None,
+                "problem_revision": seen.problem_revision if seen else None,
+                "checked_at": self.agent_checked_at}
 
     @property
     def server(self) -> str:
@@ -96,6 +134,40 @@ class Upstreams:
         await asyncio.gather(*(self.check(r) for r in list(self.replicas.values())))
 
     async def check(self, replica: Replica) -> None:
+        if replica.upstream.agent_port is None:
+            await self.check_engine(replica)
+        else:
+            await asyncio.gather(self.check_engine(replica), self.check_agent(replica))
+
+    async def check_agent(self, replica: Replica) -> None:
+        """Read the pod's agent /status (bounded in time and size). Never touches the replica's health."""
+        url = replica.agent_url
+        state, error, seen = agent_view.OK, None, None
+        try:
+            status, body = await httpio.fetch(self.pool, url, "GET", agent_view.STATUS_PATH, timeout=self.timeout,
+                                              max_bytes=agent_view.MAX_STATUS_BYTES)
+            if status != 200:
+                raise agent_view.BadStatus(f"{agent_view.STATUS_PATH} answered {status}")
+            seen = agent_view.parse(body)
+            state = seen.state
+        except (TimeoutError, OSError) as exc:
+            state, error = agent_view.UNREACHABLE, f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+        except (httpio.ProtocolError, agent_view.BadStatus) as exc:
+            state, error = agent_view.BAD_ANSWER, str(exc)
+        before = replica.agent.problem() if replica.agent is not None else replica.agent_error
+        replica.agent, replica.agent_state, replica.agent_error = seen, state, error
+        replica.agent_checked_at = time.time()
+        after = seen.problem() if seen is not None else error
+        if after != before:
+            where = f"{replica.server} replica {replica.upstream.replica} ({url})"
+            if state in (agent_view.UNREACHABLE, agent_view.BAD_ANSWER):
+                log.warning("the agent of %s: %s", where, agent_view.unanswered(url, state, error))
+            elif after is not None:
+                log.warning("the agent of %s reports: %s", where, after)
+            elif before is not None:
+                log.info("the agent of %s serves its ConfigMap's adapter set again", where)
+
+    async def check_engine(self, replica: Replica) -> None:
         url = replica.upstream.url
         try:
             status, _ = await httpio.fetch(self.pool, url, "GET", contract.HEALTH, timeout=self.timeout)

@@ -10,7 +10,8 @@ the router (edge: reads the file and the router's environment for `${VAR}` secre
       "cluster_maps": {"0": {"c5": "x"}},  # entries of each hash rule's map_file, by rule index
       "upstreams": [{"server": "main", "replica": 0, "url": "http://127.0.0.1:8000"}],  # "draining": true
                                            # while apply replaces that replica; "discover": true when the
-                                           # host is a headless Service whose pods are each a replica
+                                           # host is a headless Service whose pods are each a replica;
+                                           # "agent_port": 8081 where each pod runs `fleetspec agent`
       "adapter_paths": {"python--1.0.0": "/adapters/python/1.0.0"},  # as engines see them (warm)
       "refresh_seconds": 2.0               # how often each upstream's /health and /v1/models are read
     }
@@ -54,11 +55,16 @@ class Upstream:
     # The url's host is a headless Service (Kubernetes): the router resolves it and routes to each
     # pod (one A record each) as a replica of its own, so residency sees what every pod holds.
     discover: bool = False
+    # Port of the `fleetspec agent` sidecar beside each engine (Kubernetes pods of a LoRA server): the
+    # router reads its /status at the replica's own address and shows the agent's problem in /health.
+    agent_port: int | None = None
 
     def to_json(self) -> dict:
         data = {"server": self.server, "replica": self.replica, "url": self.url}
         if self.discover:
             data["discover"] = True
+        if self.agent_port is not None:
+            data["agent_port"] = self.agent_port
         return {**data, "draining": True} if self.draining else data
 
 
@@ -254,12 +260,17 @@ def redis_address(url: str | None, env: Mapping[str, str]) -> redis_url.Address 
 
 def _upstream(item, source: str) -> Upstream:
     try:
+        agent_port = item.get("agent_port")
+        if agent_port is not None and (isinstance(agent_port, bool) or not 0 < int(agent_port) < 65536):
+            raise ValueError(agent_port)
         return Upstream(str(item["server"]), int(item.get("replica", 0)), str(item["url"]).rstrip("/"),
-                        item.get("draining") is True, item.get("discover") is True)
+                        item.get("draining") is True, item.get("discover") is True,
+                        None if agent_port is None else int(agent_port))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise errors.PermanentError(
             f"{source} lists an upstream without `server` and `url`: {item!r}; each upstream looks like "
-            '{"server": "main", "replica": 0, "url": "http://127.0.0.1:8000"}') from None
+            '{"server": "main", "replica": 0, "url": "http://127.0.0.1:8000"} (`agent_port`, when given, a port '
+            'number)') from None
 
 
 def _cluster_maps(raw, source: str) -> dict[int, dict[str, str]]:

@@ -340,9 +340,12 @@ class Loop:
         except errors.FleetspecError as exc:
             self.output.line(f"Could not tear the fleet down: {exc}. Run `fleetspec destroy FILE`.")
             return 1
-        removed = sum(o.status == apply_mod.OK for o in result.outcomes)
+        removed = [o.action.target for o in result.outcomes if o.status == apply_mod.OK]
         if result.ok:
-            self.output.line(f"Tore the fleet down ({removed} container{'s' * (removed != 1)} removed).")
+            # By name: "containers" would be wrong on the local runtime, where they are processes.
+            shown = ", ".join(removed[:6]) + (f" and {len(removed) - 6} more" if len(removed) > 6 else "")
+            self.output.line(f"Tore the fleet down ({len(removed)} removed: {shown})." if removed
+                             else "Tore the fleet down (nothing was running).")
             return 0
         self.output.line(f"Tore the fleet down partly: {len(result.failed)} removal(s) failed "
                          f"({result.failed[0].message}). Run `fleetspec destroy FILE`.")

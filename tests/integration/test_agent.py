@@ -14,6 +14,7 @@ import pathlib
 import subprocess
 import sys
 import time
+import urllib.request
 
 import adapter_factory
 import pytest
@@ -24,6 +25,7 @@ from netkit import free_port, get
 from fleetspec.catalog import models as catalog
 from fleetspec.compile import adapter_set
 from fleetspec.engine_api import client as engine_client
+from fleetspec.engine_api import contract
 from fleetspec.spec import models
 
 MODEL = "fleetspec/tiny-test-llama"
@@ -82,10 +84,23 @@ def adapter(root: pathlib.Path, name: str) -> str:
     )
 
 
-def document(adapters: dict[str, str]) -> str:
-    return adapter_set.to_text(
-        {"format": adapter_set.FORMAT, "fleet": "f", "server": "main", "base": MODEL, "adapters": adapters}
+def document(adapters: dict[str, str], on_demand: dict[str, str] | None = None) -> str:
+    doc = {"format": adapter_set.FORMAT, "fleet": "f", "server": "main", "base": MODEL, "adapters": adapters}
+    if on_demand is not None:
+        doc["on_demand"] = on_demand
+    return adapter_set.to_text(doc)
+
+
+def load_as_the_router_does(engine_url: str, name: str, path: str) -> None:
+    """`router.ondemand`'s request: the engine's runtime LoRA API, nothing of the agent's."""
+    request = urllib.request.Request(
+        engine_url + contract.LOAD,
+        data=contract.load_body(name, path),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
+    with urllib.request.urlopen(request, timeout=DEADLINE_S) as answer:
+        assert answer.status == 200
 
 
 @pytest.fixture
@@ -270,3 +285,39 @@ def test_without_any_good_set_the_pod_is_not_ready_and_says_why(pod):
     assert not status["ready"] and "JSON object" in status["reason"]
     ready_status, body = get(pod.agent_url + "/ready")
     assert ready_status == 503 and b"no adapter set has been served yet" in body
+
+
+def test_an_adapter_the_router_loaded_on_demand_stays_until_it_leaves_the_configmap(pod, tmp_path):
+    sql1, legal1 = (adapter(tmp_path / "adapters", n) for n in ("sql-1", "legal-1"))
+    required = {"sql--1": sql1}
+    pod.volume.publish({"adapters.json": document(required, on_demand={"legal--1": legal1})})
+    start_agent(pod)
+    status = pod.wait_for(serving(required), "the required set served")
+    assert status["last_good"]["on_demand"] == {"legal--1": legal1} and status["serving_on_demand"] == {}
+    assert pod.served() == required  # allowed, not required: the agent does not load it
+
+    # A request names legal--1: the router loads it on this pod, as `router.ondemand` does.
+    load_as_the_router_does(pod.engine_url, "legal--1", legal1)
+    with_legal = {**required, "legal--1": legal1}
+    pod.wait_for(
+        lambda s: s["serving"] == with_legal and s["serving_on_demand"] == {"legal--1": legal1},
+        "the on-demand load seen by the agent",
+    )
+    # Let the agent cycle (it polls every 0.1 s): the load is the fleet working as declared, not drift.
+    with LoadLoop(pod.engine_url, [MODEL, "sql--1", "legal--1"]) as loop:
+        time.sleep(1.5)
+        tally = loop.stop_after_apply()
+    assert not tally.failures, tally.summary()
+    assert tally.models_answered.get("legal--1", 0) > 0
+    status = pod.status()
+    assert pod.served() == with_legal and status["serving"] == with_legal
+    assert status["counters"]["restored"] == 0 and status["problem"] is None and status["ready"]
+    assert "fleetspec_agent_adapters_serving_on_demand 1" in get(pod.agent_url + "/metrics")[1].decode()
+
+    # The specialist leaves the fleet file: its adapter leaves the ConfigMap and the agent unloads it.
+    revision = pod.volume.publish({"adapters.json": document(required, on_demand={})})
+    pod.wait_for(
+        lambda s: serving(required)(s) and s["last_good"]["revision"] == revision, "legal--1 unloaded"
+    )
+    assert pod.served() == required
+    assert pod.engine.poll() is None

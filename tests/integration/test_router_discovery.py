@@ -5,21 +5,18 @@ under FLEETSPEC_REQUIRE_ORACLES=1: the DNS server is an oracle)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import pathlib
-import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+import dnsmasq_server
 import pytest
 from netkit import free_port
-from require import unavailable
 from waiting import wait_for
 
 from fleetspec.engine_api import client as engine_client
@@ -30,65 +27,10 @@ MODEL = "fleetspec/tiny-test-llama"
 DEADLINE_S = 20.0
 
 
-class Dnsmasq:
-    def __init__(self, directory: pathlib.Path):
-        self.hosts = directory / "pods.hosts"
-        self.port = free_port()
-        self.log = directory / "dnsmasq.log"
-        self.process: subprocess.Popen | None = None
-
-    def serve(self, addresses: list[str]) -> None:
-        self.hosts.write_text("".join(f"{a} {SERVICE}\n" for a in addresses))
-        if self.process is None:
-            binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-            with open(self.log, "wb") as log:
-                self.process = subprocess.Popen(
-                    [
-                        binary,
-                        "--keep-in-foreground",
-                        "--conf-file=/dev/null",
-                        "--no-resolv",
-                        "--no-hosts",
-                        "--local=/cluster.local/",  # authoritative, as cluster DNS is: unknown names are NXDOMAIN
-                        f"--addn-hosts={self.hosts}",
-                        "--listen-address=127.0.0.1",
-                        "--bind-interfaces",
-                        f"--port={self.port}",
-                        "--pid-file=",
-                        f"--user={getpass.getuser()}",
-                        "--log-facility=-",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-        else:
-            self.process.send_signal(signal.SIGHUP)  # dnsmasq re-reads its hosts files on SIGHUP
-        self.wait_for(len(addresses))
-
-    def wait_for(self, count: int) -> None:
-        resolver = discovery.Resolver("127.0.0.1", self.port, timeout_s=0.5)
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"dnsmasq exited: {self.log.read_text()}")
-            try:
-                if len(discovery.resolve_a(SERVICE, resolver)) == count:
-                    return
-            except discovery.DiscoveryError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"dnsmasq never served {count} records: {self.log.read_text()}")
-
-
 @pytest.fixture
 def dns(tmp_path):
-    if shutil.which("dnsmasq") is None and not os.path.exists("/usr/sbin/dnsmasq"):
-        unavailable("ORACLES", "dnsmasq is not installed (apt-get install dnsmasq-base)")
-    server = Dnsmasq(tmp_path)
-    yield server
-    if server.process is not None:
-        server.process.kill()
-        server.process.wait(10)
+    with dnsmasq_server.running(tmp_path, SERVICE) as server:
+        yield server
 
 
 @pytest.fixture

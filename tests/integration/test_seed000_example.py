@@ -172,3 +172,30 @@ def _pairs(port: int) -> dict[str, str]:
     flat = redis_cli(port, "HGETALL", "lora:router_map").stdout.split("\n")
     flat = [x for x in flat if x]
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def test_status_agrees_with_plan_about_the_seeds_mappings(tmp_path, token, capsys):
+    """Issue #16 item 5, against the real router: the README's curl block maps only what the file
+    maps already, so status is in sync (it used to say "maps c10 to 2025-06-06 ... fleet.yaml says
+    2025-06-06" and send the user to apply while plan said "No changes"). A cluster the file does not
+    map is drift, and status says what fixes it: not apply, which leaves it as plan says."""
+    up = Up(tmp_path, EXAMPLE.read_text(encoding="utf-8"))
+    try:
+        up.run_curl_block()
+        capsys.readouterr()
+        assert app.main(["status", str(up.file), *up.flags, "--detailed-exitcode"]) == 0
+        assert "In sync with the fleet file." in capsys.readouterr().out
+
+        env = {"PATH": "/usr/bin:/bin"}
+        subprocess.run(["curl", "-fsS", "-X", "POST", f"127.0.0.1:{up.port}/admin/ensemble", "-H",
+                        f"Authorization: Bearer {TOKEN}", "-d", "cluster_id=c33&adapter_tag=2025-06-07"],
+                       env=env, check=True, capture_output=True, timeout=30)
+        assert app.main(["status", str(up.file), *up.flags, "--detailed-exitcode"]) == 2
+        text = capsys.readouterr().out
+        assert "maps cluster c33 to 2025-06-07 at runtime (fleet.yaml says nothing)" in text
+        assert "c10" not in text and "Run `fleetspec apply`" not in text
+        assert "which `fleetspec apply` leaves as it is: put it in the fleet file or clear it" in text
+        assert app.main(["plan", str(up.file), *up.flags]) == 0
+        assert "No changes." in capsys.readouterr().out
+    finally:
+        up.down()

@@ -308,7 +308,8 @@ def test_down_on_exit_tears_the_fleet_down_and_once_exits_after_one_cycle(tmp_pa
         watcher.wait_cycles(1)
         assert "no changes" in watcher.cycles()[0]  # --once left it converged
         assert watcher.stop() == 0, "\n".join(watcher.lines)
-        assert watcher.lines[-1].endswith("Tore the fleet down (2 containers removed).")  # engine and router
+        assert watcher.lines[-1].endswith(
+            "Tore the fleet down (2 removed: downtest-main-0, downtest-router).")  # engine and router, not "containers"
         assert runtime.containers() == {} and models(port) is None
     finally:
         if watcher is not None:

@@ -159,6 +159,22 @@ def test_session_affinity_where_the_seed_used_it_and_a_headless_service_for_disc
     assert "sessionAffinity" not in default["vllm-chat-service.yaml"]["spec"]
 
 
+def test_the_router_is_told_each_lora_pods_agent_port_and_no_port_where_no_agent_runs():
+    fleet = models.FleetSpec.model_validate({
+        "name": "pods", "base_model": {"id": "fleetspec/tiny-test-llama"}, "gpus": [{"type": "sim", "count": 2}],
+        "servers": [{"name": "main", "lora": {"max_loras": 1, "max_lora_rank": 8}}, {"name": "plain"}],
+        "specialists": [{"name": "sql", "version": "1", "path": "/adapters/sql", "servers": ["main"]}],
+        "runtime": {"target": "k8s", "engine": "sim", "kubernetes": {"agent_port": 9191}},
+    })
+    documents = manifests_of(fleet)
+    router = json.loads(documents["router-configmap.yaml"]["data"]["router.json"])
+    ports = {u["server"]: u.get("agent_port") for u in router["upstreams"]}
+    assert ports == {"main": 9191, "plain": None}
+    agent = containers(documents, "vllm-main")["agent"]
+    assert agent["ports"][0]["containerPort"] == 9191  # the port the router asks at each pod's address
+    assert list(containers(documents, "vllm-plain")) == ["vllm"]
+
+
 def compiled(fleet: models.FleetSpec) -> dict[str, str]:
     return k8s.compile_manifests(fleet, slots.from_plan(report.plan_fleet(fleet)))
 

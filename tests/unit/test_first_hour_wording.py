@@ -71,6 +71,23 @@ def test_destroy_off_a_terminal_says_the_exact_command_with_yes(tmp_path, capsys
     assert f"run `fleetspec destroy {fleet_file} --yes`" in err and "standard input is not a terminal" in err
 
 
+def test_the_command_to_type_instead_keeps_the_flags_that_say_which_fleet(tmp_path, capsys, monkeypatch):
+    """An example brought up with `--runtime local ...` is destroyed with the same flags: without
+    them the suggested command looks for the file's Docker fleet and finds nothing."""
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text("name: demo\nruntime: {target: docker}\n")
+    runtimes = []
+
+    class Driver:
+        def observe(self, _name):
+            return LOCAL
+
+    monkeypatch.setattr("fleetspec.drivers.for_runtime", lambda target, *_: runtimes.append(target) or Driver())
+    assert app.main(["destroy", str(fleet_file), "--runtime", "local", "--ports-from", "18700"]) == 1
+    assert runtimes == ["local"]
+    assert f"run `fleetspec destroy {fleet_file} --runtime local --ports-from 18700 --yes`" in capsys.readouterr().err
+
+
 def test_destroy_of_nothing_names_the_runtimes_own_things(tmp_path, capsys, monkeypatch):
     fleet_file = tmp_path / "fleet.yaml"
     fleet_file.write_text("name: demo\n")
@@ -137,6 +154,38 @@ def test_apply_says_what_it_started_in_the_runtimes_words_never_a_bare_id():
     assert "7620cb0f4ac3" not in outcome.message
 
 
+def test_apply_names_the_router_it_started_as_it_names_engines(monkeypatch, tmp_path):
+    """The router's line used to be "router serves config c798364bbcbf at ... (started)": no
+    process, PID or log to find it by, unlike the engines' lines."""
+    prepared = session.prepare(ROOT / "fleet.yaml")
+    monkeypatch.setattr(router_edge.files, "write_atomic", lambda *_: None)
+    monkeypatch.setattr(router_edge, "router_config_hash",
+                        lambda _url: router_edge.router_config.config_hash(prepared.desired.router_config))
+    log = ".fleetspec/run/demo/logs/demo-router.log"
+
+    class Driver:
+        running = []
+
+        def observe(self, _name):
+            return self.running
+
+        def create(self, _spec):
+            return "9f1c" * 16
+
+        def wait_running(self, *_args, **_kw):
+            pass
+
+        def describe(self, container_id):
+            assert container_id == "9f1c" * 16
+            return f"process demo-router (PID 4250, log {log})"
+
+    started = router_edge.update_router(Driver(), prepared)
+    assert started.startswith(f"started process demo-router (PID 4250, log {log}), which serves routing config ")
+    assert started.endswith(" at http://127.0.0.1:8080") and "(started)" not in started
+    Driver.running = [base.ObservedContainer(**dict(LOCAL[2].__dict__, spec_hash=prepared.desired.router.spec_hash()))]
+    assert router_edge.update_router(Driver(), prepared).startswith("the router serves routing config ")
+
+
 def test_status_shows_pids_of_local_processes_and_none_for_docker():
     container = desired.ContainerSpec(name="demo-main-0", image="local", argv=("x",))
     want = desired.DesiredState("demo", {("main", 0): desired.DesiredReplica("main", 0, container, {}, 8000)})
@@ -196,6 +245,43 @@ def test_a_runtime_mapping_identical_to_the_file_is_not_drift(admin_router):
     assert "(fleet.yaml says nothing)" in found[1]
 
 
+def _router_row(drift: list[str]) -> dict:
+    router_spec = desired.ContainerSpec(name="demo-router", image="local", argv=("r",))
+    wanted = desired.DesiredState("demo", {}, router=router_spec, router_config={"x": 1})
+    router = dict(LOCAL[2].__dict__, spec_hash=router_spec.spec_hash())
+    have = observed.ObservedState("demo", {}, router=base.ObservedContainer(**router),
+                                  router_config_hash=wanted.router_config_hash())
+    return status_views.router_row(wanted, have, "http://127.0.0.1:8080", drift)
+
+
+def test_status_does_not_send_the_user_to_apply_for_what_apply_leaves():
+    """A cluster mapped through the admin API is drift, but apply (and so plan: "No changes") leaves
+    it; the closing line used to say "Run `fleetspec apply` to converge" anyway."""
+    mapped = ("the router maps cluster c33 to 2025-06-07 at runtime (fleet.yaml says nothing); put it in the "
+              "fleet file or clear it (POST /admin/clusters/clear)")
+    text = status_views.status_text("demo", [], router=_router_row([mapped]))
+    assert "Run `fleetspec apply`" not in text
+    assert text.splitlines()[-1] == ("Out of sync: the router's runtime change above, which `fleetspec apply` leaves "
+                                     "as it is: put it in the fleet file or clear it (POST /admin/clusters/clear).")
+    warmed = "the router warmed sql--1 on main/0 at runtime; the next apply unloads it unless the fleet file declares it"
+    both = status_views.status_text("demo", [], router=_router_row([mapped, warmed])).splitlines()[-1]
+    assert both.startswith("Out of sync: 2 problems above. Run `fleetspec apply`")
+    assert both.endswith("apply leaves the router's 1 runtime change: put it in the fleet file or clear it.")
+
+
+def test_status_columns_stay_apart_for_long_server_names():
+    container = desired.ContainerSpec(name="ensemble-swarm-api-0", image="local", argv=("x",))
+    want = desired.DesiredState("ensemble", {("swarm-api", 0): desired.DesiredReplica(
+        "swarm-api", 0, container, {"a--1": "/a"}, 8000)})
+    current = dict(LOCAL[0].__dict__, name="ensemble-swarm-api-0", server="swarm-api",
+                   spec_hash=container.spec_hash())
+    have = observed.ObservedState("ensemble", {("swarm-api", 0): observed.ObservedReplica(
+        base.ObservedContainer(**current), "http://127.0.0.1:8000", True, {"a--1": "/a"})})
+    lines = status_views.status_text("ensemble", status_views.status_rows(want, have)).splitlines()
+    assert lines[1].startswith("  swarm-api/0 healthy    process ensemble-swarm-api-0, PID 4242")
+    assert lines[2] == " " * 25 + "adapters: a--1"
+
+
 # -- secrets by name -------------------------------------------------------------------------------
 
 
@@ -207,6 +293,18 @@ def test_a_runtime_mapping_identical_to_the_file_is_not_drift(admin_router):
 ])
 def test_only_names_that_end_in_a_credential_word_are_secrets(name, secret):
     assert models.literal_secret(name, "a-literal-value") is secret
+
+
+@pytest.mark.parametrize(("name", "value", "secret"), [
+    ("HF_TOKEN", "hf_aBcD1234", True), ("DB_PASSWORD", "hunter2", True), ("API_KEY", " sk-123 ", True),
+    ("HF_TOKEN", "${HF_TOKEN}", False), ("HF_TOKEN", "", False), ("SIM_TOKEN", "0.01", False),
+    ("REQUIRE_TOKEN", "true", False), ("GOOGLE_APPLICATION_CREDENTIALS", "/secrets/sa.json", False),
+    ("SSH_PRIVATE_KEY", "./keys/id_ed25519", False), ("SESSION_TOKEN", "42", False),
+])
+def test_a_secret_needs_a_credential_name_and_a_credential_shaped_value(name, value, secret):
+    """A number, a yes/no word or a path under a credential name is a setting or says where the key
+    file is: neither is the credential, so neither is warned about or moved into a Kubernetes Secret."""
+    assert models.literal_secret(name, value) is secret
 
 
 def test_the_sim_token_delay_is_not_warned_about_as_an_inline_secret(tmp_path, capsys):
@@ -233,6 +331,11 @@ def test_a_corrupt_adapter_is_called_corrupt_not_does_not_fit(tmp_path, capsys):
     assert "does not fit" not in text
     assert "fits in memory" in text and "cannot be applied: 1 error(s) above, 1 of them adapter files that are " \
         "unreadable or corrupt." in text
+    # The full plan, too: its note on why no changes are listed used to say "has errors or does not fit".
+    assert app.main(["plan", str(tmp_path / "fleet.yaml")]) == 1
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "does not fit" not in text and "apply would refuse the fleet file for the error(s) above" in text
 
 
 # -- units that show the numbers -------------------------------------------------------------------

@@ -84,9 +84,11 @@ def test_inputs_hash_depends_on_content_and_mode_not_insertion_order():
         "base") != a.inputs_hash("base")
 
 
-def _install(prefix: pathlib.Path) -> payload.importlib.metadata.Distribution:
+def _install(prefix: pathlib.Path, installer: str = "pip",
+             requested: bool = False) -> payload.importlib.metadata.Distribution:
     """A distribution as pip leaves it in a virtualenv at `prefix`: a console script whose `#!` line
-    names that virtualenv's python (so its RECORD hash differs per path) and a direct_url.json."""
+    names that virtualenv's python (so its RECORD hash differs per path), a direct_url.json, the
+    INSTALLER that wrote it and, when the user named it on the command line, REQUESTED."""
     site = prefix / "lib" / "python3.11" / "site-packages"
     (site / "demo").mkdir(parents=True)
     (site / "demo" / "__init__.py").write_text("VALUE = 1\n")
@@ -97,11 +99,16 @@ def _install(prefix: pathlib.Path) -> payload.importlib.metadata.Distribution:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
     (info / "direct_url.json").write_text(f'{{"url": "file://{prefix}/wheels/demo-1.0-py3-none-any.whl"}}')
+    (info / "INSTALLER").write_text(installer + "\n")
     digest = payload.hashlib.sha256(script.encode()).hexdigest()
-    (info / "RECORD").write_text(
-        "demo/__init__.py,sha256=abc,10\ndemo/__pycache__/__init__.cpython-311.pyc,,\n"
-        f"../../../bin/demo,sha256={digest},{len(script)}\ndemo-1.0.dist-info/METADATA,,\n"
-        "demo-1.0.dist-info/direct_url.json,,\ndemo-1.0.dist-info/RECORD,,\n")
+    rows = ("demo/__init__.py,sha256=abc,10\ndemo/__pycache__/__init__.cpython-311.pyc,,\n"
+            f"../../../bin/demo,sha256={digest},{len(script)}\ndemo-1.0.dist-info/METADATA,,\n"
+            f"demo-1.0.dist-info/INSTALLER,sha256={payload.hashlib.sha256(installer.encode()).hexdigest()},4\n"
+            "demo-1.0.dist-info/direct_url.json,,\ndemo-1.0.dist-info/RECORD,,\n")
+    if requested:
+        (info / "REQUESTED").write_text("")
+        rows += "demo-1.0.dist-info/REQUESTED,sha256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU,0\n"
+    (info / "RECORD").write_text(rows)
     return payload.importlib.metadata.PathDistribution(info)
 
 
@@ -113,6 +120,16 @@ def test_image_inputs_do_not_depend_on_the_virtualenv_or_clone_path(tmp_path):
                              "site-packages/demo/__init__.py"]
     record = first["site-packages/demo-1.0.dist-info/RECORD"][0].decode()
     assert "demo/__init__.py,sha256=abc,10" in record and "bin/demo" not in record and "__pycache__" not in record
+
+
+def test_image_inputs_do_not_depend_on_how_a_dependency_was_installed(tmp_path):
+    """A clone set up with uv, or one whose user once ran `pip install click`, gets the same image:
+    INSTALLER and REQUESTED describe that install, not the package (issue #16 item 4)."""
+    first = payload._distribution_files(_install(tmp_path / "a" / ".venv"))
+    second = payload._distribution_files(_install(tmp_path / "b" / ".venv", installer="uv", requested=True))
+    assert first == second
+    record = first["site-packages/demo-1.0.dist-info/RECORD"][0].decode()
+    assert "INSTALLER" not in record and "REQUESTED" not in record and "direct_url" not in record
 
 
 def test_the_real_payload_names_no_path_of_this_checkout():

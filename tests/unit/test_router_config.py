@@ -64,6 +64,18 @@ def test_upstream_without_url_is_refused():
         config.parse(doc)
 
 
+def test_an_agent_port_round_trips_and_a_bad_one_is_refused():
+    spec = loading.load_path(ROOT / "fleet.yaml").spec
+    pods = config.Upstream("main", 0, "http://vllm-main-pods.f.svc.cluster.local:8000", discover=True, agent_port=8081)
+    doc = json.loads(config.dumps(config.document(spec, [pods, UPSTREAMS[0]])))
+    assert doc["upstreams"][0]["agent_port"] == 8081 and "agent_port" not in doc["upstreams"][1]
+    assert config.parse(doc).upstreams == (pods, UPSTREAMS[0])
+    for bad in (0, 70000, "http", True):
+        doc["upstreams"][0]["agent_port"] = bad
+        with pytest.raises(errors.PermanentError, match="agent_port"):
+            config.parse(doc)
+
+
 MAP_FLEET = """\
 name: ensemble
 base_model: {id: org/base}

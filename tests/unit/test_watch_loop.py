@@ -396,7 +396,7 @@ def test_down_on_exit_tears_down_what_the_last_good_file_described():
     waker.at(5.0, loop.SIGNAL, "SIGINT")
     assert controller.run() == 0
     assert fleet.destroyed == [FakePrepared(1, frozenset({"python"}))]
-    assert out.lines[-2:] == ["Stopping (SIGINT).", "Tore the fleet down (1 container removed)."]
+    assert out.lines[-2:] == ["Stopping (SIGINT).", "Tore the fleet down (1 removed: demo-main-0)."]
 
 
 def test_a_stop_requested_during_apply_ends_the_cycle_at_the_next_step():
