@@ -2,7 +2,7 @@
 measured with wrk (a C load generator), so that the client does not compete for the router's core.
 
     .venv/bin/python bench/bench_router_wrk.py [--concurrency 1,8,32,128] [--stream-concurrency 32,128]
-        [--seconds 4] [--rounds 3] [--peers fleetspec,vllm-router,nginx,litellm]
+        [--seconds 4] [--rounds 3] [--peers fleetspec,fleetspec-asyncio,vllm-router,nginx,litellm]
         [--vllm-router PATH] [--litellm PATH] [--router-core 1] [--load-core 0]
 
 Fair by construction:
@@ -155,7 +155,7 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def fleetspec_peer(work: pathlib.Path, upstream: int) -> Peer:
+def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop") -> Peer:
     spec = models.FleetSpec.model_validate({
         "name": "bench", "base_model": {"id": BASE}, "gpus": [{"type": "sim", "count": 1}],
         "servers": [{"name": "main", "lora": {"max_loras": 2, "max_lora_rank": 8}}],
@@ -167,9 +167,10 @@ def fleetspec_peer(work: pathlib.Path, upstream: int) -> Peer:
     port = free_port()
     version = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True).stdout.strip()
-    return Peer("fleetspec router", f"this tree ({version}, Python {sys.version.split()[0]})",
+    name = "fleetspec router" if event_loop == "uvloop" else f"fleetspec router ({event_loop} loop)"
+    return Peer(name, f"this tree ({version}, Python {sys.version.split()[0]}, {event_loop} event loop)",
                 [sys.executable, "-m", "fleetspec.router", "serve", "--config", str(path), "--port", str(port),
-                 "--log-level", "warning"], port, "/health")
+                 "--log-level", "warning"], port, "/health", env={"FLEETSPEC_ROUTER_EVENT_LOOP": event_loop})
 
 
 def vllm_router_peer(binary: str, upstream: int) -> Peer:
@@ -333,6 +334,8 @@ def main() -> None:
             for name in wanted:
                 if name == "fleetspec":
                     peer = fleetspec_peer(work, upstream_port)
+                elif name == "fleetspec-asyncio":
+                    peer = fleetspec_peer(work, upstream_port, "asyncio")
                 elif name == "vllm-router" and args.vllm_router:
                     peer = vllm_router_peer(args.vllm_router, upstream_port)
                 elif name == "nginx":

@@ -48,7 +48,10 @@ from fleetspec.drivers import base, files, launchers, procs
 
 IMAGE = base.LOCAL_IMAGE  # what observe() reports as the image: there is none
 _STOP_GRACE_S = 10.0  # SIGTERM → SIGKILL, as for Docker
-_KILL_WAIT_S = 5.0  # after SIGKILL the kernel needs moments, not seconds
+# After SIGKILL the kernel still has to tear each process down; a real vLLM CPU worker holds GiBs of
+# KV cache and shared memory, and on a busy VM freeing them was seen to take more than 5 s (issue 13's
+# real-vLLM tier). The loop returns as soon as the group is gone, so the bound costs nothing otherwise.
+_KILL_WAIT_S = 30.0
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's container-name rule: safe as a file name
 _PROC = procs.PROC
@@ -218,8 +221,9 @@ class LocalDriver:
                 time.sleep(self.poll_s)
         if self._alive(record):
             raise errors.TemporaryError(
-                f"Process {record.name} (pid {record.pid}) survived SIGKILL; it is probably stuck in the "
-                "kernel (a GPU driver call). Wait a little and run the command again."
+                f"Process {record.name} (pid {record.pid}) survived SIGKILL for {_KILL_WAIT_S:g} s; "
+                f"{_stuck_members(record.pid)} it is probably stuck in the kernel (a GPU driver call, or "
+                "freeing a large amount of memory). Wait a little and run the command again."
             )
 
     def _alive(self, record: ProcessRecord) -> bool:
@@ -456,12 +460,25 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    for entry in _PROC.iterdir():  # zombies still count for kill(0); they are dead for us
+    return bool(_live_members(pgid))  # zombies still count for kill(0); they are dead for us
+
+
+def _live_members(pgid: int) -> list[tuple[str, str]]:
+    """(pid, kernel state) of every process of group `pgid` that is not a zombie."""
+    members = []
+    for entry in _PROC.iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-                return True
-    return False
+                members.append((entry.name, fields[0]))
+    return members
+
+
+def _stuck_members(pgid: int) -> str:
+    """Which processes of the group are left and in what kernel state (D: uninterruptible), so
+    the operator can look at them (`cat /proc/PID/stack`) instead of guessing."""
+    left = [f"pid {pid} in state {state}" for pid, state in _live_members(pgid)[:5]]
+    return f"left in its group: {', '.join(left)};" if left else ""
 
 
 def _signal(record: ProcessRecord, sig: signal.Signals) -> None:

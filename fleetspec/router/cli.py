@@ -48,12 +48,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     port = args.port or router.config.spec.runtime.router.port
     try:
-        asyncio.run(_run(router, args.host, port))
+        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+            runner.run(_run(router, args.host, port))
     except OSError as exc:
         sys.stderr.write(f"error: the router cannot listen on {args.host}:{port} ({exc.strerror or exc}); "
                          "free the port or pass another with --port\n")
         return 1
     return 0
+
+
+def _event_loop_factory():
+    """uvloop where it is installed (a declared dependency on Linux and macOS): libuv's loop and
+    transports cost the router less CPU per proxied request than asyncio's own (docs/benchmarks.md,
+    "Router HTTP front: side by side"); the router's code is the same on either.
+    FLEETSPEC_ROUTER_EVENT_LOOP=asyncio keeps asyncio's loop (to compare, or to rule uvloop out)."""
+    if os.environ.get("FLEETSPEC_ROUTER_EVENT_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _run(router, host: str, port: int) -> None:

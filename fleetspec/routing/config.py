@@ -23,6 +23,7 @@ running router on the very same `RoutingTable.from_spec`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -82,18 +83,35 @@ class RouterConfig:
     hash: str  # sha256 of the canonical document, as compile.desired computes it
 
     def adapter_path(self, specialist: str, version: str) -> str | None:
-        served = self.table.served.get((specialist, version))
+        # Asked on every routed request; the answer only changes with the config, so it is kept per
+        # (specialist, version) the fleet declares (a bounded set: unknown names are not remembered).
+        key = (specialist, version)
+        if key in self._adapter_path_memo:
+            return self._adapter_path_memo[key]
+        served = self.table.served.get(key)
         if served in self.adapter_paths:
             return self.adapter_paths[served]
-        entry = self.spec.specialist(specialist).version_entry(version) if self.spec.specialist(specialist) else None
+        found = self.spec.specialist(specialist)
+        entry = found.version_entry(version) if found else None
+        if entry is not None:
+            self._adapter_path_memo[key] = entry.path
         return entry.path if entry else None
 
     def hosts(self, specialist: str | None) -> frozenset[str]:
         """Server names whose replicas may serve a specialist; every server for the base model."""
-        if specialist is None:
-            return frozenset(s.name for s in self.spec.servers)
-        found = self.spec.specialist(specialist)
-        return frozenset(s.name for s in self.spec.hosts_of(found)) if found else frozenset()
+        return self._hosts.get(specialist, frozenset())
+
+    @functools.cached_property
+    def _adapter_path_memo(self) -> dict[tuple[str, str], str]:
+        return {}
+
+    @functools.cached_property
+    def _hosts(self) -> dict[str | None, frozenset[str]]:
+        """Built once per config (the hosting index makes it linear in the fleet), not per request."""
+        hosts: dict[str | None, frozenset[str]] = {None: frozenset(s.name for s in self.spec.servers)}
+        for specialist in self.spec.specialists:
+            hosts[specialist.name] = frozenset(s.name for s in self.spec.hosts_of(specialist))
+        return hosts
 
 
 def document(spec: models.FleetSpec, upstreams: Sequence[Upstream | Mapping], *,
