@@ -222,7 +222,7 @@ class LocalDriver:
         if self._alive(record):
             raise errors.TemporaryError(
                 f"Process {record.name} (pid {record.pid}) survived SIGKILL for {_KILL_WAIT_S:g} s; "
-                f"{_stuck_members(record.pid)} it is probably stuck in the kernel (a GPU driver call, or "
+                f"{_stuck_members(record.pid)}it is probably stuck in the kernel (a GPU driver call, or "
                 "freeing a large amount of memory). Wait a little and run the command again."
             )
 
@@ -478,7 +478,7 @@ def _stuck_members(pgid: int) -> str:
     """Which processes of the group are left and in what kernel state (D: uninterruptible), so
     the operator can look at them (`cat /proc/PID/stack`) instead of guessing."""
     left = [f"pid {pid} in state {state}" for pid, state in _live_members(pgid)[:5]]
-    return f"left in its group: {', '.join(left)};" if left else ""
+    return f"left in its group: {', '.join(left)}; " if left else ""
 
 
 def _signal(record: ProcessRecord, sig: signal.Signals) -> None:

@@ -47,10 +47,11 @@ def router_drift(spec, url: str | None = None) -> list[str]:
     request = urllib.request.Request(f"{url or router_url(spec)}/admin/state",
                                      headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(request, timeout=2.0) as response:  # noqa: S310 - our own router
-            state_ = json.loads(response.read())
+        state_ = json.loads(_bounded_get(request, 2.0, MAX_STATE_BYTES))
     except (OSError, ValueError):
-        return []  # no router answering: the plan already says it will start one
+        return []  # no router answering (or not a router's answer): the plan already says it will start one
+    if not isinstance(state_, dict):
+        return []
     found = [f"the router maps cluster {c['cluster']} to {c['specialist']} at runtime (fleet.yaml says "
              f"{c.get('declared') or 'nothing'}); put it in the fleet file or clear it (POST /admin/clusters/clear)"
              for c in state_.get("clusters", []) if c.get("specialist") != c.get("declared")]
@@ -61,6 +62,21 @@ def router_drift(spec, url: str | None = None) -> list[str]:
 
 
 MAX_HEALTH_BYTES = 16 << 20  # hundreds of pods, each with its adapters and its agent's last good set
+MAX_STATE_BYTES = 16 << 20  # every cluster mapping of a large hash-cluster rule, and the warmed adapters
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _bounded_get(request, timeout_s: float, cap: int) -> bytes:
+    """The body of a GET to the fleet's router, at most `cap` bytes (_TooLarge beyond): --router-url
+    may point anywhere, and nothing read from it may exhaust this process."""
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the fleet's router
+        body = response.read(cap + 1)
+    if len(body) > cap:
+        raise _TooLarge(f"larger than {cap >> 20} MiB")
+    return body
 
 
 def read_health(url: str, timeout_s: float = 5.0) -> dict:
@@ -68,18 +84,16 @@ def read_health(url: str, timeout_s: float = 5.0) -> dict:
     cannot be read (for a Kubernetes fleet, the router is all fleetspec can see of the cluster)."""
     where = f"{url.rstrip('/')}/health"
     try:
-        with urllib.request.urlopen(where, timeout=timeout_s) as response:  # noqa: S310 - the fleet's router
-            body = response.read(MAX_HEALTH_BYTES + 1)
+        body = _bounded_get(where, timeout_s, MAX_HEALTH_BYTES)
     except urllib.error.HTTPError as exc:
         raise errors.TemporaryError(f"the router at {url} answered /health with HTTP {exc.code}; is {url} the "
                                     "fleet's router (check --router-url)?") from None
+    except _TooLarge as exc:
+        raise errors.TemporaryError(f"the router's /health at {url} is {exc}; fleetspec does not read it") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise errors.TemporaryError(f"the router does not answer at {where} ({reason}); check --router-url, or "
                                     "reach the router with `kubectl port-forward`") from None
-    if len(body) > MAX_HEALTH_BYTES:
-        raise errors.TemporaryError(f"the router's /health at {url} is larger than {MAX_HEALTH_BYTES >> 20} MiB; "
-                                    "fleetspec does not read it") from None
     try:
         health = json.loads(body)
     except ValueError:
