@@ -221,6 +221,9 @@ class Applier:
             return Outcome(action, SKIPPED, f"kept serving: its successor {successor} did not load"
                            + ("" if where == [action.target] else f" on {', '.join(where)}"))
         replica = self.want.replicas[(action.server, action.replica)]
+        if self.router is not None and not self.router.settle(action.server, action.replica, action.adapter):
+            self.progress(f"Requests for {action.adapter} on {action.target} were still in flight after "
+                          f"{self.router.drain_timeout_s:.0f} s; unloading it anyway")
         removed = self._engine(replica).unload_adapter(action.adapter)
         return Outcome(action, OK if removed else UNCHANGED, "unloaded" if removed else "was not loaded")
 

@@ -176,6 +176,17 @@ class RouterLink:
             time.sleep(0.05)
         return True
 
+    def settle(self, server: str, replica: int, served_name: str) -> bool:
+        """Wait (bounded) until the router has no request in flight for one adapter on one replica:
+        called after the router moved a specialist off `served_name` and before the engine unloads it,
+        so requests the router placed there just before the switch are not sent after the unload."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while _inflight(self.url, server, replica, served_name):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def undrain(self, server: str, replica: int) -> None:
         self._set_draining(server, replica, False)
 
@@ -196,8 +207,9 @@ class RouterLink:
         return True
 
 
-def _inflight(url: str, server: str, replica: int) -> int:
-    """Requests the router has in flight on one replica (its /health lists them), 0 when unknown."""
+def _inflight(url: str, server: str, replica: int, served_name: str | None = None) -> int:
+    """Requests the router has in flight on one replica (its /health lists them), only those for
+    `served_name` when given; 0 when unknown."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:  # noqa: S310 - our own router
             health = json.loads(response.read())
@@ -205,5 +217,8 @@ def _inflight(url: str, server: str, replica: int) -> int:
         return 0
     for row in health.get("replicas", []):
         if row.get("server") == server and row.get("replica") == replica:
-            return int(row.get("inflight") or 0)
+            if served_name is None:
+                return int(row.get("inflight") or 0)
+            by_model = row.get("inflight_by_model")
+            return int(by_model.get(served_name) or 0) if isinstance(by_model, dict) else 0
     return 0

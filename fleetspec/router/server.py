@@ -48,8 +48,11 @@ log = logging.getLogger("fleetspec.router")
 
 NO_HEALTHY_REPLICA = "no-healthy-replica"  # the chosen specialist's servers are all down
 ADAPTER_UNAVAILABLE = "adapter-unavailable"  # replicas are up, but none serves it or could load it in time
-PREVIOUS_VERSION = "previous-version"
-OUTSIDE_SCOPE = "not-on-this-server"  # an Ingress server path (/tasks/...) and a specialist that server lacks  # routing.fallback: previous sent it to the specialist's previous_version
+PREVIOUS_VERSION = "previous-version"  # routing.fallback: previous sent it to the specialist's previous_version
+OUTSIDE_SCOPE = "not-on-this-server"  # an Ingress server path (/tasks/...) and a specialist that server lacks
+# How often one request is decided again with a config that replaced the one it started with, when an
+# engine said it no longer serves the adapter (apply unloaded the old version just after the switch).
+REDECIDE_LIMIT = 2
 WATCH_SECONDS = 0.1  # one stat() of the config file; apply waits for it, so it bounds a route change
 LINGER_S = 1.0  # after an error answer, how long unread request bytes are drained so the client sees it
 LINGER_BYTES = 1024 * 1024
@@ -74,6 +77,11 @@ class _BrokenBody(Exception):
 class _Missing(Exception):
     """The engine answered 404 for the adapter: it does not serve it (any more). Nothing reached the
     client and the engine queued nothing, so another replica (or a load) may take the request."""
+
+
+class _Stale(Exception):
+    """An engine no longer serves the adapter this request was decided for, and a newer config has
+    replaced the one the request started with: decide it again with the config the router serves now."""
 
 
 class _NoAnswer(Exception):
@@ -280,7 +288,7 @@ class Router:
         unserved = residency.unserved(replicas, self._promised)
         rows = [{"server": r.server, "replica": r.upstream.replica, "url": r.upstream.url,
                  "healthy": r.healthy, "draining": r.draining, "inflight": r.inflight,
-                 "adapters": sorted(r.adapters), "last_error": r.last_error, "agent": r.agent_json()}
+                 "inflight_by_model": dict(sorted(r.busy.items())), "adapters": sorted(r.adapters), "last_error": r.last_error, "agent": r.agent_json()}
                 for r in replicas]
         # The agents' problems (a refused ConfigMap, an agent that does not answer) are shown, not acted
         # on: the pod keeps its last good set and routing follows what each engine serves.
@@ -437,9 +445,6 @@ class Router:
     async def _proxy(self, request: httpio.Request, writer: asyncio.StreamWriter, chat: bool,
                      scope: _Scope | None = None) -> bool:
         started = time.perf_counter()
-        config, routing = self.config, self.table  # this request's view, whatever reloads happen
-        if scope is not None and scope.server is not None:
-            config = _ServerScoped(config, scope.server)
         try:
             body = httpjson.loads(request.body, self.limits.max_json_depth)
         except httpjson.TooDeep as exc:
@@ -449,12 +454,43 @@ class Router:
         if not isinstance(body, dict):
             return await _send_json(writer, 400, openai.error(400, "The request body must be a JSON object."),
                                     keep_alive=request.keep_alive)
-        sticky = request.headers.get(routing.sticky_key.lower()) if routing.sticky_key else None
-        extensions = [e.strip() for e in request.headers.get(EXTENSIONS_HEADER, "").split(",") if e.strip()]
         model = body.get("model") if isinstance(body.get("model"), str) else None
         if scope is not None and scope.model is not None and not (model or "").startswith(f"{scope.model}@"):
             model = scope.model  # /chatbot/... means the chatbot specialist (a chatbot@version stays)
         prompt = openai.prompt_text(body, chat)
+        for attempt in range(REDECIDE_LIMIT + 1):
+            # This request's view, whatever reloads happen; taken again only when an engine said the
+            # adapter it was decided for is gone and a newer config has been loaded since (_Stale).
+            config, routing = self.config, self.table
+            if scope is not None and scope.server is not None:
+                config = _ServerScoped(config, scope.server)
+            wanted = await self._decide(request, routing, prompt, model, record=attempt == 0)
+            if wanted.rejected:
+                return await self._reject(writer, wanted, request.keep_alive)
+            if wanted.specialist is not None and not config.hosts(wanted.specialist):
+                wanted = _base_instead(wanted, routing, OUTSIDE_SCOPE)  # /tasks/... and a chat specialist
+            decision, replica = await self._place(wanted, config, routing)
+            self.stats.record(decision)
+            if decision.fallback_reason:
+                self.metrics.fallbacks.inc(decision.fallback_reason)
+            if decision.rejected:
+                self.metrics.requests.inc(wanted.specialist, wanted.version or "", "503")
+                return await self._unservable(writer, wanted, decision, request.keep_alive)
+            try:
+                status, keep, decision = await self._forward(request, writer, body, wanted, decision, replica,
+                                                             config, routing, may_redecide=attempt < REDECIDE_LIMIT)
+            except _Stale:
+                continue
+            break
+        labels = (decision.specialist or metrics.BASE_LABEL, decision.version or "")
+        self.metrics.requests.inc(*labels, str(status))
+        self.metrics.latency.observe(time.perf_counter() - started, *labels)
+        return keep
+
+    async def _decide(self, request: httpio.Request, routing: table.RoutingTable, prompt: str, model: str | None,
+                      record: bool) -> table.Decision:
+        sticky = request.headers.get(routing.sticky_key.lower()) if routing.sticky_key else None
+        extensions = [e.strip() for e in request.headers.get(EXTENSIONS_HEADER, "").split(",") if e.strip()]
         ticked = time.perf_counter()
         decision = routing.decide(prompt, extensions=extensions, explicit_model=model, sticky_key=sticky,
                                   explain=False, embed=False)
@@ -464,37 +500,24 @@ class Router:
             ticked = time.perf_counter()
             decision = await asyncio.to_thread(routing.by_embedding, decision, prompt, sticky)
             self.metrics.embeddings.observe(time.perf_counter() - ticked)
-        gaplog.record(self, decision, prompt, extensions)  # queued only: the writer runs in the background
-        if decision.rejected:
-            return await self._reject(writer, decision, request.keep_alive)
-        if decision.specialist is not None and not config.hosts(decision.specialist):
-            decision = _base_instead(decision, routing, OUTSIDE_SCOPE)  # /tasks/... and a chat specialist
-        wanted = decision
-        decision, replica = await self._place(wanted, config, routing)
-        self.stats.record(decision)
-        if decision.fallback_reason:
-            self.metrics.fallbacks.inc(decision.fallback_reason)
-        if decision.rejected:
-            self.metrics.requests.inc(wanted.specialist, wanted.version or "", "503")
-            return await self._unservable(writer, wanted, decision, request.keep_alive)
-        status, keep, decision = await self._forward(request, writer, body, wanted, decision, replica, config, routing)
-        labels = (decision.specialist or metrics.BASE_LABEL, decision.version or "")
-        self.metrics.requests.inc(*labels, str(status))
-        self.metrics.latency.observe(time.perf_counter() - started, *labels)
-        return keep
+        if record:
+            gaplog.record(self, decision, prompt, extensions)  # queued only: the writer runs in the background
+        return decision
 
     # -- where a request goes ----------------------------------------------------------------------
 
-    async def _place(self, wanted: table.Decision, config, routing, exclude: list | None = None
-                     ) -> tuple[table.Decision, upstreams.Replica | None]:
+    async def _place(self, wanted: table.Decision, config, routing, tried: list | None = None,
+                     down: list | None = None) -> tuple[table.Decision, upstreams.Replica | None]:
         """The replica for a decision, its adapter loaded first where it must be (residency); when
         the specialist cannot be served, routing.fallback decides: its previous version, the base
-        model, or a rejected decision."""
-        exclude = exclude or []
+        model, or a rejected decision. `tried` replicas are not chosen for the wanted adapter again;
+        of them, only the `down` ones (they refused the connection) are skipped for anything else:
+        an engine that lacks one adapter still serves the base model and its other adapters."""
+        tried, exclude = tried or [], down or []
         if wanted.specialist is None:
             return wanted, self.upstreams.choose(wanted.served_name, config.hosts(None), adapter=False,
                                                  exclude=exclude).replica
-        replica, reason = await self._adapter_replica(wanted, config, exclude)
+        replica, reason = await self._adapter_replica(wanted, config, tried)
         if replica is not None:
             return wanted, replica
         if routing.fallback == "previous":
@@ -568,10 +591,14 @@ class Router:
         return await _send_json(writer, 400, openai.error(400, message), keep_alive=keep_alive)
 
     async def _forward(self, request, writer, body: dict, wanted: table.Decision, decision: table.Decision,
-                       replica: upstreams.Replica | None, config, routing) -> tuple[int, bool, table.Decision]:
+                       replica: upstreams.Replica | None, config, routing, may_redecide: bool = False
+                       ) -> tuple[int, bool, table.Decision]:
         """Send to `replica`; while engines refuse the connection or say they lack the adapter
-        (nothing reached the client yet), place the request again without them."""
+        (nothing reached the client yet), place the request again without them. An adapter gone
+        while a newer config is loaded raises _Stale (when `may_redecide`): the request was decided
+        for a version apply has since moved away from."""
         tried: list[upstreams.Replica] = []
+        down: list[upstreams.Replica] = []
         while replica is not None:
             current, served = replica, decision.served_name
             body["model"] = served
@@ -585,10 +612,13 @@ class Router:
             except _NotSent as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "connect")
                 self.upstreams.mark_down(current, str(exc))
+                down.append(current)
             except _Missing:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "adapter-missing")
                 log.warning("engine %s no longer serves %s; routing its requests elsewhere", current.upstream.url, served)
                 current.lost(served)
+                if may_redecide and self.table is not routing:
+                    raise _Stale() from None
             except _NoAnswer as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
                 await _send_json(writer, exc.status, openai.error(exc.status, str(exc)), keep_alive=request.keep_alive)
@@ -602,7 +632,7 @@ class Router:
                 if not current.busy[served]:
                     del current.busy[served]
             tried.append(current)
-            decision, replica = await self._place(wanted, config, routing, exclude=tried)
+            decision, replica = await self._place(wanted, config, routing, tried=tried, down=down)
             if decision.rejected:
                 await self._unservable(writer, wanted, decision, request.keep_alive)
                 return 503, request.keep_alive, decision

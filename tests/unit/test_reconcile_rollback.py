@@ -38,12 +38,18 @@ class FakeEngine:
 
 
 class FakeRouter:
-    def __init__(self):
-        self.published = []
+    drain_timeout_s = 30.0
+
+    def __init__(self, engines=None):
+        self.published, self.engines = [], engines or {}
 
     def update(self, held_back=None) -> str:
         self.published.append(held_back)
         return "router serves the new config"
+
+    def settle(self, server: str, replica: int, served_name: str) -> bool:
+        self.engines[8000 + replica].calls.append(("settled", served_name))
+        return True
 
 
 def run(refused_on_1: set[str]):
@@ -53,7 +59,7 @@ def run(refused_on_1: set[str]):
                 for i in (0, 1)}
     want = desired.DesiredState("demo", replicas, None, None)
     engines = {8000: FakeEngine(set()), 8001: FakeEngine(refused_on_1)}
-    router = FakeRouter()
+    router = FakeRouter(engines)
     applier = apply.Applier(None, want, router=router, spec=SPEC)
     applier._engine = lambda replica: engines[replica.port]
     actions = []
@@ -85,3 +91,11 @@ def test_when_every_load_succeeds_the_router_moves_and_old_versions_go():
     result, router, engines = run(set())
     assert result.ok and router.published == [{}]
     assert all(("unload", "python--1.0.0") in e.calls for e in engines.values())
+
+
+def test_each_unload_waits_until_the_router_has_nothing_in_flight_for_that_adapter_there():
+    _, _, engines = run(set())
+
+    for engine in engines.values():
+        for name in ("python--1.0.0", "sql--1.0.0"):
+            assert engine.calls.index(("settled", name)) == engine.calls.index(("unload", name)) - 1
