@@ -105,12 +105,17 @@ class ReleaseFacts:
     gpu_memory_utilization_default: float
     max_lora_rank_default: int = 16
     max_loras_default: int = 1
+    # MoE backends that refuse LoRA at start-up: LoRAConfig.verify_with_kernel_config, vllm/config/lora.py
+    # of 0.33 (MEGA_MOE_BACKENDS in vllm/config/kernel.py, plus aiter_mega_moe); 0.32 has no such check.
+    lora_refused_moe_backends: frozenset[str] = frozenset()
 
     def has_flag(self, flag: str) -> bool:
         return any(f.flag == flag and f.exists_in(self.version) for f in FLAGS)
 
 
 _RANKS_WITH_1 = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_MEGA_MOE_BACKENDS = frozenset({"deep_gemm_mega_moe", "flashinfer_moe_ep_cutedsl", "flashinfer_moe_ep_mega_deep_gemm",
+                                "aiter_mega_moe"})
 _RANKS_WITHOUT_1 = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -122,7 +127,20 @@ def facts(version: str) -> ReleaseFacts:
         version=parsed,
         allowed_max_lora_ranks=_RANKS_WITH_1 if parsed >= (0, 12) else _RANKS_WITHOUT_1,
         gpu_memory_utilization_default=derived.default_gpu_memory_utilization(version),
+        lora_refused_moe_backends=_MEGA_MOE_BACKENDS if parsed >= (0, 33) else frozenset(),
     )
+
+
+def moe_backend(extra_args: list[str]) -> tuple[int, str] | None:
+    """(position, backend) of the last `--moe-backend` in a server's extra_args, normalized as vLLM's
+    parser does (lower case, `-` → `_`: the argument's type in EngineArgs.add_cli_args)."""
+    found = None
+    for position, word in enumerate(extra_args):
+        if word.startswith("--moe-backend="):
+            found = (position, word.split("=", 1)[1])
+        elif word == "--moe-backend" and position + 1 < len(extra_args):
+            found = (position + 1, extra_args[position + 1])
+    return None if found is None else (found[0], found[1].lower().replace("-", "_"))
 
 
 def flag_owner(word: str) -> Flag | None:

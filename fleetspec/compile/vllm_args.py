@@ -265,6 +265,12 @@ def check_server(spec: models.FleetSpec, server: models.Server, locate: Locate |
     for position, word in enumerate(server.extra_args):
         for code, message, hint in vllm_flags.extra_arg_problems(word, version):
             add(("servers", index, "extra_args", position), code, message, hint)
+    backend = vllm_flags.moe_backend(server.extra_args)
+    if lora is not None and backend is not None and backend[1] in release.lora_refused_moe_backends:
+        add(("servers", index, "extra_args", backend[0]), "lora-refused-by-moe-backend",
+            f"vLLM {version} refuses to start with LoRA and --moe-backend {backend[1]}: the MegaMoE kernels "
+            "do not run adapters.",
+            "Drop --moe-backend (vLLM picks one that supports LoRA), or serve this server without adapters.")
     return found
 
 

@@ -181,3 +181,21 @@ def test_an_unknown_flag_names_the_release_that_has_it():
     assert problem.message == ('vLLM 0.32 has no --disable-log-requests; it would exit at start with '
                                '"unrecognized arguments: --disable-log-requests".')
     assert problem.hint.startswith("--disable-log-requests exists in vLLM 0.33;")
+
+
+@pytest.mark.parametrize(("extra", "version", "lora", "codes"), [
+    # LoRAConfig.verify_with_kernel_config (vllm/config/lora.py, 0.33) refuses the MegaMoE backends.
+    (["--moe-backend", "deep_gemm_mega_moe"], "0.33.0", True, ["lora-refused-by-moe-backend"]),
+    (["--moe-backend=FlashInfer-MoE-EP-CuteDSL"], "0.33.0", True, ["lora-refused-by-moe-backend"]),
+    (["--moe-backend", "aiter_mega_moe"], "0.34.0", True, ["lora-refused-by-moe-backend"]),
+    (["--moe-backend", "triton"], "0.33.0", True, []),
+    (["--moe-backend", "deep_gemm_mega_moe"], "0.33.0", False, []),  # no adapters: nothing to refuse
+    (["--moe-backend", "deep_gemm_mega_moe"], "0.32.0", True, []),  # 0.32 has no such check
+])
+def test_lora_with_a_mega_moe_backend_is_refused_where_vllm_refuses_it(extra, version, lora, codes):
+    server = {"name": "main", "extra_args": extra, **({"lora": {}} if lora else {})}
+    spec = fleet(servers=[server], runtime={"vllm_version": version})
+    problems = vllm_args.check_server(spec, spec.servers[0])
+    assert [p.code for p in problems if p.code != "unknown-vllm-flag"] == codes
+    if codes:
+        assert problems[-1].path.startswith("servers[0].extra_args[")
