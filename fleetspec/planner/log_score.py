@@ -36,9 +36,15 @@ class Scored:
 
     @property
     def failure_predicted(self) -> bool | None:
+        """Whether a logged failure was foreseen; a record the planner could not plan foresaw nothing
+        (its "does not fit" is the unknown model or setting, not a prediction)."""
         if self.logged_failure is None:
             return None
-        return not self.plan_fits
+        return not self.unmodelled and not self.plan_fits
+
+    @property
+    def false_alarm(self) -> bool:
+        return self.logged_failure is None and not self.unmodelled and not self.plan_fits
 
 
 def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.FleetSpec:
@@ -115,6 +121,6 @@ def summary(results: Iterable[Scored]) -> dict:
     out["failures"] = {
         "logged": len(failed),
         "predicted": sum(1 for r in failed if r.failure_predicted),
-        "false_alarms": sum(1 for r in results if r.logged_failure is None and not r.plan_fits),
+        "false_alarms": sum(1 for r in results if r.false_alarm),
     }
     return out

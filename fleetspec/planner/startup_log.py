@@ -31,7 +31,8 @@ GIB = 1 << 30
 
 _NUMBER = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
 
-_VERSION = re.compile(r"Initializing an? (?:V1 )?LLM engine \(v?([0-9]+\.[0-9]+(?:\.[0-9]+)?)[^)]*\)")
+# 0.7-0.9 name the engine in the line ("Initializing a V0 LLM engine (v0.7.1)"), as V1 does.
+_VERSION = re.compile(r"Initializing an? (?:V[01] )?LLM engine \(v?([0-9]+\.[0-9]+(?:\.[0-9]+)?)[^)]*\)")
 _V1_ENGINE = re.compile(r"Initializing a V1 LLM engine|\bV1 LLM engine\b|vllm\.v1\.|\(EngineCore")
 _CONFIG = {
     "model": re.compile(r"with config: model='([^']+)'"),

@@ -153,3 +153,17 @@ def test_harness_runs_on_a_manifest_of_log_files(tmp_path, capsys):
     assert module.main([str(tmp_path / "m.yaml")]) == 0
     out = capsys.readouterr().out
     assert "| llama |" in out and "| qwen |" in out and '"records": 2' in out
+
+
+def test_an_unmodelled_record_neither_predicts_its_failure_nor_raises_a_false_alarm():
+    failed = log_score.Scored("unknown-oom", {}, "cuda-oom", False, unmodelled="unknown model")
+    started = log_score.Scored("unknown-ok", {}, None, False, unmodelled="unknown model")
+    assert failed.failure_predicted is False and not started.false_alarm
+    assert log_score.summary([failed, started])["failures"] == {"logged": 1, "predicted": 0, "false_alarms": 0}
+
+
+def test_the_version_of_a_v0_engine_that_names_itself_is_read():
+    # vLLM 0.7-0.9 print "a V0 LLM engine" (vllm-project/vllm#15815 quotes 0.7.1).
+    facts = startup_log.parse("INFO 03-31 10:00:00 llm_engine.py:232] Initializing a V0 LLM engine (v0.7.1) "
+                              "with config: model='Qwen/Qwen2.5-32B-Instruct', tensor_parallel_size=2,")
+    assert facts.vllm_version == "0.7.1" and facts.v1_engine is False
