@@ -60,7 +60,7 @@ class Overheads:
     reference_batched_tokens: int
     activation_base_bytes: dict[str, int]  # "dense" / "moe"
     activation_pp_factor: float
-    activation_v0_factor: float
+    activation_v0_hidden_copies: int  # hidden-sized tensors alive at V0's forward peak
     non_torch_bytes: dict[str, int]  # single_gpu / tensor_parallel / pipeline_only
     cuda_context_bytes: dict[str, int]
     flash_attn_splits: int
@@ -124,7 +124,7 @@ def load() -> Overheads:
         reference_batched_tokens=act["reference_batched_tokens"],
         activation_base_bytes={k: _gib(v) for k, v in act["base_gib"].items()},
         activation_pp_factor=act["pp_factor"],
-        activation_v0_factor=act["v0_factor"],
+        activation_v0_hidden_copies=act["v0_forward"]["hidden_copies"],
         non_torch_bytes={k: _gib(v) for k, v in data["non_torch_gib"].items()},
         cuda_context_bytes={k: _gib(v) for k, v in data["cuda_context_gib"].items()},
         flash_attn_splits=graphs["flash_attn_splits"],

@@ -89,7 +89,8 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
     weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size)
     lora = lora_buffer_bytes(facts, s)
-    activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version)
+    activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
+                                         tp=tp, dtype_bytes=s.dtype_bytes)
     cpu = overheads.load().cpu
     non_torch = cpu.worker_base_bytes if s.host else memory.non_torch_bytes(tp, pp)
     graphs = 0 if s.host else memory.cudagraph_bytes(

@@ -66,12 +66,13 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
                         "extrapolated"))
     else:
         kind = "MoE" if facts.is_moe else "dense"
-        what = f"activation base for {kind} models; sampler by the {_release(version)} top-k/top-p era"
         if version < c.v1_engine_since:
-            what += "; V0 factor from one 0.6.4 log"
-        text, confidence = _measured(version, what)
-        if version < c.v1_engine_since:
-            confidence = "extrapolated"
+            text, confidence = ("V0 profile run: the larger of the eager forward's MLP and hidden tensors "
+                                f"({s.max_num_batched_tokens} tokens) and the whole-vocabulary sort of its "
+                                "sampler, from vLLM's V0 model runner and sampler code", "computed")
+        else:
+            what = f"activation base for {kind} models; sampler by the {_release(version)} top-k/top-p era"
+            text, confidence = _measured(version, what)
         if facts.architecture.vision_config is not None:
             text += "; the vision encoder's dummy profile run is not modelled"
             confidence = "not modelled"

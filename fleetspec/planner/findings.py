@@ -143,8 +143,9 @@ def version_scope_finding(version: str) -> Diagnostic | None:
         what = (f"vLLM {version} is outside the releases the memory model follows "
                 f"({low[0]}.{low[1]} to {high[0]}.{high[1]}); every measured term is extrapolated")
     else:
-        what = (f"vLLM {version} runs the V0 engine: weights, KV bytes and batch defaults follow its code, "
-                "but activation, non-torch and CUDA-graph sizes are extrapolated from vLLM 0.19 measurements")
+        what = (f"vLLM {version} runs the V0 engine: weights, KV bytes, batch defaults and the profile run's peak "
+                "follow its code, but the sampler's share, non-torch and CUDA-graph sizes are extrapolated from "
+                "later releases' measurements")
     return finding(INFO, "memory-model-extrapolated", ("runtime", "vllm_version"), what,
                    "compare `plan` with the engine's own startup log (bench/score_startup_logs.py) before relying on "
                    "the last GiB")

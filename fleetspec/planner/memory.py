@@ -552,18 +552,35 @@ def _version_tuple(version: tuple[int, ...] | str) -> tuple[int, ...]:
 
 
 def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_num_seqs: int, pp: int,
-                     vllm_version: tuple[int, ...] | str) -> int:
+                     vllm_version: tuple[int, ...] | str, *, tp: int = 1, dtype_bytes: int = 2) -> int:
     """Peak of vLLM's profiling run: a forward pass of max_num_batched_tokens tokens and a dummy
-    sampler over max_num_seqs rows of fp32 logits (fit in overheads.yaml; the sampler's share
-    follows the release's top-k/top-p code, `sampler_bytes`)."""
+    sampler over max_num_seqs rows of fp32 logits. V1: a measured base for the (compiled) forward
+    plus the sampler's share by release (`sampler_bytes`). V0: the larger of its eager forward's
+    peak and the sampler's (overheads.yaml activation.v0_forward)."""
     c = overheads.load()
-    base = c.activation_base_bytes["moe" if facts.is_moe else "dense"] * batched_tokens / c.reference_batched_tokens
-    total = base + sampler_bytes(facts, max_num_seqs, vllm_version)
+    if _version_tuple(vllm_version) < c.v1_engine_since:
+        hidden = batched_tokens * facts.architecture.hidden_size * dtype_bytes
+        sampler = sampler_bytes(facts, max_num_seqs, vllm_version) + hidden
+        total = max(v0_forward_bytes(facts, batched_tokens, tp, dtype_bytes), sampler)
+    else:
+        base = c.activation_base_bytes["moe" if facts.is_moe else "dense"] * batched_tokens / c.reference_batched_tokens
+        total = base + sampler_bytes(facts, max_num_seqs, vllm_version)
     if pp > 1:
         total *= c.activation_pp_factor
-    if _version_tuple(vllm_version) < c.v1_engine_since:
-        total *= c.activation_v0_factor
     return round(total)
+
+
+def v0_forward_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, tp: int, dtype_bytes: int) -> int:
+    """Peak of the V0 engine's eager profile forward: per token, the MLP's live outputs on one rank
+    (gated: gate_up 2 × intermediate + activation 1 ×; plain 2 ×; MoE: top_k × 3 × the expert width,
+    plus a shared expert) and a few hidden-sized tensors (overheads.yaml activation.v0_forward)."""
+    a = facts.architecture
+    if facts.is_moe:
+        mlp = 3 * ((a.num_experts_per_tok or 1) * facts.expert_intermediate_size + facts.shared_expert_intermediate_size)
+    else:
+        mlp = (2 if facts.mlp == "plain" else 3) * a.intermediate_size
+    per_token = mlp / tp + overheads.load().activation_v0_hidden_copies * a.hidden_size
+    return round(batched_tokens * per_token * dtype_bytes)
 
 
 def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int,

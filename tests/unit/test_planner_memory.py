@@ -205,8 +205,10 @@ def test_the_sampler_share_follows_the_release_top_k_top_p_code():
     sorted_era = 0.19 * GIB + 9.40 * logits
     assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.16.0") == pytest.approx(sorted_era, abs=2)
     assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.17.0") == round(0.19 * GIB + 3.54 * logits)
-    # The V0 engine (< 0.8) profiles with its own runner: the sort era scaled by the V0 factor.
-    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.6.4") == pytest.approx(sorted_era * 2.53, abs=4)
+    # The V0 engine (< 0.8) profiles with its own runner: the larger of the eager forward and the
+    # sort-era sampler beside the last hidden states (1024 sequences: the sampler).
+    v0_sampler = 9.40 * logits + 8192 * 4096 * 2
+    assert memory.activation_bytes(LLAMA8, 8192, 1024, 1, "0.6.4") == pytest.approx(v0_sampler, abs=2)
     assert memory.sampler_bytes(LLAMA8, 1024, "0.16.0") == round(9.40 * logits)
 
 
@@ -258,3 +260,18 @@ def test_an_inline_parameter_count_is_trusted_even_far_from_the_shapes():
     # ...and the derived count stays reported beside the published one.
     counts = memory.parameter_counts(counted)
     assert counts["published"] == 2779683840 and counts["derived"] > 1.2 * 2779683840 and counts["layer_scale"] < 0.8
+
+
+def test_the_v0_profile_peak_is_its_eager_forward_when_the_batch_is_long():
+    # vllm-project/vllm#10517 (calibration): 0.6.4, Llama-3.1-8B, max_model_len 20,000 without chunked
+    # prefill, so V0 profiles 20,000 tokens: gate_up (2 × 14,336) and the activation (14,336) plus three
+    # hidden-sized tensors per token, 2 bytes each; the log's peak_torch − weights was 2.07 GiB.
+    forward = 20000 * (3 * 14336 + 3 * 4096) * 2
+    assert memory.v0_forward_bytes(LLAMA8, 20000, 1, 2) == forward
+    assert memory.activation_bytes(LLAMA8, 20000, 256, 1, "0.6.4") == forward
+    assert abs(forward / GIB - 2.07) < 0.02
+    # Tensor parallel splits the MLP, not the hidden tensors.
+    assert memory.v0_forward_bytes(LLAMA8, 20000, 2, 2) == 20000 * (3 * 14336 / 2 + 3 * 4096) * 2
+    # A short batch: the sampler's sort (256 rows of 128,256 logits) is the larger peak.
+    sampler = 9.40 * 256 * 128256 * 4 + 8192 * 4096 * 2
+    assert memory.activation_bytes(LLAMA8, 8192, 256, 1, "0.4.1") == round(sampler)
