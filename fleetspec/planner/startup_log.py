@@ -46,8 +46,10 @@ _CONFIG = {
 }
 _WEIGHTS = (
     (re.compile(r"Model loading took " + _NUMBER + r" ?GiB"), GIB),
-    # V0 printed GB but divided by 2**30 (model_runner.py: "/ float(2**30)"): it is GiB.
+    # V0 printed GB but divided by 2**30 (model_runner.py: "/ float(2**30)"): it is GiB; from 0.7 its
+    # line reads "Model loading took 6.2472 GB and 3.1 seconds".
     (re.compile(r"Loading model weights took " + _NUMBER + r" ?GB"), GIB),
+    (re.compile(r"Model loading took " + _NUMBER + r" ?GB\b"), GIB),
 )
 _AVAILABLE_KV = (
     re.compile(r"Available KV cache memory: " + _NUMBER + r" ?GiB"),

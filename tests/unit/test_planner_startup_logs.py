@@ -167,3 +167,9 @@ def test_the_version_of_a_v0_engine_that_names_itself_is_read():
     facts = startup_log.parse("INFO 03-31 10:00:00 llm_engine.py:232] Initializing a V0 LLM engine (v0.7.1) "
                               "with config: model='Qwen/Qwen2.5-32B-Instruct', tensor_parallel_size=2,")
     assert facts.vllm_version == "0.7.1" and facts.v1_engine is False
+
+
+def test_the_v0_weights_line_of_0_8_is_read_in_gib():
+    # V0 on 0.8.x: "Model loading took 6.2472 GB and 52.3 seconds" (GB printed, 2**30 divided).
+    facts = startup_log.parse("INFO 04-01 model_runner.py:1110] Model loading took 6.2472 GB and 52.3 seconds")
+    assert facts.weights_gib == pytest.approx(6.2472)
