@@ -22,6 +22,7 @@ class GpuFacts:
     estimated: bool = False
     simulated: bool = False
     host: bool = False  # the CPU build of vLLM: "GPU memory" is host RAM, and there is no CUDA
+    compute_capability: tuple[int, int] | None = None  # None: not a catalog card
 
     @property
     def total_gib(self) -> float:
@@ -48,7 +49,8 @@ def resolve(group: spec_models.GpuGroup) -> GpuFacts:
         if name is not None and group.memory_gib is None:
             return _catalog_facts(name)
         if name is not None:
-            return GpuFacts(name, round(group.memory_gib * GIB), "memory_gib in the fleet file", host=host)
+            return GpuFacts(name, round(group.memory_gib * GIB), "memory_gib in the fleet file", host=host,
+                            compute_capability=_capability(_entry(name)))
     label = group.type or f"custom-{group.memory_gib:g}GiB"
     return GpuFacts(label, round(group.memory_gib * GIB), "memory_gib in the fleet file")
 
@@ -76,7 +78,16 @@ def _entry(name: str) -> dict:
 def _catalog_facts(name: str) -> GpuFacts:
     entry = _entry(name)
     return GpuFacts(name, round(entry["memory_gib"] * GIB), entry["source"],
-                    entry.get("estimated", False), entry.get("simulated", False))
+                    entry.get("estimated", False), entry.get("simulated", False),
+                    compute_capability=_capability(entry))
+
+
+def _capability(entry: dict) -> tuple[int, int] | None:
+    text = entry.get("compute_capability")
+    if text is None:
+        return None
+    major, minor = str(text).split(".")
+    return int(major), int(minor)
 
 
 @functools.cache

@@ -87,7 +87,8 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     processes stand outside the budget where the CUDA context does on a GPU; there are no graphs."""
     tp, pp = s.tensor_parallel_size, s.pipeline_parallel_size
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
-    weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size)
+    weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size,
+                                  compute_capability=s.compute_capability)
     lora = lora_buffer_bytes(facts, s)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
                                          tp=tp, dtype_bytes=s.dtype_bytes)

@@ -34,6 +34,7 @@ class EngineSettings:
     lora_dtype_bytes: int
     host: bool = False  # vLLM's CPU build: host RAM, no CUDA context or graphs, 128-token blocks
     block_size: int = 16
+    compute_capability: tuple[int, int] | None = None  # the GPU's, where kernels pad weights differently
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -107,4 +108,5 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         lora_dtype_bytes=lora_bytes,
         host=gpu.host,
         block_size=overheads.load().cpu.block_size if gpu.host else overheads.load().block_size,
+        compute_capability=gpu.compute_capability,
     )

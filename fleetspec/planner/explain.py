@@ -57,6 +57,10 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     if cost.estimated:
         source += f"; {s.quantization}'s real bytes per weight depend on the checkpoint"
         confidence = "estimated"
+    padding = memory.mxfp4_expert_padding(facts, s.tensor_parallel_size, s.compute_capability) \
+        if s.quantization in quantization.EXPERTS_ONLY else 1.0
+    if padding != 1.0:
+        source += f"; experts padded ×{padding:.3f} to the MoE kernel's tile on this GPU (vLLM 0.33's choice)"
     out.append(Term("weights", b.weights, source, confidence))
     if s.lora is not None:
         out.append(Term("lora", b.lora, f"max_loras {s.lora.max_loras} × rank {s.lora.max_lora_rank} buffers on "

@@ -257,16 +257,44 @@ def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
 
 
 def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
-                 method: str = "none", group_size: int | None = None) -> int:
+                 method: str = "none", group_size: int | None = None, *,
+                 compute_capability: tuple[int, int] | None = None) -> int:
     """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
-    plus the buffers vLLM allocates with them (the rotary cos/sin cache)."""
+    plus the buffers vLLM allocates with them (the rotary cos/sin cache), with MXFP4 experts padded
+    to the shapes their kernel takes (`mxfp4_expert_padding`)."""
     split = params_per_gpu(facts, tp, pp)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
     scope = quantized_kinds(facts, method)
     total = split.other * dtype_bytes
+    padding = mxfp4_expert_padding(facts, tp, compute_capability) if method in quantization.EXPERTS_ONLY else 1.0
     for kind, count in split.by_kind().items():
+        if kind == "experts":
+            count *= padding
         total += count * (cost.bytes_per_weight if kind in scope else dtype_bytes)
     return round(total) + rope_cache_bytes(facts, dtype_bytes)
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return -(-int(value) // multiple) * multiple
+
+
+def mxfp4_expert_padding(facts: catalog_models.ModelFacts, tp: int,
+                         compute_capability: tuple[int, int] | None) -> float:
+    """How much larger MXFP4 expert weights are than the checkpoint's shapes, on one GPU: vLLM
+    rounds hidden and per-rank intermediate sizes up to its MoE kernel's tile
+    (mxfp4_round_up_hidden_size_and_intermediate_size, fused_moe/oracle/mxfp4.py of 0.33), and picks
+    the kernel by device (_get_priority_backends_for_gpt_oss): FlashInfer TRT-LLM on Blackwell
+    (hidden to 256, intermediate to 128), OpenAI's Triton kernels on Hopper (intermediate to 64),
+    Marlin before Hopper (hidden to 256, intermediate to 128). 1.0 on an unknown device."""
+    if compute_capability is None or not facts.is_moe:
+        return 1.0
+    a = facts.architecture
+    hidden, inter = a.hidden_size, facts.expert_intermediate_size / tp
+    if (9, 0) <= compute_capability < (10, 0):
+        padded_hidden, padded_inter = hidden, _round_up(inter, 64)
+    else:
+        padded_hidden, padded_inter = _round_up(hidden, 256), _round_up(inter, 128)
+    return padded_hidden * padded_inter / (hidden * inter)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -275,3 +275,18 @@ def test_the_v0_profile_peak_is_its_eager_forward_when_the_batch_is_long():
     # A short batch: the sampler's sort (256 rows of 128,256 logits) is the larger peak.
     sampler = 9.40 * 256 * 128256 * 4 + 8192 * 4096 * 2
     assert memory.activation_bytes(LLAMA8, 8192, 256, 1, "0.4.1") == round(sampler)
+
+
+def test_mxfp4_experts_are_padded_to_the_kernel_the_device_gets():
+    # mxfp4_round_up_hidden_size_and_intermediate_size (fused_moe/oracle/mxfp4.py, vLLM 0.33):
+    # Marlin before Hopper pads hidden to 256 and the per-rank intermediate to 128, Hopper's Triton
+    # kernels the intermediate to 64. gpt-oss-120b: hidden 2880, expert intermediate 2880.
+    oss = facts("openai/gpt-oss-120b")
+    assert memory.mxfp4_expert_padding(oss, 4, (8, 0)) == pytest.approx(3072 * 768 / (2880 * 720))  # A100, tp 4
+    assert memory.mxfp4_expert_padding(oss, 1, (9, 0)) == 1.0  # H100: 2880 is a multiple of 64
+    assert memory.mxfp4_expert_padding(oss, 1, (10, 0)) == pytest.approx(3072 * 2944 / (2880 * 2880))
+    assert memory.mxfp4_expert_padding(oss, 1, None) == 1.0
+    assert memory.mxfp4_expert_padding(LLAMA8, 1, (8, 0)) == 1.0  # dense: nothing to pad
+    plain = memory.weight_bytes(oss, 4, 1, 2, "mxfp4")
+    padded = memory.weight_bytes(oss, 4, 1, 2, "mxfp4", compute_capability=(8, 0))
+    assert padded > plain * 1.10  # the experts are nearly all of gpt-oss's weights
