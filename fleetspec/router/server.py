@@ -470,10 +470,8 @@ class Router:
             if wanted.specialist is not None and not config.hosts(wanted.specialist):
                 wanted = _base_instead(wanted, routing, OUTSIDE_SCOPE)  # /tasks/... and a chat specialist
             decision, replica = await self._place(wanted, config, routing)
-            self.stats.record(decision)
-            if decision.fallback_reason:
-                self.metrics.fallbacks.inc(decision.fallback_reason)
             if decision.rejected:
+                self._count(decision)
                 self.metrics.requests.inc(wanted.specialist, wanted.version or "", "503")
                 return await self._unservable(writer, wanted, decision, request.keep_alive)
             try:
@@ -482,10 +480,16 @@ class Router:
             except _Stale:
                 continue
             break
+        self._count(decision)  # once per request: the decision that answered it
         labels = (decision.specialist or metrics.BASE_LABEL, decision.version or "")
         self.metrics.requests.inc(*labels, str(status))
         self.metrics.latency.observe(time.perf_counter() - started, *labels)
         return keep
+
+    def _count(self, decision: table.Decision) -> None:
+        self.stats.record(decision)
+        if decision.fallback_reason:
+            self.metrics.fallbacks.inc(decision.fallback_reason)
 
     async def _decide(self, request: httpio.Request, routing: table.RoutingTable, prompt: str, model: str | None,
                       record: bool) -> table.Decision:
