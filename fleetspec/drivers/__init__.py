@@ -29,6 +29,11 @@ def for_runtime(target: str, fleet_file: pathlib.Path, fleet_name: str) -> base.
         silent = _docker_socket_silent()
         if silent is not None:  # say so without spending ~0.3 s importing the docker SDK
             raise no_docker_engine(silent)
+        address = docker_address()
+        if address.startswith("unix://"):
+            from fleetspec.drivers import docker_api
+
+            return docker_api.SocketDockerDriver(address[len("unix://"):])
         from fleetspec.drivers import docker
 
         return docker.DockerDriver()

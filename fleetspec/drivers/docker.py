@@ -19,6 +19,7 @@ import requests
 from fleetspec import errors
 from fleetspec.compile import desired, labels
 from fleetspec.drivers import base
+from fleetspec.drivers.docker_api import observed_from_inspect
 
 _STOP_GRACE_S = 10  # SIGTERM → SIGKILL; vLLM shuts down in well under this
 
@@ -155,36 +156,6 @@ def container_config(spec: desired.ContainerSpec) -> dict:
         ]
         kwargs["ipc_mode"] = "host"  # vLLM's docs: tensor-parallel workers share memory through /dev/shm
     return kwargs
-
-
-def observed_from_inspect(attrs: dict) -> base.ObservedContainer:
-    state = attrs.get("State") or {}
-    found = (attrs.get("Config") or {}).get("Labels") or {}
-    return base.ObservedContainer(
-        id=attrs["Id"],
-        name=attrs.get("Name", "").lstrip("/"),
-        image=(attrs.get("Config") or {}).get("Image", ""),
-        status=state.get("Status", "unknown"),
-        health=(state.get("Health") or {}).get("Status"),
-        ports=_published_ports(attrs),
-        exit_code=state.get("ExitCode") if state.get("Status") in (base.EXITED, "dead") else None,
-        started_at=state.get("StartedAt") or None,
-        **base.identity_from_labels(found),
-    )
-
-
-def _published_ports(attrs: dict) -> tuple[tuple[int, str, int], ...]:
-    published = ((attrs.get("NetworkSettings") or {}).get("Ports")) or {}
-    result = []
-    for key, bindings in published.items():
-        port, _, protocol = key.partition("/")
-        if protocol != "tcp" or not bindings:
-            continue
-        for binding in bindings:
-            if binding.get("HostPort"):
-                result.append((int(port), binding.get("HostIp", ""), int(binding["HostPort"])))
-    # IPv4 before IPv6 for the same port: callers connect to host_ip.
-    return tuple(sorted(set(result), key=lambda p: (p[0], ":" in p[1], p[1])))
 
 
 @contextlib.contextmanager

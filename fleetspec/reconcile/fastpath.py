@@ -29,13 +29,11 @@ import http.client
 import json
 import os
 import pathlib
-import socket
-import urllib.parse
 import urllib.request
 
 from fleetspec import errors
 from fleetspec.compile import labels  # standard library only, like this module
-from fleetspec.drivers import procs
+from fleetspec.drivers import docker_api, procs
 from fleetspec.engine_api import client as engine_client
 from fleetspec.reconcile import convergence
 
@@ -156,16 +154,11 @@ def _docker_containers(fleet: str) -> list[tuple[str, dict, bool]] | None:
     address = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not address.startswith("unix://"):
         return None  # TCP/SSH engines (TLS, contexts) are left to the SDK on the full path
-    filters = urllib.parse.quote(json.dumps(labels.fleet_filter(fleet)))
-    connection = _UnixConnection(address[len("unix://"):])
-    try:
-        connection.request("GET", f"/containers/json?all=1&filters={filters}")
-        response = connection.getresponse()
-        if response.status != 200:
-            return None
-        return [(c["Id"], c.get("Labels") or {}, c.get("State") == "running") for c in json.loads(response.read())]
-    finally:
-        connection.close()
+    status, listed = docker_api.get_json(address[len("unix://"):], f"/containers/json?all=1&"
+                                         f"{docker_api.fleet_filter_query(fleet)}", timeout=TIMEOUT_S)
+    if status != 200 or not isinstance(listed, list):
+        return None
+    return [(c["Id"], c.get("Labels") or {}, c.get("State") == "running") for c in listed]
 
 
 def _local_processes(fleet: str, run_dir: str | None) -> list[tuple[str, dict, bool]] | None:
@@ -199,14 +192,3 @@ def router_config_hash(url: str) -> str | None:
             return json.loads(response.read()).get("config_hash")
     except (OSError, ValueError):
         return None
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=TIMEOUT_S)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(TIMEOUT_S)
-        self.sock.connect(self._path)

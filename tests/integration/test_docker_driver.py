@@ -153,3 +153,34 @@ def test_observe_ignores_other_fleets(driver, base_image, docker_fleet, docker_c
         assert driver.observe(docker_fleet.name) == []
     finally:
         other.remove(force=True)
+
+
+def test_the_socket_reader_sees_exactly_what_the_sdk_sees_and_hands_changes_to_it(driver, base_image, docker_fleet,
+                                                                                    docker_client, monkeypatch):
+    """`plan` and `status` read through the Engine API on the local socket without the docker SDK
+    (drivers/docker_api.py): the same containers, states, ports and labels as the SDK driver, and
+    create/remove still work through it."""
+    from fleetspec import drivers
+    from fleetspec.drivers import docker_api
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    reader = drivers.for_runtime("docker", None, docker_fleet.name)
+    assert isinstance(reader, docker_api.SocketDockerDriver)
+    spec = engine_spec(docker_fleet, base_image.tag, ["python3", "-m", "http.server", "8000"])
+    container_id = reader.create(spec)
+    try:
+        driver.wait_running(container_id, timeout_s=30)
+        seen = reader.observe(docker_fleet.name)
+        assert seen == driver.observe(docker_fleet.name)
+        assert [(c.id, c.running, c.role, c.server) for c in seen] == [(container_id, True, labels.ROLE_ENGINE, "main")]
+        assert seen[0].host_port
+    finally:
+        reader.remove(container_id)
+    assert reader.observe(docker_fleet.name) == []
+
+
+def test_the_socket_reader_says_when_no_engine_answers(tmp_path):
+    from fleetspec.drivers import docker_api
+
+    with pytest.raises(errors.TemporaryError, match="No Docker engine answered"):
+        docker_api.SocketDockerDriver(str(tmp_path / "no.sock")).observe("demo")

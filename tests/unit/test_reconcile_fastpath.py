@@ -237,6 +237,7 @@ def test_the_shortcut_loads_only_the_standard_library_and_light_fleetspec_module
                                        text=True).stdout)
     assert set(loaded) <= {"fleetspec", "fleetspec.errors", "fleetspec.compile", "fleetspec.compile.labels",
                            "fleetspec.drivers", "fleetspec.drivers.files", "fleetspec.drivers.procs",
+                           "fleetspec.drivers.docker_api",
                            "fleetspec.engine_api", "fleetspec.engine_api.client", "fleetspec.engine_api.contract",
                            "fleetspec.reconcile", "fleetspec.reconcile.convergence",
                            "fleetspec.reconcile.fastpath"}, loaded
