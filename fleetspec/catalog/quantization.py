@@ -46,6 +46,8 @@ def weight_cost(method: str, group_size: int | None, dtype_bytes: int) -> Weight
         return WeightCost(float(dtype_bytes), False)
     if method in _GROUPED_4BIT:
         group = group_size or DEFAULT_GROUP_SIZE
+        if group < 0:  # -1: one scale per output channel (GPTQ/AWQ "per-channel"), a rounding error per weight
+            return WeightCost(0.5, False)
         return WeightCost(0.5 + 2.5 / group, False)
     if method in _ONE_BYTE:
         return WeightCost(1.0, method in ASSUMED)

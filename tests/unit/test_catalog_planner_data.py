@@ -110,3 +110,11 @@ def test_kv_cache_dtype_bytes():
     assert quantization.kv_cache_bytes("auto", 2) == 2
     assert quantization.kv_cache_bytes("auto", 4) == 4
     assert quantization.kv_cache_bytes("fp8_e5m2", 2) == 1
+
+
+def test_a_per_channel_4bit_checkpoint_costs_half_a_byte_per_weight_not_a_negative_amount():
+    # group_size -1 in a GPTQ/AWQ quantize_config means one scale per output channel.
+    from fleetspec.catalog import quantization
+
+    assert quantization.weight_cost("gptq", -1, 2).bytes_per_weight == 0.5
+    assert quantization.weight_cost("gptq", 128, 2).bytes_per_weight == 0.5 + 2.5 / 128
