@@ -68,10 +68,16 @@ class SocketDockerDriver:
         """Every container of the fleet, running or not, found by label; sorted by name."""
         summaries = self._read(f"/containers/json?all=1&{fleet_filter_query(fleet_name)}",
                                "list the fleet's containers")
+        if not isinstance(summaries, list):
+            raise errors.PermanentError("Could not list the fleet's containers: the Docker engine's answer "
+                                        "was not a list of containers.")
         found = []
-        for summary in summaries or ():
-            attrs = self._read(f"/containers/{summary['Id']}/json", "inspect the fleet's containers", missing_ok=True)
-            if attrs is not None:  # None: removed between list and inspect, it is not there any more
+        for summary in summaries:
+            container_id = summary.get("Id") if isinstance(summary, dict) else None
+            if not isinstance(container_id, str) or not container_id.isalnum():
+                continue  # not a container the engine could inspect
+            attrs = self._read(f"/containers/{container_id}/json", "inspect the fleet's containers", missing_ok=True)
+            if isinstance(attrs, dict):  # None: removed between list and inspect, it is not there any more
                 found.append(observed_from_inspect(attrs))
         return sorted(found, key=lambda c: (c.name, c.id))
 
