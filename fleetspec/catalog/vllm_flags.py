@@ -114,9 +114,9 @@ class ReleaseFacts:
 
 
 _RANKS_WITH_1 = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_RANKS_WITHOUT_1 = (8, 16, 32, 64, 128, 256, 320, 512)
 _MEGA_MOE_BACKENDS = frozenset({"deep_gemm_mega_moe", "flashinfer_moe_ep_cutedsl", "flashinfer_moe_ep_mega_deep_gemm",
                                 "aiter_mega_moe"})
-_RANKS_WITHOUT_1 = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def facts(version: str) -> ReleaseFacts:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the fast path imports this module and must stay on the stan
     from fleetspec.drivers import base
 
 TIMEOUT_S = 10.0
+MAX_ANSWER_BYTES = 64 << 20  # a fleet's container list or one inspect, with room for thousands of containers
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -45,7 +46,10 @@ def get_json(path: str, target: str, timeout: float = TIMEOUT_S) -> tuple[int, o
     try:
         connection.request("GET", target)
         response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
+        body = response.read(MAX_ANSWER_BYTES + 1)
+        if len(body) > MAX_ANSWER_BYTES:
+            raise ValueError(f"the engine's answer is larger than {MAX_ANSWER_BYTES >> 20} MiB")
+        return response.status, json.loads(body or b"null")
     except http.client.HTTPException as exc:
         raise OSError(f"the engine's answer was not HTTP ({exc})") from exc
     finally:
@@ -108,8 +112,11 @@ class SocketDockerDriver:
 
         try:
             status, body = get_json(self.path, target)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise drivers.no_docker_engine(exc) from exc
+        except ValueError as exc:  # not JSON, or too large
+            raise errors.PermanentError(f"Could not {action}: the Docker engine's answer was unusable ({exc}). "
+                                        "Is DOCKER_HOST a Docker engine?") from exc
         if status == 404 and missing_ok:
             return None
         if status != 200:

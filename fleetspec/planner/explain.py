@@ -57,8 +57,7 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     if cost.estimated:
         source += f"; {s.quantization}'s real bytes per weight depend on the checkpoint"
         confidence = "estimated"
-    padding = memory.mxfp4_expert_padding(facts, s.tensor_parallel_size, s.compute_capability) \
-        if s.quantization in quantization.EXPERTS_ONLY else 1.0
+    padding = memory.mxfp4_expert_padding(facts, s.tensor_parallel_size, s.compute_capability, s.quantization)
     if padding != 1.0:
         source += f"; experts padded ×{padding:.3f} to the MoE kernel's tile on this GPU (vLLM 0.33's choice)"
     out.append(Term("weights", b.weights, source, confidence))
@@ -69,12 +68,13 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
         out.append(Term("activation", b.activation, "vLLM CPU build: the 0.19 GPU fit applied to host RAM",
                         "extrapolated"))
     else:
-        kind = "MoE" if facts.is_moe else "dense"
         if version < c.v1_engine_since:
+            # The shapes come from V0's code; the sort's size in logits tensors was measured on V1.
             text, confidence = ("V0 profile run: the larger of the eager forward's MLP and hidden tensors "
                                 f"({s.max_num_batched_tokens} tokens) and the whole-vocabulary sort of its "
-                                "sampler, from vLLM's V0 model runner and sampler code", "computed")
+                                "sampler, from vLLM's V0 model runner and sampler code", "estimated")
         else:
+            kind = "MoE" if facts.is_moe else "dense"
             what = f"activation base for {kind} models; sampler by the {_release(version)} top-k/top-p era"
             text, confidence = _measured(version, what)
         if facts.architecture.vision_config is not None:

@@ -266,7 +266,7 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
     scope = quantized_kinds(facts, method)
     total = split.other * dtype_bytes
-    padding = mxfp4_expert_padding(facts, tp, compute_capability) if method in quantization.EXPERTS_ONLY else 1.0
+    padding = mxfp4_expert_padding(facts, tp, compute_capability, method)
     for kind, count in split.by_kind().items():
         if kind == "experts":
             count *= padding
@@ -278,15 +278,16 @@ def _round_up(value: float, multiple: int) -> int:
     return -(-int(value) // multiple) * multiple
 
 
-def mxfp4_expert_padding(facts: catalog_models.ModelFacts, tp: int,
-                         compute_capability: tuple[int, int] | None) -> float:
+def mxfp4_expert_padding(facts: catalog_models.ModelFacts, tp: int, compute_capability: tuple[int, int] | None,
+                         method: str = "mxfp4") -> float:
     """How much larger MXFP4 expert weights are than the checkpoint's shapes, on one GPU: vLLM
     rounds hidden and per-rank intermediate sizes up to its MoE kernel's tile
     (mxfp4_round_up_hidden_size_and_intermediate_size, fused_moe/oracle/mxfp4.py of 0.33), and picks
     the kernel by device (_get_priority_backends_for_gpt_oss): FlashInfer TRT-LLM on Blackwell
     (hidden to 256, intermediate to 128), OpenAI's Triton kernels on Hopper (intermediate to 64),
-    Marlin before Hopper (hidden to 256, intermediate to 128). 1.0 on an unknown device."""
-    if compute_capability is None or not facts.is_moe:
+    Marlin before Hopper (hidden to 256, intermediate to 128). 1.0 on an unknown device, and for
+    other quantization methods."""
+    if compute_capability is None or not facts.is_moe or method not in quantization.EXPERTS_ONLY:
         return 1.0
     a = facts.architecture
     hidden, inter = a.hidden_size, facts.expert_intermediate_size / tp

@@ -211,10 +211,16 @@ def _inflight(url: str, server: str, replica: int, served_name: str | None = Non
     """Requests the router has in flight on one replica (its /health lists them), only those for
     `served_name` when given; 0 when unknown."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:  # noqa: S310 - our own router
-            health = json.loads(response.read())
+        health = json.loads(_bounded_get(f"{url}/health", 2.0, MAX_HEALTH_BYTES))
     except (OSError, ValueError):
         return 0
+    rows = health.get("replicas") if isinstance(health, dict) else None
+    for row in rows if isinstance(rows, list) else ():
+        if isinstance(row, dict) and row.get("server") == server and row.get("replica") == replica:
+            counts = row if served_name is None else row.get("inflight_by_model")
+            count = counts.get("inflight" if served_name is None else served_name) if isinstance(counts, dict) else 0
+            return count if isinstance(count, int) and count > 0 else 0
+    return 0
     for row in health.get("replicas", []):
         if row.get("server") == server and row.get("replica") == replica:
             if served_name is None:

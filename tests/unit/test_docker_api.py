@@ -67,3 +67,25 @@ def test_a_strange_answer_is_a_sentence(tmp_path, status, body, words):
     path = engine(tmp_path, {"/containers/json": (status, body)})
     with pytest.raises(errors.FleetspecError, match=words):
         docker_api.SocketDockerDriver(path).observe("demo")
+
+
+def test_an_answer_that_is_not_json_is_a_sentence(tmp_path):
+    class Raw(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def address_string(self) -> str:
+            return "unix"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+    path = str(tmp_path / "raw.sock")
+    server = socketserver.ThreadingUnixStreamServer(path, Raw)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with pytest.raises(errors.PermanentError, match="answer was unusable"):
+        docker_api.SocketDockerDriver(path).observe("demo")
