@@ -1,9 +1,18 @@
-"""A fleet → Kubernetes manifests (pure): one file per object plus `kustomization.yaml`.
+"""A fleet → Kubernetes manifests (pure): a few multi-document files plus `kustomization.yaml`.
 
 Objects: the Namespace; per server a Deployment (its replicas, `nvidia.com/gpu` = tp × pp, probes on
 /health with a startup budget that grows with the weights) and a Service; the router's ConfigMap
 (the compiled routing table), Deployment and Service; an Ingress when
 `runtime.kubernetes.ingress_host` is set. Labels follow Kubernetes' recommended `app.kubernetes.io/*`.
+
+Files (a file's objects separated by `---`, in apply order): `shared.yaml`, the Namespace and the
+adapters' and the model's claims when fleetspec creates them; `inline-secrets.yaml`, fleetspec's
+Secret for literal credentials when there are any, alone so that the one file with credentials can
+be encrypted or kept out of git; `vllm-<server>.yaml` per server: its adapter-set ConfigMap,
+Deployment, Service and headless `-pods` Service; `router.yaml`: the router's ConfigMap, Deployment,
+Service and Ingress. One file per server rather than per object, because creating files
+was most of k8s compile's cost at hundreds of servers (docs/benchmarks.md); kustomize reads every
+document of a resource file.
 
 Adapters: the claim `runtime.kubernetes.adapter_claim` (default `<fleet>-adapters`) is mounted
 read-only at the adapter root, so argv paths are the same inside the pod; with several roots the
@@ -34,6 +43,10 @@ from fleetspec.spec import models
 
 KUSTOMIZATION = "kustomization.yaml"
 KUSTOMIZATION_TEMPLATE = "k8s/kustomization.yaml.j2"
+SHARED_FILE = "shared.yaml"  # the Namespace and the claims; then SECRET_FILE, vllm-<server>.yaml each
+SECRET_FILE = "inline-secrets.yaml"  # fleetspec's Secret for literal credentials, alone in its file
+ROUTER_FILE = "router.yaml"
+DOCUMENT_SEPARATOR = "---\n"  # between the objects of one file
 MANAGED_BY = "fleetspec"
 PROBE_PERIOD = 10
 
@@ -309,6 +322,11 @@ def pods_service_name(server: models.Server) -> str:
     return name("vllm", server.name) + "-pods"
 
 
+def server_file(server: models.Server) -> str:
+    """The file of a server's objects: its Deployment's name (a DNS label, unique per server) + .yaml."""
+    return name("vllm", server.name) + ".yaml"
+
+
 def namespace_of(spec: models.FleetSpec) -> str:
     return spec.runtime.namespace or spec.name
 
@@ -327,36 +345,37 @@ def routing_table(spec: models.FleetSpec, base_dir: pathlib.Path | None, cluster
 
 def objects(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.Path | None,
             cluster_maps: dict | None = None) -> list[tuple[str, str, dict, str, str]]:
-    """(file, template, context key → view, kind, object name) for every object, in apply order."""
+    """(file, template, context key → view, kind, object name) for every object, in apply order; the
+    objects of one file are consecutive."""
     weights = {s.server: s.weights_gib for s in placed}
-    out = [("namespace.yaml", "k8s/namespace.yaml.j2", {"labels": labels(spec, "namespace", spec.name, "fleetspec")},
+    out = [(SHARED_FILE, "k8s/namespace.yaml.j2", {"labels": labels(spec, "namespace", spec.name, "fleetspec")},
             "Namespace", namespace_of(spec))]
+    for claim in (_adapter_claim(spec, base_dir), _model_claim(spec)):
+        if claim is not None:
+            out.append((SHARED_FILE, "k8s/pvc.yaml.j2", {"c": claim}, "PersistentVolumeClaim", claim["name"]))
     inline = k8s_secrets.collect(spec)
     if inline:
         secret = {"name": inline_secret_name(spec), "labels": labels(spec, "secrets", inline_secret_name(spec),
                                                                       "fleetspec"),
                   "data": sorted(inline.data.items())}
-        out.append((f"{secret['name']}-secret.yaml", "k8s/secret.yaml.j2", {"s": secret}, "Secret", secret["name"]))
-    for claim in (_adapter_claim(spec, base_dir), _model_claim(spec)):
-        if claim is not None:
-            out.append((f"{claim['name']}-pvc.yaml", "k8s/pvc.yaml.j2", {"c": claim}, "PersistentVolumeClaim",
-                        claim["name"]))
+        # A file of its own: the one file that holds credentials (to encrypt, or to keep out of git).
+        out.append((SECRET_FILE, "k8s/secret.yaml.j2", {"s": secret}, "Secret", secret["name"]))
     affinity = spec.runtime.kubernetes.session_affinity
     for server in spec.servers:
         if server.replicas == 0:
             continue
         d = engine_deployment(spec, server, weights.get(server.name), base_dir, inline)
+        file = server_file(server)
         if server.lora is not None:
             # The desired adapter set: editing it is a hot change (the agent applies it), not a rollout.
             config = {"name": adapter_set_name(server), "labels": d["labels"],
                       "data": [(adapter_set.FILE, adapter_set.to_text(adapter_set.document(spec, server, base_dir)))]}
-            out.append((f"{config['name']}-configmap.yaml", "k8s/configmap.yaml.j2", {"c": config}, "ConfigMap",
-                        config["name"]))
-        out.append((f"{d['name']}-deployment.yaml", "k8s/deployment.yaml.j2", {"d": d}, "Deployment", d["name"]))
-        out.append((f"{d['name']}-service.yaml", "k8s/service.yaml.j2",
-                    {"s": _service(d, vllm_args.CONTAINER_PORT, affinity)}, "Service", d["name"]))
+            out.append((file, "k8s/configmap.yaml.j2", {"c": config}, "ConfigMap", config["name"]))
+        out.append((file, "k8s/deployment.yaml.j2", {"d": d}, "Deployment", d["name"]))
+        out.append((file, "k8s/service.yaml.j2", {"s": _service(d, vllm_args.CONTAINER_PORT, affinity)}, "Service",
+                    d["name"]))
         pods = _service(d, vllm_args.CONTAINER_PORT, headless=True)
-        out.append((f"{pods['name']}-service.yaml", "k8s/service.yaml.j2", {"s": pods}, "Service", pods["name"]))
+        out.append((file, "k8s/service.yaml.j2", {"s": pods}, "Service", pods["name"]))
     if spec.runtime.router.enabled:
         out += _router_objects(spec, base_dir, cluster_maps)
     return out
@@ -369,16 +388,16 @@ def _router_objects(spec: models.FleetSpec, base_dir: pathlib.Path | None,
     stripped = k8s_secrets.collect(spec).spec
     config = {"name": name(spec.name, "router"), "labels": d["labels"],
               "data": [(deploy.ROUTER_CONFIG_FILE, router.to_json(routing_table(stripped, base_dir, cluster_maps)))]}
-    out = [("router-configmap.yaml", "k8s/configmap.yaml.j2", {"c": config}, "ConfigMap", config["name"]),
-           ("router-deployment.yaml", "k8s/deployment.yaml.j2", {"d": d}, "Deployment", d["name"]),
-           ("router-service.yaml", "k8s/service.yaml.j2",
+    out = [(ROUTER_FILE, "k8s/configmap.yaml.j2", {"c": config}, "ConfigMap", config["name"]),
+           (ROUTER_FILE, "k8s/deployment.yaml.j2", {"d": d}, "Deployment", d["name"]),
+           (ROUTER_FILE, "k8s/service.yaml.j2",
             {"s": _service(d, deploy.ROUTER_CONTAINER_PORT, spec.runtime.kubernetes.session_affinity)},
             "Service", d["name"])]
     settings = spec.runtime.kubernetes
     if settings.ingress_host:
         ingress = {"name": "router", "labels": d["labels"], "host": settings.ingress_host,
                    "class_name": settings.ingress_class, "service": d["name"], "paths": ingress_paths(spec)}
-        out.append(("router-ingress.yaml", "k8s/ingress.yaml.j2", {"i": ingress}, "Ingress", "router"))
+        out.append((ROUTER_FILE, "k8s/ingress.yaml.j2", {"i": ingress}, "Ingress", "router"))
     return out
 
 
@@ -398,13 +417,16 @@ def ingress_paths(spec: models.FleetSpec) -> list[str]:
 
 def compile_manifests(spec: models.FleetSpec, placed: list[slots.Slot], base_dir: pathlib.Path | None = None,
                       templates: str | pathlib.Path | None = None, cluster_maps: dict | None = None) -> dict[str, str]:
-    """File name → text; a manifest from an override template is parsed back and checked before
-    return (templating's docstring says why the shipped ones are not)."""
+    """File name → text, the file's objects joined by `---`; each object from an override template is
+    parsed back and checked on its own before return (templating's docstring says why the shipped
+    ones are not)."""
     ns = namespace_of(spec)
-    files: dict[str, str] = {}
+    documents: dict[str, list[str]] = {}
     for file, template, view, kind, object_name in objects(spec, placed, base_dir, cluster_maps):
-        files[file] = templating.render_checked(template, {"namespace": ns, **view}, templates, functools.partial(
+        text = templating.render_checked(template, {"namespace": ns, **view}, templates, functools.partial(
             check, template=template, kind=kind, object_name=object_name, view=view))
+        documents.setdefault(file, []).append(text if text.endswith("\n") else text + "\n")
+    files = {file: DOCUMENT_SEPARATOR.join(texts) for file, texts in documents.items()}
     resources = list(files)
     files[KUSTOMIZATION] = templating.render_checked(
         KUSTOMIZATION_TEMPLATE, {"fleet": spec.name, "namespace": ns, "resources": resources}, templates,

@@ -41,12 +41,14 @@ class ObjectChange:
 
 
 def objects(files: dict[str, str]) -> dict[tuple[str, str], dict]:
+    """(kind, name) → object, from every document of every manifest file (a file holds several)."""
     found = {}
     for name, text in files.items():
         if name == "kustomization.yaml":
             continue
-        document = yaml.safe_load(text)
-        found[(document["kind"], document["metadata"]["name"])] = document
+        for document in yaml.safe_load_all(text):
+            if document is not None:  # an empty document (`---` twice) is no object, to kustomize either
+                found[(document["kind"], document["metadata"]["name"])] = document
     return found
 
 

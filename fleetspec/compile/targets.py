@@ -5,7 +5,8 @@ Pure: the caller loads and plans; this only renders. Same inputs, same bytes.
 File names are fixed so scripts can rely on them:
   vllm     launch.json (json), <server>-<replica>.sh (shell), <server>-<replica>.vllm.yaml (config)
   compose  docker-compose.yaml, router.json
-  k8s      one file per object, kustomization.yaml
+  k8s      shared.yaml, inline-secrets.yaml (literal credentials, if any), vllm-<server>.yaml per
+           server, router.yaml (several objects each, `---` between them), kustomization.yaml
   router   router.json
 """
 
@@ -55,7 +56,7 @@ def compile_target(spec: models.FleetSpec, placed: list[slots.Slot], target: str
         return Output(files, files[compose.COMPOSE_FILE])
     if target == "k8s":
         files = k8s.compile_manifests(spec, placed, base_dir, templates, cluster_maps)
-        stdout = "---\n".join(text for name, text in files.items() if name != k8s.KUSTOMIZATION)
+        stdout = k8s.DOCUMENT_SEPARATOR.join(text for name, text in files.items() if name != k8s.KUSTOMIZATION)
         return Output(files, stdout)
     if target == "router":
         text = router.to_json(local_routing_table(spec, placed, base_dir, cluster_maps))

@@ -141,17 +141,20 @@ def dns(tmp_path):
         yield server
 
 
-def _configmap_data(path: pathlib.Path) -> dict[str, str]:
-    return yaml.safe_load(path.read_text())["data"]
+def _configmap_data(path: pathlib.Path, name: str) -> dict[str, str]:
+    """The data of ConfigMap `name` among the documents of a compiled file."""
+    (found,) = [d for d in yaml.safe_load_all(path.read_text())
+                if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+    return found["data"]
 
 
 def test_a_broken_configmap_shows_in_router_health_and_status_while_traffic_flows(cluster, dns):
     k8s = cluster
     compiled = k8s.cli("compile", str(k8s.fleet), "--target", "k8s", "-o", str(k8s.dir / "deploy"))
     assert compiled.returncode == 0, compiled.stderr
-    router_json = _configmap_data(k8s.dir / "deploy" / "router-configmap.yaml")["router.json"]
+    router_json = _configmap_data(k8s.dir / "deploy" / "router.yaml", "podfleet-router")["router.json"]
     assert json.loads(router_json)["upstreams"][0]["agent_port"] == k8s.agent_port  # where the router asks
-    good_text = _configmap_data(k8s.dir / "deploy" / "vllm-main-adapters-configmap.yaml")[adapter_set.FILE]
+    good_text = _configmap_data(k8s.dir / "deploy" / "vllm-main.yaml", "vllm-main-adapters")[adapter_set.FILE]
     good = adapter_set.parse(good_text).mapping
     good_revision = k8s.volume.publish({adapter_set.FILE: good_text})
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from fleetspec.compile import compose, k8s, router, slots, targets, templating, vllm_args
+from fleetspec.compile import compose, k8s, k8s_changes, router, slots, targets, templating, vllm_args
 from fleetspec.spec import models
 
 NASTY = [
@@ -84,13 +84,13 @@ def test_compose_escapes_literal_dollars_but_keeps_secret_references():
 
 def test_kubernetes_keeps_argv_and_turns_references_into_secret_refs():
     spec = nasty_spec()
-    files = k8s.compile_manifests(spec, slots.sequential(spec))
-    deployment = yaml.safe_load(files["vllm-main-deployment.yaml"])
+    found = k8s_changes.objects(k8s.compile_manifests(spec, slots.sequential(spec)))
+    deployment = found[("Deployment", "vllm-main")]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     # On Kubernetes the engine starts without adapters; its agent loads them from the ConfigMap.
     launch = vllm_args.replica_launch(spec, spec.servers[0], 0, host="0.0.0.0", port=8000, preload_adapters=False)
     assert [k8s.unexpand(w) for w in container["command"]] == launch.argv
-    adapters = json.loads(yaml.safe_load(files["vllm-main-adapters-configmap.yaml"])["data"]["adapters.json"])
+    adapters = json.loads(found[("ConfigMap", "vllm-main-adapters")]["data"]["adapters.json"])
     assert "/adapters/with space,comma=eq" in adapters["adapters"].values()
     env = {e["name"]: e for e in container["env"]}
     secret = k8s.secret_name(spec)
@@ -106,7 +106,7 @@ def test_the_router_reads_back_the_config_compose_and_kubernetes_carry():
 
     spec = nasty_spec()
     from_file = json.loads(compose.compile_project(spec, slots.sequential(spec))["router.json"])
-    configmap = yaml.safe_load(k8s.compile_manifests(spec, slots.sequential(spec))["router-configmap.yaml"])
+    configmap = k8s_changes.objects(k8s.compile_manifests(spec, slots.sequential(spec)))[("ConfigMap", "evil-router")]
     from_configmap = json.loads(configmap["data"]["router.json"])
     for document in (from_file, from_configmap):
         loaded = config.parse(document, env={"ADMIN_TOKEN": "t0k"})
@@ -139,9 +139,10 @@ def test_an_override_template_replaces_only_its_own_file(tmp_path):
     shipped = (templating._default_dir() / "k8s" / "service.yaml.j2").read_text()
     (tmp_path / "k8s" / "service.yaml.j2").write_text(shipped.replace('type: "ClusterIP"', 'type: "NodePort"'))
     spec = nasty_spec()
-    files = k8s.compile_manifests(spec, slots.sequential(spec), templates=tmp_path)
-    assert yaml.safe_load(files["vllm-main-service.yaml"])["spec"]["type"] == "NodePort"
-    assert yaml.safe_load(files["router-deployment.yaml"])["kind"] == "Deployment"
+    found = k8s_changes.objects(k8s.compile_manifests(spec, slots.sequential(spec), templates=tmp_path))
+    assert found[("Service", "vllm-main")]["spec"]["type"] == "NodePort"
+    assert found[("Service", "vllm-main-pods")]["spec"]["type"] == "NodePort"
+    assert found[("Deployment", "router")]["spec"]["template"]["spec"]["containers"][0]["name"] == "router"
 
 
 def test_an_override_template_with_an_unknown_variable_is_a_plain_error(tmp_path):

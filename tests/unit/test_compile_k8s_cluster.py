@@ -9,7 +9,7 @@ import pathlib
 
 import yaml
 
-from fleetspec.compile import adapter_set, k8s, k8s_changes, slots
+from fleetspec.compile import adapter_set, k8s, k8s_changes, slots, targets
 from fleetspec.planner import report
 from fleetspec.spec import loading, models
 
@@ -17,11 +17,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEED_003 = ROOT / "examples" / "003-llama3-multi-adapter.yaml"
 
 
-def manifests_of(fleet: models.FleetSpec) -> dict[str, dict]:
+def manifests_of(fleet: models.FleetSpec) -> dict[tuple[str, str], dict]:
+    """(kind, name) → object, from every document of every compiled file."""
     plan = report.plan_fleet(fleet)
     assert plan.fits, [f.render() for f in plan.errors]
-    files = k8s.compile_manifests(fleet, slots.from_plan(plan))
-    return {name: yaml.safe_load(text) for name, text in files.items() if name != k8s.KUSTOMIZATION}
+    return k8s_changes.objects(k8s.compile_manifests(fleet, slots.from_plan(plan)))
 
 
 def seed_003(**changes) -> models.FleetSpec:
@@ -36,7 +36,7 @@ def seed_003(**changes) -> models.FleetSpec:
 
 
 def pod_spec(documents: dict, deployment: str) -> dict:
-    return documents[f"{deployment}-deployment.yaml"]["spec"]["template"]["spec"]
+    return documents[("Deployment", deployment)]["spec"]["template"]["spec"]
 
 
 def containers(documents: dict, deployment: str) -> dict[str, dict]:
@@ -67,7 +67,7 @@ def test_every_lora_pod_runs_the_agent_beside_an_engine_started_without_adapters
 
 def test_the_adapter_set_configmap_holds_what_the_agent_parses():
     documents = manifests_of(seed_003())
-    configmap = documents["vllm-tasks-adapters-configmap.yaml"]
+    configmap = documents[("ConfigMap", "vllm-tasks-adapters")]
     parsed = adapter_set.parse(configmap["data"][adapter_set.FILE])
     assert parsed.server == "tasks" and parsed.base == "casperhansen/llama-3-8b-instruct-awq"
     assert parsed.mapping == {"code--1": "/adapters/code", "summarization--1": "/adapters/summarization"}
@@ -94,7 +94,7 @@ def test_the_base_model_volume_is_shared_read_only_in_every_engine_pod():
         mount = next(m for m in engine["volumeMounts"] if m["name"] == "model-cache")
         assert mount == {"name": "model-cache", "mountPath": "/root/.cache/huggingface", "readOnly": True}
         assert {"name": "HF_HUB_OFFLINE", "value": "1"} in engine["env"]
-    claim = documents["base-models-pvc.yaml"]
+    claim = documents[("PersistentVolumeClaim", "base-models")]
     assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
 
 
@@ -109,7 +109,7 @@ def test_a_host_path_model_volume_and_no_volume_at_all():
     )
     volume = next(v for v in pod_spec(on_node, "vllm-chat")["volumes"] if v["name"] == "model-cache")
     assert volume["hostPath"] == {"path": "/var/lib/models", "type": "Directory"}
-    assert "base-models-pvc.yaml" not in on_node
+    assert ("PersistentVolumeClaim", "base-models") not in on_node
     own = manifests_of(seed_003(**{"runtime.kubernetes.model_volume": "none"}))
     assert {"name": "hf-cache", "emptyDir": {}} in pod_spec(own, "vllm-chat")["volumes"]
 
@@ -139,24 +139,24 @@ def test_time_sliced_pods_request_the_shared_resource():
 
 
 def test_ingress_paths_per_specialist_and_server_all_go_through_the_router():
-    ingress = manifests_of(seed_003())["router-ingress.yaml"]
+    ingress = manifests_of(seed_003())[("Ingress", "router")]
     paths = ingress["spec"]["rules"][0]["http"]["paths"]
     assert [p["path"] for p in paths] == ["/", "/base", "/chatbot", "/code", "/summarization", "/chat", "/tasks"]
     assert {p["backend"]["service"]["name"] for p in paths} == {"router"}
     assert {p["pathType"] for p in paths} == {"Prefix"}
-    plain = manifests_of(seed_003(**{"runtime.kubernetes.ingress_paths": False}))["router-ingress.yaml"]
+    plain = manifests_of(seed_003(**{"runtime.kubernetes.ingress_paths": False}))[("Ingress", "router")]
     assert [p["path"] for p in plain["spec"]["rules"][0]["http"]["paths"]] == ["/"]
 
 
 def test_session_affinity_where_the_seed_used_it_and_a_headless_service_for_discovery():
     documents = manifests_of(seed_003())
-    assert documents["vllm-chat-service.yaml"]["spec"]["sessionAffinity"] == "ClientIP"
-    assert documents["router-service.yaml"]["spec"]["sessionAffinity"] == "ClientIP"
-    headless = documents["vllm-chat-pods-service.yaml"]["spec"]
+    assert documents[("Service", "vllm-chat")]["spec"]["sessionAffinity"] == "ClientIP"
+    assert documents[("Service", "router")]["spec"]["sessionAffinity"] == "ClientIP"
+    headless = documents[("Service", "vllm-chat-pods")]["spec"]
     assert headless["clusterIP"] == "None" and "sessionAffinity" not in headless
-    assert headless["selector"] == documents["vllm-chat-service.yaml"]["spec"]["selector"]
+    assert headless["selector"] == documents[("Service", "vllm-chat")]["spec"]["selector"]
     default = manifests_of(seed_003(**{"runtime.kubernetes.session_affinity": "None"}))
-    assert "sessionAffinity" not in default["vllm-chat-service.yaml"]["spec"]
+    assert "sessionAffinity" not in default[("Service", "vllm-chat")]["spec"]
 
 
 def test_the_router_is_told_each_lora_pods_agent_port_and_no_port_where_no_agent_runs():
@@ -167,7 +167,7 @@ def test_the_router_is_told_each_lora_pods_agent_port_and_no_port_where_no_agent
         "runtime": {"target": "k8s", "engine": "sim", "kubernetes": {"agent_port": 9191}},
     })
     documents = manifests_of(fleet)
-    router = json.loads(documents["router-configmap.yaml"]["data"]["router.json"])
+    router = json.loads(documents[("ConfigMap", "pods-router")]["data"]["router.json"])
     ports = {u["server"]: u.get("agent_port") for u in router["upstreams"]}
     assert ports == {"main": 9191, "plain": None}
     agent = containers(documents, "vllm-main")["agent"]
@@ -198,9 +198,32 @@ def test_an_adapter_version_bump_is_configmap_only_and_a_flag_change_rolls_out()
 
 
 def test_the_compiled_adapter_set_round_trips_through_json():
-    text = compiled(seed_003())["vllm-chat-adapters-configmap.yaml"]
-    data = json.loads(yaml.safe_load(text)["data"][adapter_set.FILE])
+    configmap = k8s_changes.objects(compiled(seed_003()))[("ConfigMap", "vllm-chat-adapters")]
+    data = json.loads(configmap["data"][adapter_set.FILE])
     assert data["format"] == adapter_set.FORMAT and data["fleet"] == "llama3-multi-adapter"
+
+
+def test_one_file_per_server_holds_its_objects_and_kustomization_lists_every_file():
+    """One file per server, the router's and the shared ones, not one per object: at 256 servers that
+    is 259 files instead of 1,029, and creating files was most of compile's time (docs/benchmarks.md)."""
+    files = compiled(seed_003())
+    assert list(files) == ["shared.yaml", "vllm-chat.yaml", "vllm-tasks.yaml", "router.yaml", k8s.KUSTOMIZATION]
+    assert yaml.safe_load(files[k8s.KUSTOMIZATION])["resources"] == list(files)[:-1]
+
+    def kinds(file: str) -> list[tuple[str, str]]:
+        return [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(files[file])]
+
+    assert kinds("shared.yaml") == [("Namespace", "llama3-multi-adapter"),
+                                    ("PersistentVolumeClaim", "llama3-multi-adapter-adapters"),
+                                    ("PersistentVolumeClaim", "base-models")]
+    assert kinds("vllm-chat.yaml") == [("ConfigMap", "vllm-chat-adapters"), ("Deployment", "vllm-chat"),
+                                       ("Service", "vllm-chat"), ("Service", "vllm-chat-pods")]
+    assert kinds("router.yaml") == [("ConfigMap", "llama3-multi-adapter-router"), ("Deployment", "router"),
+                                    ("Service", "router"), ("Ingress", "router")]
+    # Printed without -o: the same objects, one stream, in the same order.
+    stdout = targets.compile_target(seed_003(), slots.from_plan(report.plan_fleet(seed_003())), "k8s").stdout
+    assert [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(stdout)] == \
+        kinds("shared.yaml") + kinds("vllm-chat.yaml") + kinds("vllm-tasks.yaml") + kinds("router.yaml")
 
 
 def test_the_seed_003_example_loads_as_a_file():

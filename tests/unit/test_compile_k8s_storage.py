@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fleetspec.compile import k8s, slots
+from fleetspec.compile import k8s, k8s_changes, slots
 from fleetspec.spec import models
 
 
@@ -18,12 +18,11 @@ def spec(**kubernetes) -> models.FleetSpec:
     })
 
 
-def manifests(fleet: models.FleetSpec) -> dict[str, dict]:
-    files = k8s.compile_manifests(fleet, slots.sequential(fleet))
-    return {name: yaml.safe_load(text) for name, text in files.items()}
+def manifests(fleet: models.FleetSpec) -> dict[tuple[str, str], dict]:
+    return k8s_changes.objects(k8s.compile_manifests(fleet, slots.sequential(fleet)))
 
 
-def claim_of(documents: dict[str, dict]) -> str:
+def claim_of(documents: dict[tuple[str, str], dict]) -> str:
     deployment = next(d for d in documents.values() if d["kind"] == "Deployment" and "vllm" in d["metadata"]["name"])
     volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "adapters")
     return volume["persistentVolumeClaim"]["claimName"]
@@ -36,13 +35,17 @@ def test_by_default_pods_mount_an_existing_claim_and_none_is_created():
 
 
 def test_a_sized_claim_is_created_and_listed_before_the_pods_that_mount_it():
-    documents = manifests(spec(adapter_claim="shared", adapter_claim_size="20Gi", adapter_storage_class="fast"))
+    fleet = spec(adapter_claim="shared", adapter_claim_size="20Gi", adapter_storage_class="fast")
+    documents = manifests(fleet)
     (pvc,) = [d for d in documents.values() if d["kind"] == "PersistentVolumeClaim"]
     assert pvc["metadata"]["name"] == claim_of(documents) == "shared"
     assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",
                            "resources": {"requests": {"storage": "20Gi"}}}
-    resources = documents["kustomization.yaml"]["resources"]
-    assert resources.index("shared-pvc.yaml") < min(i for i, r in enumerate(resources) if r.endswith("deployment.yaml"))
+    files = k8s.compile_manifests(fleet, slots.sequential(fleet))
+    resources = yaml.safe_load(files[k8s.KUSTOMIZATION])["resources"]
+    assert resources.index(k8s.SHARED_FILE) < resources.index("vllm-main.yaml")
+    shared = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(files[k8s.SHARED_FILE])]
+    assert shared == [("Namespace", "chat"), ("PersistentVolumeClaim", "shared")]
 
 
 def test_host_path_mounts_the_node_directory_and_creates_no_claim():

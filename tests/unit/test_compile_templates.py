@@ -57,9 +57,14 @@ def test_shipped_output_reads_back_as_compiled(fleet):
                   compose.services(spec, placed, base_dir))
     manifests = k8s.compile_manifests(spec, placed, base_dir)
     listed = k8s.objects(spec, placed, base_dir)
-    for file, template, view, kind, object_name in listed:
-        k8s.check(templating.parse_back(template, manifests[file]), template, kind, object_name, view)
-    k8s.check_kustomization(yaml.safe_load(manifests[k8s.KUSTOMIZATION]), [file for file, *_ in listed])
+    files = list(dict.fromkeys(file for file, *_ in listed))
+    for file in files:  # a file's documents are its listed objects, in order, each one template's output
+        here = [entry for entry in listed if entry[0] == file]
+        texts = manifests[file].split(k8s.DOCUMENT_SEPARATOR)
+        assert len(texts) == len(here) == len(list(yaml.safe_load_all(manifests[file]))), file
+        for text, (_, template, view, kind, object_name) in zip(texts, here, strict=True):
+            k8s.check(templating.parse_back(template, text), template, kind, object_name, view)
+    k8s.check_kustomization(yaml.safe_load(manifests[k8s.KUSTOMIZATION]), files)
 
 
 def test_an_override_that_renders_valid_yaml_but_other_values_is_refused(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from test_spec_loading import VALID  # noqa: E402
 
-from fleetspec.compile import compose, k8s, slots, vllm_args
+from fleetspec.compile import compose, k8s, k8s_changes, slots, vllm_args
 from fleetspec.spec import loading, models
 from fleetspec.validation import checks
 
@@ -98,17 +98,14 @@ def container_env(container: dict, secrets: dict[str, dict[str, str]]) -> dict[s
     return seen
 
 
-def manifests(spec: models.FleetSpec) -> dict[str, dict]:
-    return {
-        name: yaml.safe_load(text)
-        for name, text in k8s.compile_manifests(spec, slots.sequential(spec)).items()
-    }
+def manifests(spec: models.FleetSpec) -> dict[tuple[str, str], dict]:
+    return k8s_changes.objects(k8s.compile_manifests(spec, slots.sequential(spec)))
 
 
 def test_kubernetes_containers_see_env_values_exactly_as_written():
     spec = spec_with(written_env())
     files = manifests(spec)
-    container = files["vllm-main-deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    container = files[("Deployment", "vllm-main")]["spec"]["template"]["spec"]["containers"][0]
     seen = container_env(container, {k8s.secret_name(spec): SECRETS})
     assert {k: seen[k] for k in VALUES} == expected_env()
 
@@ -117,7 +114,7 @@ def test_kubernetes_command_words_reach_the_process_as_written():
     words = ["--chat-template", "$$ $( $(VAR) ${VAR} $HOME"]
     spec = spec_with({}).model_copy(deep=True)
     spec = spec.model_copy(update={"servers": [spec.servers[0].model_copy(update={"extra_args": words})]})
-    container = manifests(spec)["vllm-main-deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    container = manifests(spec)[("Deployment", "vllm-main")]["spec"]["template"]["spec"]["containers"][0]
     defined = container_env(container, {k8s.secret_name(spec): SECRETS})
     assert [kubelet_expand(w, defined) for w in container["command"][-2:]] == [
         "--chat-template",
@@ -207,8 +204,9 @@ def test_on_kubernetes_literal_credentials_go_into_a_secret_never_a_configmap():
         }
     )
     texts = k8s.compile_manifests(spec, slots.sequential(spec))
-    secret_file = f"{k8s.inline_secret_name(spec)}-secret.yaml"
+    secret_file = k8s.SECRET_FILE  # alone in its file: the only one that holds a credential
     secret = yaml.safe_load(texts[secret_file])
+    assert secret["metadata"]["name"] == k8s.inline_secret_name(spec)
     assert secret["kind"] == "Secret" and secret["stringData"] == {
         "admin-token": "hunter2",
         "redis-url": "redis://:pw@redis:6379",
@@ -217,15 +215,16 @@ def test_on_kubernetes_literal_credentials_go_into_a_secret_never_a_configmap():
     for name, text in texts.items():
         if name != secret_file:
             assert "hunter2" not in text and "hf_literal" not in text and ":pw@" not in text, name
-    config = json.loads(yaml.safe_load(texts["router-configmap.yaml"])["data"]["router.json"])
+    found = k8s_changes.objects(texts)
+    config = json.loads(found[("ConfigMap", k8s.name(spec.name, "router"))]["data"]["router.json"])
     assert config["fleet"]["runtime"]["router"]["admin_token"] == "${FLEETSPEC_ADMIN_TOKEN}"
-    router = yaml.safe_load(texts["router-deployment.yaml"])["spec"]["template"]["spec"]["containers"][0]
+    router = found[("Deployment", "router")]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in router["env"]}
     assert env["FLEETSPEC_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": k8s.inline_secret_name(spec),
         "key": "admin-token",
     }
-    engine = yaml.safe_load(texts["vllm-main-deployment.yaml"])["spec"]["template"]["spec"]["containers"][0]
+    engine = found[("Deployment", "vllm-main")]["spec"]["template"]["spec"]["containers"][0]
     seen = container_env(engine, {k8s.inline_secret_name(spec): secret["stringData"]})
     assert seen["HF_TOKEN"] == "hf_literal" and seen["PLAIN"] == "x"
     assert secret_file in yaml.safe_load(texts[k8s.KUSTOMIZATION])["resources"]
@@ -239,9 +238,8 @@ def test_references_read_the_secret_the_user_names():
         }
     )
     texts = k8s.compile_manifests(spec, slots.sequential(spec))
-    engine = yaml.safe_load(texts["vllm-main-deployment.yaml"])["spec"]["template"]["spec"]["containers"][0]
+    engine = k8s_changes.objects(texts)[("Deployment", "vllm-main")]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in engine["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "team-llm-keys", "key": "HF_TOKEN"}
-    assert not any(
-        name.endswith("-secret.yaml") for name in texts
-    )  # nothing literal: fleetspec writes no Secret
+    assert k8s.SECRET_FILE not in texts  # nothing literal: fleetspec writes no Secret
+    assert not any(kind == "Secret" for kind, _ in k8s_changes.objects(texts))
