@@ -2,7 +2,8 @@
 measured with wrk (a C load generator), so that the client does not compete for the router's core.
 
     .venv/bin/python bench/bench_router_wrk.py [--concurrency 1,8,32,128] [--stream-concurrency 32,128]
-        [--seconds 4] [--rounds 3] [--peers fleetspec,fleetspec-asyncio,vllm-router,nginx,litellm]
+        [--seconds 4] [--rounds 3]
+        [--peers fleetspec,fleetspec-asyncio,fleetspec-processes-N,vllm-router,nginx,litellm]
         [--vllm-router PATH] [--litellm PATH] [--router-core 1] [--load-core 0]
 
 Fair by construction:
@@ -113,7 +114,7 @@ class Peer:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, core: int, log: pathlib.Path) -> None:
+    def start(self, core: str, log: pathlib.Path) -> None:
         self.proc = subprocess.Popen(["taskset", "-c", str(core), *self.argv], stdout=log.open("wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, **self.env})
@@ -155,7 +156,7 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop") -> Peer:
+def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop", processes: int = 1) -> Peer:
     spec = models.FleetSpec.model_validate({
         "name": "bench", "base_model": {"id": BASE}, "gpus": [{"type": "sim", "count": 1}],
         "servers": [{"name": "main", "lora": {"max_loras": 2, "max_lora_rank": 8}}],
@@ -168,9 +169,12 @@ def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop"
     version = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True).stdout.strip()
     name = "fleetspec router" if event_loop == "uvloop" else f"fleetspec router ({event_loop} loop)"
+    if processes > 1:
+        name += f", {processes} processes"
     return Peer(name, f"this tree ({version}, Python {sys.version.split()[0]}, {event_loop} event loop)",
                 [sys.executable, "-m", "fleetspec.router", "serve", "--config", str(path), "--port", str(port),
-                 "--log-level", "warning"], port, "/health", env={"FLEETSPEC_ROUTER_EVENT_LOOP": event_loop})
+                 "--log-level", "warning", "--processes", str(processes)], port, "/health",
+                env={"FLEETSPEC_ROUTER_EVENT_LOOP": event_loop})
 
 
 def vllm_router_peer(binary: str, upstream: int) -> Peer:
@@ -236,7 +240,7 @@ def wait_ready(url: str, deadline_s: float = 90.0, proc: subprocess.Popen | None
 # -- one measurement -------------------------------------------------------------------------------
 
 
-def wrk(port: int, connections: int, seconds: int, script: pathlib.Path, core: int, body: dict) -> dict:
+def wrk(port: int, connections: int, seconds: int, script: pathlib.Path, core: str, body: dict) -> dict:
     out = subprocess.run(
         ["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
          f"http://127.0.0.1:{port}/v1/chat/completions"],
@@ -251,7 +255,7 @@ def wrk(port: int, connections: int, seconds: int, script: pathlib.Path, core: i
                                                                  if socket_errors else 0)}
 
 
-def measure(peer: Peer, connections: int, seconds: int, script: pathlib.Path, core: int, body: dict) -> dict:
+def measure(peer: Peer, connections: int, seconds: int, script: pathlib.Path, core: str, body: dict) -> dict:
     before = peer.cpu_seconds()
     result = wrk(peer.port, connections, seconds, script, core, body)
     result["cpu_us"] = (peer.cpu_seconds() - before) / max(result["requests"], 1) * 1e6
@@ -306,8 +310,9 @@ def main() -> None:
     parser.add_argument("--peers", default="fleetspec,vllm-router,nginx,litellm")
     parser.add_argument("--vllm-router", default=_installed("vllm-router"))
     parser.add_argument("--litellm", default=_installed("litellm"))
-    parser.add_argument("--router-core", type=int, default=1)
-    parser.add_argument("--load-core", type=int, default=0)
+    # taskset's CPU lists: "1", or "1-3" for a router of several processes (or vllm-router's threads)
+    parser.add_argument("--router-core", default="1")
+    parser.add_argument("--load-core", default="0")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None:
@@ -334,6 +339,8 @@ def main() -> None:
             for name in wanted:
                 if name == "fleetspec":
                     peer = fleetspec_peer(work, upstream_port)
+                elif name.startswith("fleetspec-processes-"):
+                    peer = fleetspec_peer(work, upstream_port, processes=int(name.rsplit("-", 1)[1]))
                 elif name == "fleetspec-asyncio":
                     peer = fleetspec_peer(work, upstream_port, "asyncio")
                 elif name == "vllm-router" and args.vllm_router:

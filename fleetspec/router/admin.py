@@ -34,6 +34,9 @@ class AdminError(Exception):
         self.status = status
 
 
+_STATS_COUNTERS = ("fallbacks", "routed", "cluster_hits", "cluster_misses")
+
+
 @dataclasses.dataclass
 class Stats:
     """Seed 000's ensemble stats: how often prompts missed, and which clusters miss."""
@@ -53,6 +56,15 @@ class Stats:
         if decision.cluster is not None:
             bucket = self.cluster_misses if decision.fallback_reason == table.CLUSTER_UNMAPPED else self.cluster_hits
             bucket[decision.cluster] += 1
+
+    def snapshot(self) -> dict:
+        return {"requests": self.requests, **{name: dict(getattr(self, name)) for name in _STATS_COUNTERS}}
+
+    def absorb(self, snapshot: dict) -> None:
+        """Add another process's counts (a multi-process router's totals)."""
+        self.requests += int(snapshot.get("requests", 0))
+        for name in _STATS_COUNTERS:
+            getattr(self, name).update({str(k): int(v) for k, v in (snapshot.get(name) or {}).items()})
 
     def to_json(self) -> dict:
         misses = sum(n for reason, n in self.fallbacks.items() if reason != "explicit-base")
@@ -222,7 +234,8 @@ def on_demand_allowed(config, loaded: ondemand.Loaded) -> bool:
 
 async def _stats(router, request) -> tuple[int, dict]:
     out = router.stats.to_json()
-    p50, p99 = (router.metrics.decisions.quantile(q) for q in (0.5, 0.99))
+    decisions = router.totals().decisions  # every serving process's, where there are several
+    p50, p99 = (decisions.quantile(q) for q in (0.5, 0.99))
     out["decision_seconds"] = {"p50_at_most": p50, "p99_at_most": p99}
     out["runtime_mappings"] = len(router.runtime.overrides) - len(router.ignored)
     out["runtime_state"] = router.runtime.health()

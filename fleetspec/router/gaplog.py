@@ -222,6 +222,17 @@ class RedisSink:
             self._conn.close()
 
 
+class ForwardSink:
+    """A serving process of a multi-process router: its entries go to the coordinator, which owns
+    the one file (rotation by several writers would lose lines)."""
+
+    def __init__(self, send, where: str, max_bytes: int):
+        self.send, self.where, self.max_bytes = send, where, max_bytes
+
+    async def write(self, lines: list[bytes]) -> None:
+        await self.send(lines)
+
+
 # -- the log ---------------------------------------------------------------------------------------
 
 
@@ -233,7 +244,8 @@ class GapLog:
         self.written = 0
         self._warned_at = 0.0
 
-    def record(self, raw: _Raw) -> None:
+    def record(self, raw: _Raw | bytes) -> None:
+        """Queue one gap: the raw facts, or an entry line a serving process built (multi-process)."""
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._drain(), name="gap-log writer")
         try:
@@ -282,16 +294,17 @@ class GapLog:
     async def _write(self, raws: list[_Raw]) -> None:
         if not raws:
             return
-        if isinstance(self.sink, RedisSink):
-            lines = [_line(entry(r, self.settings)) for r in raws]
-            await self.sink.write(lines)
+        max_line = getattr(self.sink, "max_bytes", None)
+        if isinstance(self.sink, RedisSink | ForwardSink):
+            await self.sink.write([r if isinstance(r, bytes) else _line(entry(r, self.settings, max_line)) for r in raws])
         else:
             lines = await asyncio.to_thread(
-                lambda: [_line(entry(r, self.settings, self.sink.max_bytes)) for r in raws]
+                lambda: [r if isinstance(r, bytes) else _line(entry(r, self.settings, max_line)) for r in raws]
             )
             await asyncio.to_thread(self.sink.write, lines)
         self.written += len(raws)
-        self._count("recorded", len(raws))
+        if not isinstance(self.sink, ForwardSink):  # the coordinator counts the lines when it writes them
+            self._count("recorded", len(raws))
 
     def _count(self, result: str, amount: int = 1) -> None:
         if self.counter is not None:
@@ -328,12 +341,14 @@ def for_router(router) -> GapLog | None:
         held[1].close()
     gap_log = None
     if settings.enabled:
+        path = pathlib.Path(router.config_path).parent / FILE_NAME
+        forward = getattr(router, "forward_gaps", None)
         if config.redis is not None:
             sink = RedisSink(config.redis, config.spec.name, settings.max_entries)
+        elif forward is not None:
+            sink = ForwardSink(forward, str(path), settings.max_bytes)
         else:
-            sink = FileSink(
-                pathlib.Path(router.config_path).parent / FILE_NAME, settings.max_bytes, settings.keep_files
-            )
+            sink = FileSink(path, settings.max_bytes, settings.keep_files)
         gap_log = GapLog(settings, sink, router.metrics.gaps)
     _logs[router] = (key, gap_log)
     return gap_log

@@ -64,6 +64,20 @@ class Limits:
     def from_arguments(cls, args: argparse.Namespace) -> Limits:
         return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
+    def arguments(self) -> list[str]:
+        """These limits as `serve` options (what a coordinator passes to its serving processes)."""
+        return [part for field in dataclasses.fields(self)
+                for part in ("--" + field.name.replace("_", "-"), repr(getattr(self, field.name)))]
+
+    def per_process(self, processes: int) -> Limits:
+        """The share of one of `processes` serving processes: the totals the operator set (connections,
+        in-flight body bytes) stay totals across them; every per-request bound stays as it is."""
+        # A share below one whole body would refuse, as "router full", a request one process takes
+        # alone; so each process may hold at least one largest body, and the total is then that many.
+        body_share = max(-(-self.max_inflight_body_bytes // processes), self.max_body_bytes)
+        return dataclasses.replace(self, max_connections=-(-self.max_connections // processes),
+                                   max_inflight_body_bytes=min(body_share, self.max_inflight_body_bytes))
+
 
 class BodyBudget:
     """Request-body bytes held across all connections. A request reserves its declared length

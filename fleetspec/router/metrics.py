@@ -100,6 +100,12 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+# What a serving process of a multi-process router counts itself (its requests and connections); the
+# coordinator counts the rest (engine health, reloads, loads, the shared store) once for the router.
+SERVING_FAMILIES = ("requests", "latency", "fallbacks", "decisions", "embeddings", "upstream_errors", "refused",
+                    "connections", "body_bytes", "gaps", "adapter_cache")
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.requests = Counter("fleetspec_router_requests_total",
@@ -182,6 +188,36 @@ class RouterMetrics:
         self.ensemble_miss_rate = Counter("ensemble_miss_rate",
                                           "Seed 000's name: ensemble_miss_total / swarm_router_requests_total since "
                                           "the router started (its target: < 0.10).", (), kind="gauge")
+
+    def families(self) -> dict[str, Counter | Histogram]:
+        return {name: value for name, value in vars(self).items() if isinstance(value, Counter | Histogram)}
+
+    def snapshot(self, names: Iterable[str] | None = None) -> dict:
+        """The families' values as JSON (a serving process reports them to its coordinator)."""
+        families = self.families()
+        out = {}
+        for name in families if names is None else names:
+            family = families[name]
+            rows = family.values if isinstance(family, Counter) else family.series
+            out[name] = [[list(key), value] for key, value in rows.items()]
+        return out
+
+    def absorb(self, snapshot: dict) -> None:
+        """Add another process's snapshot to these values (counters, histograms and gauges alike:
+        every family a process reports is one whose total is the sum over processes)."""
+        families = self.families()
+        for name, rows in snapshot.items():
+            family = families.get(name)
+            if family is None:
+                continue
+            for key, value in rows:
+                key = tuple(str(k) for k in key)
+                if isinstance(family, Counter):
+                    family.values[key] = family.values.get(key, 0.0) + float(value)
+                elif len(value) == len(family.buckets) + 2:
+                    row = family.series.setdefault(key, [0] * len(family.buckets) + [0.0, 0])
+                    for i, amount in enumerate(value):
+                        row[i] += amount
 
     def agents(self, replicas) -> None:
         """Copy each pod agent's standing into the gauges, just before they are rendered (pods come

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
@@ -45,6 +45,16 @@ class Loaded:
     at: float
 
 
+def join_flight(flights: dict, key, start: Callable[[], Awaitable]) -> asyncio.Task:
+    """The load under way for `key`, or a new one from `start()`: one flight per engine and adapter,
+    however many requests want it."""
+    flight = flights.get(key)
+    if flight is None:
+        flight = flights[key] = asyncio.create_task(start())
+        flight.add_done_callback(lambda _: flights.pop(key, None))
+    return flight
+
+
 class Loader:
     def __init__(self, pool: httpio.Pool, metrics, headers: Callable[[], list[tuple[str, str]]],
                  records: Callable[[], dict]):
@@ -53,6 +63,9 @@ class Loader:
         self._records = records
         self._flights: dict[tuple[str, str], asyncio.Task] = {}
         self._failed: dict[tuple[str, str], tuple[float, str]] = {}
+        # Called before choosing what to evict: a multi-process router's coordinator first learns what
+        # its serving processes have in flight and used last (they hold the requests, it holds the loads).
+        self.before_evict: Callable[[], Awaitable[None]] | None = None
 
     def may_load(self, replica, served_name: str) -> bool:
         failed = self._failed.get((replica.upstream.url, served_name))
@@ -78,12 +91,8 @@ class Loader:
                      capacity: int, timeout_s: float) -> str | None:
         """Load `served_name` onto `replica` (or wait for the load under way), for at most
         `timeout_s`. None once it serves the adapter; otherwise the reason, for the fallback."""
-        key = (replica.upstream.url, served_name)
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.create_task(self._load(replica, specialist, version, served_name, path, capacity))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(key, None))
+        flight = join_flight(self._flights, (replica.upstream.url, served_name),
+                             lambda: self._load(replica, specialist, version, served_name, path, capacity))
         try:
             async with asyncio.timeout(timeout_s):
                 return await asyncio.shield(flight)
@@ -121,6 +130,8 @@ class Loader:
     async def _make_room(self, replica, capacity: int) -> None:
         """Unload this router's least recently used idle adapters until one more fits `capacity`."""
         url = replica.upstream.url
+        if len(replica.adapters) >= capacity and self.before_evict is not None:
+            await self.before_evict()
         while len(replica.adapters) >= capacity:
             idle = [key for key in self._records() if key[0] == url and not replica.busy.get(key[1])
                     and key[1] in replica.adapters]

@@ -155,6 +155,7 @@ class Router:
         self.config: config_mod.RouterConfig | None = None
         self.table: table.RoutingTable | None = None
         self.loaded_at: float | None = None
+        self.document = None  # the config file's document as last read (what `config` was parsed from)
         self._stamp: tuple | None = None
         self._serving = False
         self._promised: list[tuple[str, str, frozenset[str]]] = []  # what /health checks is served
@@ -171,7 +172,8 @@ class Router:
     def load(self) -> None:
         """The first load: raises FleetspecError when the config is unusable."""
         self._stamp = self._file_stamp()
-        fresh = config_mod.load(self.config_path, self.env)
+        self.document = config_mod.read(self.config_path)
+        fresh = config_mod.parse(self.document, self.env, str(self.config_path))
         self.runtime = runtime_state.for_config(fresh.redis, fresh.spec.name, fresh.refresh_seconds,
                                                  redis_layout.plain_map(fresh))
         self._install(fresh)
@@ -184,7 +186,7 @@ class Router:
             return True, "unchanged"
         self._stamp = stamp
         try:
-            fresh = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
+            document, fresh = await asyncio.to_thread(self._read_config)
         except errors.FleetspecError as exc:
             self.metrics.reloads.inc("error")
             log.error("keeping the running router config: %s", exc)
@@ -197,10 +199,19 @@ class Router:
         pods = await self._pods(fresh.upstreams)
         self.upstreams.configure(pods)
         await self.upstreams.refresh()
-        self._install(fresh, pods)
+        await self._adopt(document, fresh, pods)
         self.metrics.reloads.inc("ok")
         log.info("router config loaded from %s (%s)", self.config_path, fresh.hash[:12])
         return True, "loaded"
+
+    def _read_config(self) -> tuple[object, config_mod.RouterConfig]:
+        document = config_mod.read(self.config_path)
+        return document, config_mod.parse(document, self.env, str(self.config_path))
+
+    async def _adopt(self, document, fresh: config_mod.RouterConfig, pods) -> None:
+        """Serve a new config (a multi-process coordinator first has every process serve it)."""
+        self.document = document
+        self._install(fresh, pods)
 
     def _install(self, fresh: config_mod.RouterConfig, upstreams_now=None) -> None:
         self.config = fresh
@@ -272,6 +283,10 @@ class Router:
         if replica.healthy:
             self.loader.forget_lost(replica)
 
+    def _lost(self, replica: upstreams.Replica, served: str) -> None:
+        """The engine answered 404 for an adapter: it no longer serves it."""
+        replica.lost(served)
+
     def _engine_headers(self) -> list[tuple[str, str]]:
         return [contract.JSON, *contract.auth_headers(self.config.engine_api_key)]
 
@@ -307,7 +322,7 @@ class Router:
         self._serving = True
         self.upstreams.configure(await self._pods(self.config.upstreams))
         await asyncio.gather(self.upstreams.refresh(), self.runtime.start(self._runtime_changed))
-        _raise_file_limit(self.limits.max_connections)
+        raise_file_limit(self.limits.max_connections)
         server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
                                             backlog=1024)
         tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._refresh_loop())]
@@ -335,6 +350,14 @@ class Router:
             if any(u.discover for u in self.config.upstreams):
                 self.upstreams.configure(await self._pods(self.config.upstreams))  # pods come and go
             await self.upstreams.refresh()
+            self._replicas_changed()
+
+    def _replicas_changed(self) -> None:
+        """Health or residency changed (a coordinator tells its serving processes)."""
+
+    def totals(self) -> metrics.RouterMetrics:
+        """The metrics of everything this router serves (a coordinator adds its processes')."""
+        return self.metrics
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer, self.limits.write_timeout_s)
@@ -344,7 +367,7 @@ class Router:
                 self.metrics.refused.inc("connections")
                 message = (f"The router has {self.connections} client connections open, its limit "
                            "(--max-connections); retry shortly.")
-                await _send_json(client, 503, openai.error(503, message), keep_alive=False,
+                await send_json(client, 503, openai.error(503, message), keep_alive=False,
                                  extra=[("Retry-After", str(self.limits.retry_after_s))])
                 await _linger(reader, writer)
                 return
@@ -357,7 +380,7 @@ class Router:
                     request = await requests.next()
                 except httpio.ProtocolError as exc:
                     self.metrics.refused.inc(str(exc.status))
-                    await _send_json(client, exc.status, openai.error(exc.status, str(exc)), keep_alive=False,
+                    await send_json(client, exc.status, openai.error(exc.status, str(exc)), keep_alive=False,
                                      extra=exc.headers)
                     await _linger(reader, writer)
                     return
@@ -379,7 +402,7 @@ class Router:
             log.debug("the failure in full", exc_info=True)
             if not client.sent:
                 with contextlib.suppress(Exception):
-                    await _send_json(client, 500, openai.error(500, "The router failed to answer this request; "
+                    await send_json(client, 500, openai.error(500, "The router failed to answer this request; "
                                                                     "its log says why."), keep_alive=False)
         finally:
             if counted:
@@ -392,7 +415,7 @@ class Router:
         method = "GET" if request.method == "HEAD" else request.method  # HEAD: the GET answer without its body
         key = self.config.client_api_key
         if key is not None and path.startswith("/v1/") and not admin.authorized(key, request.headers.get("authorization")):
-            return await _send_json(writer, 401, openai.error(401, "This router needs an API key: send "
+            return await send_json(writer, 401, openai.error(401, "This router needs an API key: send "
                                                                    "`Authorization: Bearer <key>`."),
                                     keep_alive=keep, extra=[("WWW-Authenticate", "Bearer")])
         scope = None
@@ -405,27 +428,40 @@ class Router:
                 request.target = path = "/" + rest + (f"?{query}" if query else "")
         if request.method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             return await self._proxy(request, writer, chat=path.endswith("chat/completions"), scope=scope)
+        if path.startswith("/admin/") or (method == "GET" and path in ("/health", "/metrics")):
+            return await self._operate(request, writer)
+        if method == "GET" and path == "/v1/models":
+            return await send_json(writer, 200, self._models(), keep_alive=keep)
+        return await send_json(writer, 404, {"detail": "Not Found"}, keep_alive=keep)
+
+    async def _operate(self, request: httpio.Request, writer: _Client) -> bool:
+        """/admin/*, /health and /metrics: what the router knows of the fleet, and changes to it.
+        (A serving process of a multi-process router sends these to its coordinator instead.)"""
+        path, keep = request.path, request.keep_alive
         if path.startswith("/admin/"):
             status, body = await admin.handle(self, request)
-            return await _send_json(writer, status, body, keep_alive=keep,
+            return await send_json(writer, status, body, keep_alive=keep,
                                     extra=[("WWW-Authenticate", "Bearer")] if status == 401 else ())
-        if method == "GET" and path == "/v1/models":
-            return await _send_json(writer, 200, self._models(), keep_alive=keep)
-        if method == "GET" and path == "/health":
-            return await _send_json(writer, 200, self._health(), keep_alive=keep)
-        if method == "GET" and path == "/metrics":
-            self.metrics.runtime_state(self.runtime.health(), len(self.runtime.overrides) - len(self.ignored),
-                                       len(self.ignored), getattr(self.runtime, "syncs", None))
-            self.metrics.agents(self.upstreams.replicas.values())
-            self.metrics.connections.set(value=self.connections)
-            self.metrics.body_bytes.set(value=self.budget.held)
-            data = self.metrics.render().encode()
-            head = httpio.response_head(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-                                              ("Content-Length", str(len(data))), *writer.persistence(keep)])
-            writer.write(head if writer.head_only else head + data)
-            await writer.drain()
-            return keep
-        return await _send_json(writer, 404, {"detail": "Not Found"}, keep_alive=keep)
+        if path == "/health":
+            return await send_json(writer, 200, self._health(), keep_alive=keep)
+        data = self._metrics_text().encode()
+        head = httpio.response_head(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                                          ("Content-Length", str(len(data))), *writer.persistence(keep)])
+        writer.write(head if writer.head_only else head + data)
+        await writer.drain()
+        return keep
+
+    def _gauges(self) -> None:
+        """Copy what is true now into the gauges, just before they are read."""
+        self.metrics.runtime_state(self.runtime.health(), len(self.runtime.overrides) - len(self.ignored),
+                                   len(self.ignored), getattr(self.runtime, "syncs", None))
+        self.metrics.agents(self.upstreams.replicas.values())
+        self.metrics.connections.set(value=self.connections)
+        self.metrics.body_bytes.set(value=self.budget.held)
+
+    def _metrics_text(self) -> str:
+        self._gauges()
+        return self.totals().render()
 
     def _models(self) -> dict:
         routing, created = self.table, int(self.loaded_at or 0)
@@ -448,11 +484,11 @@ class Router:
         try:
             body = httpjson.loads(request.body, self.limits.max_json_depth)
         except httpjson.TooDeep as exc:
-            return await _send_json(writer, 400, openai.error(400, str(exc)), keep_alive=request.keep_alive)
+            return await send_json(writer, 400, openai.error(400, str(exc)), keep_alive=request.keep_alive)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return await _send_json(writer, 400, openai.error(400, "The request body must be a JSON object."),
+            return await send_json(writer, 400, openai.error(400, "The request body must be a JSON object."),
                                     keep_alive=request.keep_alive)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         if scope is not None and scope.model is not None and not (model or "").startswith(f"{scope.model}@"):
@@ -577,7 +613,7 @@ class Router:
                else "no engine serves this version and loading it failed or took too long")
         message = (f"Specialist {wanted.specialist} (version {wanted.version}) cannot be served right now: {why}. "
                    "The fleet's routing.fallback is `reject`; `fleetspec status` shows the replicas.")
-        return await _send_json(writer, 503, openai.error(503, message), keep_alive=keep_alive,
+        return await send_json(writer, 503, openai.error(503, message), keep_alive=keep_alive,
                                 extra=[("Retry-After", "1"), ("x-fleetspec-fallback", decision.fallback_reason)])
 
     async def _reject(self, writer, decision: table.Decision, keep_alive: bool) -> bool:
@@ -586,13 +622,13 @@ class Router:
             body = openai.error(404, f"The model `{model}` does not exist. Valid aliases: "
                                 + ", ".join(sorted(self.table.specialists)), param="model")
             self.metrics.requests.inc(metrics.BASE_LABEL, "", "404")
-            return await _send_json(writer, 404, body, keep_alive=keep_alive)
+            return await send_json(writer, 404, body, keep_alive=keep_alive)
         self.metrics.fallbacks.inc(decision.fallback_reason)
         self.stats.record(decision)
         self.metrics.requests.inc(metrics.BASE_LABEL, "", "400")
         message = (f"No specialist matches this prompt ({decision.fallback_reason}) and the fleet's "
                    "routing.fallback is `reject`. Name a model explicitly, or set routing.fallback to `base`.")
-        return await _send_json(writer, 400, openai.error(400, message), keep_alive=keep_alive)
+        return await send_json(writer, 400, openai.error(400, message), keep_alive=keep_alive)
 
     async def _forward(self, request, writer, body: dict, wanted: table.Decision, decision: table.Decision,
                        replica: upstreams.Replica | None, config, routing, may_redecide: bool = False
@@ -620,12 +656,12 @@ class Router:
             except _Missing:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "adapter-missing")
                 log.warning("engine %s no longer serves %s; routing its requests elsewhere", current.upstream.url, served)
-                current.lost(served)
+                self._lost(current, served)
                 if may_redecide and self.table is not routing:
                     raise _Stale() from None
             except _NoAnswer as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
-                await _send_json(writer, exc.status, openai.error(exc.status, str(exc)), keep_alive=request.keep_alive)
+                await send_json(writer, exc.status, openai.error(exc.status, str(exc)), keep_alive=request.keep_alive)
                 return exc.status, request.keep_alive, decision
             except _BrokenBody as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
@@ -643,7 +679,7 @@ class Router:
         what = decision.specialist or "the base model"
         message = (f"No healthy engine replica serves {what} right now; `fleetspec status` shows which "
                    "replicas are down.")
-        await _send_json(writer, 503, openai.error(503, message), keep_alive=request.keep_alive,
+        await send_json(writer, 503, openai.error(503, message), keep_alive=request.keep_alive,
                          extra=[("Retry-After", "1")])
         return 503, request.keep_alive, decision
 
@@ -860,7 +896,7 @@ def _always_served(config) -> list[tuple[str, str, frozenset[str]]]:
     return wanted
 
 
-async def _send_json(writer: _Client, status: int, body, keep_alive: bool, extra=()) -> bool:
+async def send_json(writer: _Client, status: int, body, keep_alive: bool, extra=()) -> bool:
     data = json.dumps(body).encode()
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra,
                *writer.persistence(keep_alive)]
@@ -871,7 +907,7 @@ async def _send_json(writer: _Client, status: int, body, keep_alive: bool, extra
     return keep_alive
 
 
-def _raise_file_limit(connections: int) -> None:
+def raise_file_limit(connections: int) -> None:
     """Each client connection may hold an engine connection too: ask for enough file descriptors
     that the connection cap, not the operating system, is what refuses clients."""
     wanted = 2 * connections + 256

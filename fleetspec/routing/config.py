@@ -181,6 +181,11 @@ def config_hash(document_: Mapping) -> str:
 
 
 def load(path: str | pathlib.Path, env: Mapping[str, str] | None = None) -> RouterConfig:
+    return parse(read(path), env, str(path))
+
+
+def read(path: str | pathlib.Path):
+    """The config file's document, unparsed (a multi-process router sends it to every process)."""
     file = pathlib.Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -192,7 +197,7 @@ def load(path: str | pathlib.Path, env: Mapping[str, str] | None = None) -> Rout
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise errors.TemporaryError(f"the router config {path} cannot be read ({exc.__class__.__name__}: {exc}); "
                                     "if it is being rewritten, the next read will pick it up") from None
-    return parse(data, env, str(path))
+    return data
 
 
 def parse(data, env: Mapping[str, str] | None = None, source: str = "router config") -> RouterConfig:
@@ -213,7 +218,7 @@ def parse(data, env: Mapping[str, str] | None = None, source: str = "router conf
     return RouterConfig(
         spec=spec,
         table=routing_table(spec, cluster_maps),
-        upstreams=tuple(_upstream(u, source) for u in data.get("upstreams") or []),
+        upstreams=tuple(parse_upstream(u, source) for u in data.get("upstreams") or []),
         adapter_paths={str(k): str(v) for k, v in (data.get("adapter_paths") or {}).items()},
         admin_token=resolve_secret(spec.runtime.router.admin_token, environment, "runtime.router.admin_token",
                                    "remove admin_token to run without the admin API"),
@@ -276,7 +281,7 @@ def redis_address(url: str | None, env: Mapping[str, str]) -> redis_url.Address 
                                     "redis://:${REDIS_PASSWORD}@redis-host:6379/0") from None
 
 
-def _upstream(item, source: str) -> Upstream:
+def parse_upstream(item, source: str) -> Upstream:
     try:
         agent_port = item.get("agent_port")
         if agent_port is not None and (isinstance(agent_port, bool) or not 0 < int(agent_port) < 65536):

@@ -818,6 +818,9 @@ class RouterSettings(Strict):
         "Without it, whoever reaches the router's port can use the engines (the router adds the engines' key).",
     )
     image: Text | None = Field(None, description="Router container image; fleetspec/router:<fleetspec version> by default.")
+    processes: Count(64) = Field(
+        1, description="Router processes sharing the port (one per core is the most that helps): one coordinator "
+        "keeps the config, the runtime mappings and the adapter record for all of them.")
     redis_url: Annotated[str, Field(max_length=4_096)] | None = Field(
         None, description="Keep runtime cluster mappings in this Redis, shared by every router replica "
         "(redis://[user:${PASSWORD}@]host[:port][/db], rediss:// for TLS); each router's memory when absent.",

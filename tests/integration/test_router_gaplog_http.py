@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import test_router_proxy as proxy  # the sim and router helpers of the proxy tests
 import yaml
 from netkit import free_port
@@ -19,7 +20,9 @@ from fleetspec.spec import models
 UNROUTED = "how do I knit a scarf for my grandmother"  # no keyword, extension or regex of the fleet
 
 
-def test_unrouted_prompts_reach_the_log_and_the_admin_api(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_unrouted_prompts_reach_the_log_and_the_admin_api(tmp_path, processes):
+    """With two processes, the serving processes send entries to the coordinator, the file's one writer."""
     adapters = tmp_path / "adapters"
     shutil.copytree(proxy.ROOT / "adapters", adapters)
     shutil.copytree(adapters / "python/1.0.0", adapters / "python/2.0.0")
@@ -38,7 +41,8 @@ def test_unrouted_prompts_reach_the_log_and_the_admin_api(tmp_path):
         sims = [proxy.start_sim(started, free_port(), modules, tmp_path / f"sim{i}.log") for i in range(2)]
         config_path = tmp_path / "router.json"
         proxy.write_config(config_path, spec, sims)
-        router = proxy.start_router(started, config_path, free_port(), tmp_path / "router.log")
+        router = proxy.start_router(started, config_path, free_port(), tmp_path / "router.log",
+                                    processes=processes)
         assert proxy.complete(router, "my pytest fixture fails").status_code == 200
         for _ in range(3):
             answer = proxy.chat(router, UNROUTED)

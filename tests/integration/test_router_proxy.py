@@ -107,12 +107,14 @@ def start_sim(started: list, port: int, modules: list[str], log: pathlib.Path) -
     return url
 
 
-def start_router(started: list, config_path: pathlib.Path, port: int, log: pathlib.Path, token: str | None = TOKEN):
+def start_router(started: list, config_path: pathlib.Path, port: int, log: pathlib.Path, token: str | None = TOKEN,
+                 processes: int = 1):
     env = {**os.environ}
     env.pop("ITEST_ROUTER_TOKEN", None)
     if token:
         env["ITEST_ROUTER_TOKEN"] = token
-    argv = [sys.executable, "-m", "fleetspec.router", "serve", "--config", str(config_path), "--port", str(port)]
+    argv = [sys.executable, "-m", "fleetspec.router", "serve", "--config", str(config_path), "--port", str(port),
+            "--processes", str(processes)]
     started.append(subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT))
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/health", timeout=1).json()["healthy_upstreams"] == 2, what="router")
@@ -130,6 +132,10 @@ def write_config(path: pathlib.Path, spec: models.FleetSpec, upstreams: list[str
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """Two sims and a router; yields a namespace of URLs, paths and the spec."""
+    yield from bring_up(tmp_path_factory, router_processes=1)
+
+
+def bring_up(tmp_path_factory, router_processes: int):
     work = tmp_path_factory.mktemp("router")
     adapters = work / "adapters"
     shutil.copytree(ROOT / "adapters", adapters)
@@ -142,9 +148,9 @@ def fleet(tmp_path_factory):
                                                 f"python--2.0.0={adapters}/python/2.0.0"], work / "sim1.log")
         config_path = work / "router.json"
         write_config(config_path, spec, [sim0, sim1])
-        router = start_router(started, config_path, free_port(), work / "router.log")
+        router = start_router(started, config_path, free_port(), work / "router.log", processes=router_processes)
         yield type("Fleet", (), {"router": router, "sims": (sim0, sim1), "config_path": config_path,
-                                 "spec": spec, "work": work, "adapters": adapters})
+                                 "spec": spec, "work": work, "adapters": adapters, "processes": router_processes})
 
 
 def complete(router: str, prompt: str, model: str = "auto", headers=None, **extra) -> httpx.Response:

@@ -59,6 +59,7 @@ class ServingFleet:
                        "lora": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 8}}
         self.base = {"id": MODEL, "max_model_len": 1024}
         self.routing: dict = {"fallback": "base"}
+        self.router_settings: dict = {}
 
     def adapter(self, name: str, version: str) -> str:
         write_adapter(self.dir / "adapters" / name / version, TINY_LLAMA, rank=8, base_model=MODEL)
@@ -74,7 +75,7 @@ class ServingFleet:
                     "routing": self.routing,
                     "runtime": {"target": "local", "engine": "sim", "base_port": self.base_port,
                                 "adapter_roots": [str(self.dir / "adapters")],
-                                "router": {"port": self.base_port + 2}}}
+                                "router": {"port": self.base_port + 2, **self.router_settings}}}
         self.file.write_text(yaml.safe_dump(document, sort_keys=False))
 
     def cli(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
@@ -160,6 +161,28 @@ def test_a_new_version_that_fails_to_load_keeps_every_request_on_the_old_one(fle
     assert (status, headers["x-fleetspec-version"], body["model"]) == (200, "1.0.0", "python--1.0.0")
     for replica in (0, 1):
         assert fleet.served(replica) == {"python--1.0.0"}
+
+
+def test_with_two_router_processes_a_new_version_moves_every_request_when_apply_returns(fleet):
+    """apply moves the alias only once /health names the new config, which a two-process router does
+    only when both processes serve it: no request fails, and none after apply reaches the old version."""
+    fleet.router_settings = {"processes": 2}
+    fleet.converge()
+    status, health, _ = http("GET", fleet.router + "/health")
+    assert [p["live"] for p in health["processes"]] == [True, True]
+    entry = fleet.specialists["python"]
+    fleet.specialists["python"] = {**entry, "version": "2.0.0", "path": fleet.adapter("python", "2.0.0"),
+                                   "versions": [{"version": "1.0.0", "path": entry["path"]}]}
+    fleet.write()
+
+    with LoadLoop(fleet.router, ["python", fleet.name]) as loop:
+        code, result, err = fleet.apply()
+        tally = loop.stop_after_apply()
+
+    assert code == 0, err + json.dumps(result["result"], indent=1)
+    assert tally.failures == [], tally.summary()
+    answers = [fleet.ask("python") for _ in range(24)]  # a connection each: both processes answer
+    assert {(a[0], a[1].get("model")) for a in answers} == {(200, "python--2.0.0")}
 
 
 def test_a_preload_false_specialist_answers_its_first_request_and_stays_through_applies(fleet):
