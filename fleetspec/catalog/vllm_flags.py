@@ -62,6 +62,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", "--port", Kind.VALUE, "servers[].port / runtime.base_port"),
     Flag("tensor_parallel_size", "--tensor-parallel-size", Kind.VALUE, "servers[].tensor_parallel_size"),
     Flag("pipeline_parallel_size", "--pipeline-parallel-size", Kind.VALUE, "servers[].pipeline_parallel_size"),
+    # vllm-project/vllm#13923 (--data-parallel-size) and #14305 (--enable-expert-parallel), both in 0.8.0.
+    Flag("data_parallel_size", "--data-parallel-size", Kind.VALUE, "servers[].data_parallel_size", since=(0, 8)),
+    Flag("enable_expert_parallel", "--enable-expert-parallel", Kind.SWITCH, "servers[].expert_parallel",
+         since=(0, 8)),
     Flag("dtype", "--dtype", Kind.VALUE, "base_model.dtype"),
     Flag("quantization", "--quantization", Kind.VALUE, "base_model.quantization"),
     Flag("kv_cache_dtype", "--kv-cache-dtype", Kind.VALUE, "base_model.kv_cache_dtype"),

@@ -89,7 +89,10 @@ def server_heading(server: report.ServerPlan) -> str:
         return (f"server {server.name}: vLLM CPU build in host RAM, share {s.gpu_memory_utilization:.2f} of the "
                 f"host (gpu_memory_utilization), KV cache set explicitly, max_model_len {s.max_model_len:,}, "
                 f"max_num_seqs {s.max_num_seqs}, max_num_batched_tokens {s.max_num_batched_tokens:,}")
-    return (f"server {server.name}: tp {s.tensor_parallel_size} x pp {s.pipeline_parallel_size}, "
+    dp = f" x dp {s.data_parallel_size}" if s.data_parallel_size > 1 else ""
+    ep = ", expert parallel" if s.expert_parallel else ""
+    split = f" (layers {'+'.join(map(str, s.layer_partition))})" if s.layer_partition else ""
+    return (f"server {server.name}: tp {s.tensor_parallel_size} x pp {s.pipeline_parallel_size}{split}{dp}{ep}, "
             f"gpu_memory_utilization {s.gpu_memory_utilization:.2f}, max_model_len {s.max_model_len:,}, "
             f"max_num_seqs {s.max_num_seqs}, max_num_batched_tokens {s.max_num_batched_tokens:,}")
 
@@ -169,6 +172,14 @@ def replica_lines(replica: report.ReplicaPlan) -> list[str]:
     lines.append(f"KV cache: {_pair(f'{b.kv_tokens:,}', 'tokens')} at {b.kv_bytes_per_token:,.0f} bytes per token; "
                  f"{b.max_concurrency:.2f}x concurrency at {_pair('max_model_len', f'{b.max_model_len:,}')}; "
                  f"the longest max_model_len that fits is {b.largest_model_len:,}")
+    if b.stages and b.stage is not None:
+        lines.append(f"the figures above are pipeline stage {b.stage.index}'s, the one that binds; every stage "
+                     "gets the fewest KV blocks any stage holds:")
+        lines += [f"stage {st.stage.index}: layers {st.stage.start}-{st.stage.start + st.stage.layers - 1}"
+                  f"{' + embedding' if st.stage.first else ''}{' + lm_head' if st.stage.last else ''}"
+                  f"{f' on {st.stage_gpu}' if st.stage_gpu else ''}: {_pair('weights', _gib(st.weights))}, "
+                  f"{_pair('KV cache', _gib(max(st.kv_cache, 0)))} ({st.kv_tokens:,} tokens)"
+                  for st in b.stages]
     return lines
 
 

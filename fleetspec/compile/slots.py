@@ -32,6 +32,9 @@ def _weights_gib(replica) -> float | None:
     budget = getattr(replica, "budget", None)
     if budget is None or not replica.gpus:
         return None
+    if budget.stages:  # pipeline stages hold different shares; each has len(gpus) / stages GPUs
+        per_stage_gpus = len(replica.gpus) / len(budget.stages)
+        return round(sum(st.weights for st in budget.stages) * per_stage_gpus / (1 << 30), 2)
     return round(budget.weights * len(replica.gpus) / (1 << 30), 2)
 
 

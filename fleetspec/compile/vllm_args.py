@@ -134,6 +134,8 @@ def engine_settings(spec: models.FleetSpec, server: models.Server, *, host: str,
         "port": port,
         "tensor_parallel_size": server.tensor_parallel_size,
         "pipeline_parallel_size": server.pipeline_parallel_size if server.pipeline_parallel_size > 1 else None,
+        "data_parallel_size": server.data_parallel_size if server.data_parallel_size > 1 else None,
+        "enable_expert_parallel": server.expert_parallel,
         "dtype": None if base.dtype == "auto" else base.dtype,
         "quantization": None if base.quantization == "none" else base.quantization,
         "kv_cache_dtype": None if base.kv_cache_dtype == "auto" else base.kv_cache_dtype,
@@ -192,6 +194,9 @@ def launch_env(spec: models.FleetSpec, server: models.Server, gpus: Sequence[int
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
     if spec.runtime.engine_api_key:
         env[API_KEY_ENV] = spec.runtime.engine_api_key
+    if server.layer_partition is not None:
+        # vLLM reads an uneven pipeline split only from here (get_pp_indices, distributed/utils.py).
+        env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(n) for n in server.layer_partition)
     env.update(server.env)
     if gpus is not None and cpu_host.host_facts(spec, server) is None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
@@ -257,6 +262,13 @@ def check_server(spec: models.FleetSpec, server: models.Server, locate: Locate |
             add(("servers", index, "lora", "target_modules"), "flag-not-in-release",
                 f"vLLM {version} has no {row.flag}; it arrived in {row.since[0]}.{row.since[1]}.",
                 f"Remove lora.target_modules, or set runtime.vllm_version to {row.since[0]}.{row.since[1]} or newer.")
+    for field, setting, used in (("data_parallel_size", "data_parallel_size", server.data_parallel_size > 1),
+                                 ("expert_parallel", "enable_expert_parallel", server.expert_parallel)):
+        row = vllm_flags.FLAGS_BY_SETTING[setting]
+        if used and not row.exists_in(release.version):
+            add(("servers", index, field), "flag-not-in-release",
+                f"vLLM {version} has no {row.flag}; it arrived in {row.since[0]}.{row.since[1]}.",
+                f"Remove {field}, or set runtime.vllm_version to {row.since[0]}.{row.since[1]} or newer.")
     if "VLLM_CPU_KVCACHE_SPACE" in server.env and cpu_host.host_facts(spec, server) is not None:
         add(("servers", index, "env", "VLLM_CPU_KVCACHE_SPACE"), "kv-cache-set-by-fleetspec",
             "VLLM_CPU_KVCACHE_SPACE overrides the KV cache fleetspec sizes for this CPU host, so the plan would "

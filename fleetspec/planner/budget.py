@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads
 from fleetspec.planner import engine, explain, memory
@@ -39,6 +40,11 @@ class GpuBudget:
     kv_group_size: int = 0
     # Per term: its source and confidence (planner.explain), for `plan --explain` and the JSON.
     terms: tuple = ()
+    # Pipeline parallel: this budget is the binding stage's (`stage`), every stage's own budget is in
+    # `stages`, and kv_tokens is the replica's: the fewest blocks of any stage.
+    stage: memory.Stage | None = None
+    stage_gpu: str | None = None
+    stages: tuple[GpuBudget, ...] = ()
 
     @property
     def warmup_fits(self) -> bool:
@@ -67,45 +73,95 @@ class GpuBudget:
             "kv_cache_groups": {"kinds": list(self.kv_groups), "layers_per_group": self.kv_group_size},
             "terms": [t.to_json() for t in self.terms],
             "memory": "host" if self.host else "gpu",
+            **({"pipeline_stages": [b.stage_json() for b in self.stages], "binding_stage": self.stage.index}
+               if self.stages and self.stage is not None else {}),
         }
 
+    def stage_json(self) -> dict:
+        gib = lambda value: round(value / GIB, 2)  # noqa: E731
+        st = self.stage
+        return {"stage": st.index, "layers": st.layers, "first_layer": st.start, "gpu_type": self.stage_gpu,
+                "total_gib": gib(self.total), "weights_gib": gib(self.weights), "lora_gib": gib(self.lora),
+                "kv_cache_gib": gib(max(self.kv_cache, 0)), "kv_tokens": self.kv_tokens,
+                "sampler_warmup_gib": gib(self.sampler_warmup), "fits": self.fits and self.warmup_fits}
 
-def lora_buffer_bytes(facts: catalog_models.ModelFacts, s: engine.EngineSettings) -> int:
+
+def lora_buffer_bytes(facts: catalog_models.ModelFacts, s: engine.EngineSettings,
+                      stage: memory.Stage | None = None) -> int:
     if s.lora is None:
         return 0
     return memory.lora_bytes(
         facts, s.tensor_parallel_size, s.pipeline_parallel_size, s.lora.max_loras, s.lora.max_lora_rank,
-        s.lora_dtype_bytes, s.lora.target_modules, s.lora.fully_sharded,
+        s.lora_dtype_bytes, s.lora.target_modules, s.lora.fully_sharded, stage=stage, shard=expert_shard(s),
     )
 
 
-def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int) -> GpuBudget:
-    """The per-GPU budget of one replica with these settings on a GPU of `total` bytes.
+def expert_shard(s: engine.EngineSettings) -> memory.ExpertShard:
+    return memory.ExpertShard.of(s.tensor_parallel_size, s.data_parallel_size, s.expert_parallel)
+
+
+def stages_of(facts: catalog_models.ModelFacts, s: engine.EngineSettings) -> tuple[memory.Stage, ...]:
+    return memory.pipeline_stages(facts.architecture.num_hidden_layers, s.pipeline_parallel_size, s.layer_partition)
+
+
+def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int,
+            stage_gpus: tuple[catalog_gpus.GpuFacts, ...] | None = None) -> GpuBudget:
+    """The per-GPU budget of one replica with these settings on GPUs of `total` bytes (or, for a
+    pipeline whose stages sit on different GPUs, `stage_gpus`, one per stage).
+
+    Pipeline parallel: every stage is its own budget (its layers; the embedding on the first, the
+    lm_head on the last), each worker sizes its KV cache from its own free memory, and the engine
+    gives every worker the fewest blocks any of them can hold (get_kv_cache_configs,
+    vllm/v1/core/kv_cache_utils.py of 0.32: "change the num_blocks of each worker to the smallest").
+    Data parallel ranks are copies: the budget is per GPU, whatever the rank.
 
     On vLLM's CPU build the same terms live in host RAM: the worker process holds weights, LoRA
     buffers, activations and the KV cache over its own base; the API server and engine core
     processes stand outside the budget where the CUDA context does on a GPU; there are no graphs."""
+    if s.pipeline_parallel_size == 1:
+        return _stage_budget(facts, s, total, None)
+    budgets = []
+    for stage in stages_of(facts, s):
+        gpu = stage_gpus[stage.index] if stage_gpus else None
+        settings = s.replace(compute_capability=gpu.compute_capability) if gpu else s
+        budgets.append(dataclasses.replace(_stage_budget(facts, settings, gpu.total_bytes if gpu else total, stage),
+                                           stage_gpu=gpu.type if gpu else None))
+    # The stage that does not fit (its KV cache, or the sampler warm-up on the last), else the one
+    # with the fewest tokens, speaks for the replica.
+    binding = min(budgets, key=lambda b: (b.fits and b.warmup_fits, b.kv_tokens))
+    tokens = min(b.kv_tokens for b in budgets)
+    return dataclasses.replace(binding, kv_tokens=tokens, stages=tuple(budgets),
+                               max_concurrency=min(b.max_concurrency for b in budgets))
+
+
+def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int,
+                  stage: memory.Stage | None) -> GpuBudget:
     tp, pp = s.tensor_parallel_size, s.pipeline_parallel_size
+    shard = expert_shard(s)
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
     weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size,
-                                  compute_capability=s.compute_capability)
-    lora = lora_buffer_bytes(facts, s)
+                                  compute_capability=s.compute_capability, stage=stage, shard=shard)
+    lora = lora_buffer_bytes(facts, s, stage)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
                                          tp=tp, dtype_bytes=s.dtype_bytes)
     cpu = overheads.load().cpu
     non_torch = cpu.worker_base_bytes if s.host else memory.non_torch_bytes(tp, pp)
     graphs = 0 if s.host else memory.cudagraph_bytes(
         facts, pp, s.lora is not None, s.enforce_eager, tp=tp, dtype_bytes=s.dtype_bytes,
-        max_num_seqs=s.max_num_seqs, batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version)
+        max_num_seqs=s.max_num_seqs, batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
+        stage=stage)
     in_budget = memory.cudagraphs_in_budget(s.vllm_version)
     outside = cpu.side_processes_bytes if s.host else memory.cuda_context_bytes(tp, pp)
     kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
     layout = memory.kv_layout(facts, tp, pp, s.kv_bytes, kv_cache_dtype=s.kv_cache_dtype,
                               batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
-                              host=s.host, block=s.block_size)
+                              host=s.host, block=s.block_size, stage=stage)
     per_token = layout.bytes_per_token
     request = layout.request_bytes(s.max_model_len)
-    warmup = 0 if s.host or not memory.warms_up_sampler_after_kv(s.vllm_version) else \
+    # Only the last pipeline stage computes logits, so only it warms up the sampler
+    # (Worker.compile_or_warm_up_model: `get_pp_group().is_last_rank`, v1/worker/gpu_worker.py of 0.32).
+    last = stage is None or stage.last
+    warmup = 0 if s.host or not last or not memory.warms_up_sampler_after_kv(s.vllm_version) else \
         memory.sampler_bytes(facts, s.max_num_seqs, s.vllm_version)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
                                        s.kv_cache_dtype, block=s.block_size, layout=layout)
@@ -119,5 +175,6 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
         max_concurrency=max(kv_cache, 0) / request if request else 0.0,
         sampler_warmup=warmup,
         warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget),
+        stage=stage,
     )
     return dataclasses.replace(result, terms=explain.terms(facts, s, result))

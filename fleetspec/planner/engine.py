@@ -35,6 +35,9 @@ class EngineSettings:
     host: bool = False  # vLLM's CPU build: host RAM, no CUDA context or graphs, 128-token blocks
     block_size: int = 16
     compute_capability: tuple[int, int] | None = None  # the GPU's, where kernels pad weights differently
+    data_parallel_size: int = 1
+    expert_parallel: bool = False
+    layer_partition: tuple[int, ...] | None = None  # decoder layers per pipeline stage, when the fleet sets it
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -109,4 +112,7 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         host=gpu.host,
         block_size=overheads.load().cpu.block_size if gpu.host else overheads.load().block_size,
         compute_capability=gpu.compute_capability,
+        data_parallel_size=server.data_parallel_size,
+        expert_parallel=server.expert_parallel,
+        layer_partition=server.layer_partition,
     )

@@ -12,8 +12,8 @@ from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
 from fleetspec.errors import Diagnostic, Severity
 from fleetspec.planner import budget, engine, fixes, memory
+from fleetspec.spec import derived, paths
 from fleetspec.spec import models as spec_models
-from fleetspec.spec import paths
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 GIB = 1 << 30
@@ -52,6 +52,7 @@ def model_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts
         found.extend(_tensor_parallel(facts, server, i, spec))
         found.extend(_lora_support(facts, server, i))
         found.extend(_context_limit(spec, facts, server, i))
+        found.extend(_parallel_shape(facts, server, i, spec))
     scope = version_scope_finding(spec.runtime.vllm_version)
     return found + ([scope] if scope else []) + architecture_findings(facts) + lora_residency_findings(spec)
 
@@ -170,6 +171,51 @@ def _tensor_parallel(facts, server, i, spec) -> list[Diagnostic]:
     )]
 
 
+def _parallel_shape(facts, server, i, spec) -> list[Diagnostic]:
+    """Pipeline splits, data and expert parallel as vLLM checks or silently ignores them."""
+    out = []
+    layers = facts.architecture.num_hidden_layers
+    split = server.layer_partition
+    if split is not None and sum(split) != layers:
+        out.append(finding(
+            ERROR, "layer-split-does-not-add-up", ("servers", i, "pipeline_stages"),
+            f"the pipeline_stages of `{server.name}` hold {sum(split)} layers in all, but `{facts.id}` has {layers}; "
+            "vLLM refuses to start (get_pp_indices: sum(partitions) does not match num_hidden_layers)",
+            f"make the stages' layers add up to {layers}",
+        ))
+    elif server.pipeline_parallel_size > layers:
+        out.append(finding(
+            ERROR, "more-stages-than-layers", ("servers", i, "pipeline_parallel_size"),
+            f"pipeline_parallel_size {server.pipeline_parallel_size} is more stages than the {layers} layers of "
+            f"`{facts.id}`", f"use pipeline_parallel_size {layers} or fewer"))
+    if server.expert_parallel and not facts.is_moe:
+        out.append(finding(
+            WARNING, "expert-parallel-without-experts", ("servers", i, "expert_parallel"),
+            f"`{facts.id}` has no MoE experts, so expert_parallel changes nothing", "remove expert_parallel"))
+    elif server.expert_parallel and server.tensor_parallel_size * server.data_parallel_size == 1:
+        out.append(finding(
+            WARNING, "expert-parallel-on-one-gpu", ("servers", i, "expert_parallel"),
+            "expert_parallel spreads experts over data x tensor parallel GPUs, and this server has one per stage, "
+            "so vLLM ignores it (FusedMoEParallelConfig: use_ep needs dp x tp > 1)",
+            "raise tensor_parallel_size or data_parallel_size, or remove expert_parallel"))
+    uses_ep = server.expert_parallel and facts.is_moe and server.tensor_parallel_size * server.data_parallel_size > 1
+    version = derived.vllm_version_tuple(spec.runtime.vllm_version)
+    if uses_ep and server.lora is not None and server.lora.fully_sharded and version >= (0, 32):
+        out.append(finding(
+            ERROR, "fully-sharded-lora-with-expert-parallel", ("servers", i, "lora", "fully_sharded"),
+            "vLLM refuses MoE LoRA with expert parallel and fully sharded LoRA together: both split over the same "
+            "GPUs (FusedMoEWithLoRA._verify_ep_fs, vllm/lora/layers/fused_moe.py of 0.32)",
+            "set lora.fully_sharded: false, or remove expert_parallel"))
+    if server.mixed_gpu_types and spec.runtime.target != "local":
+        out.append(finding(
+            WARNING, "mixed-stage-gpus-in-container", ("servers", i, "pipeline_stages"),
+            f"`{server.name}` puts pipeline stages on different GPU types, and inside a container CUDA numbers the "
+            "GPUs it sees fastest first, not in the order fleetspec placed them, so a stage may land on the other "
+            "type", "run this server on the bare host (runtime.target: local), or check the engine's log for "
+            "which GPU each stage loaded on"))
+    return out
+
+
 def _lora_support(facts, server, i) -> list[Diagnostic]:
     if server.lora is None:
         return []
@@ -221,6 +267,9 @@ def memory_findings(spec: spec_models.FleetSpec, i: int, facts: catalog_models.M
     """`adapters`: (modules every hosted adapter trains, largest hosted rank), None when unknown."""
     server = spec.servers[i]
     on = f"one {gpu.type} ({gib(gpu.total_bytes)})"
+    if b.stage is not None:
+        on = (f"pipeline stage {b.stage.index} (layers {b.stage.start}-{b.stage.start + b.stage.layers - 1}) "
+              f"on {on}")
     if b.fits:
         return []
     options = _options(facts, s, gpu, b, gpus_available,

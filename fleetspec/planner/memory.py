@@ -30,6 +30,64 @@ def layers_on_gpu(num_layers: int, pp: int) -> int:
     return -(-num_layers // pp)
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One pipeline stage of a replica: decoder layers [start, start + layers), the embedding on the
+    first stage and the lm_head on the last (vLLM's make_layers / PPMissingLayer)."""
+
+    index: int
+    start: int
+    layers: int
+    first: bool
+    last: bool
+
+
+def pipeline_stages(num_layers: int, pp: int, partition: tuple[int, ...] | None = None) -> tuple[Stage, ...]:
+    """The stages vLLM builds (get_pp_indices, vllm/distributed/utils.py of 0.32): the fleet's split
+    (VLLM_PP_LAYER_PARTITION) when given, else num_layers // pp each with the remainder added one
+    by one from the second-to-last stage backwards (the last holds the final norm and lm_head)."""
+    if partition is not None:
+        parts = list(partition)
+    else:
+        parts = [num_layers // pp] * pp
+        for i in range(2, num_layers % pp + 2):
+            parts[-i] += 1
+    stages, start = [], 0
+    for index, layers in enumerate(parts):
+        stages.append(Stage(index, start, layers, index == 0, index == len(parts) - 1))
+        start += layers
+    return tuple(stages)
+
+
+def _stage_layers(num_layers: int, pp: int, stage: Stage | None) -> int:
+    return stage.layers if stage is not None else layers_on_gpu(num_layers, pp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertShard:
+    """How one GPU holds a MoE layer's routed experts (FusedMoEParallelConfig.make,
+    model_executor/layers/fused_moe/config.py of 0.32): MoE layers are spread over all data x tensor
+    parallel GPUs (flatten_tp_across_dp_and_pcp), each expert sliced across them; with expert
+    parallel each GPU holds whole experts instead, the first `experts mod ranks` GPUs one more
+    (determine_expert_map, linear placement, fused_moe/expert_map_manager.py)."""
+
+    ranks: int = 1
+    whole: bool = False
+
+    @classmethod
+    def of(cls, tp: int, dp: int = 1, expert_parallel: bool = False) -> ExpertShard:
+        ranks = tp * dp
+        return cls(ranks, expert_parallel and ranks > 1)  # vLLM: use_ep needs dp x tp > 1
+
+    def local_experts(self, experts: int) -> int:
+        return -(-experts // self.ranks) if self.whole else experts
+
+    @property
+    def width_divisor(self) -> int:
+        """What each expert's intermediate width is divided by on one GPU."""
+        return 1 if self.whole else self.ranks
+
+
 def kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
     """KV heads each GPU stores: a share when tp divides them, one replicated head when tp ≥ kv heads."""
     return max(1, kv_heads // tp)
@@ -106,35 +164,43 @@ def _dense_layer(facts: catalog_models.ModelFacts, tp: int) -> ParamSplit:
     return ParamSplit(attn_linear, _dense_mlp_params(facts, tp), 0.0, attn_other + 2 * facts.architecture.hidden_size)
 
 
-def _moe_layer(facts: catalog_models.ModelFacts, tp: int) -> ParamSplit:
+def _moe_layer(facts: catalog_models.ModelFacts, tp: int, shard: ExpertShard | None = None) -> ParamSplit:
     """A MoE layer: routed experts (w1/w3 gate-up + w2, FusedMoE), the router (hidden × experts, kept
     in the model dtype) and the shared experts (DeepSeek: one gated MLP n_shared_experts ×
     moe_intermediate_size wide, DeepseekV2MoE.shared_experts; Qwen-MoE: shared_expert of
     shared_expert_intermediate_size plus its hidden × 1 shared_expert_gate, Qwen2MoeSparseMoeBlock)."""
     a = facts.architecture
     attn_linear, attn_other = _attention_params(facts, tp)
-    experts = facts.num_experts * 3 * a.hidden_size * facts.expert_intermediate_size / tp
+    shard = shard or ExpertShard(tp)
+    experts = (shard.local_experts(facts.num_experts) * 3 * a.hidden_size * facts.expert_intermediate_size
+               / shard.width_divisor)
     shared = 3 * a.hidden_size * facts.shared_expert_intermediate_size / tp
     gate = a.hidden_size if a.shared_expert_intermediate_size else 0
     other = attn_other + 2 * a.hidden_size + a.hidden_size * facts.num_experts + gate
     return ParamSplit(attn_linear, 0.0, experts, other, shared_experts=shared)
 
 
-def _layer_counts(facts: catalog_models.ModelFacts, layers: int) -> tuple[int, int]:
-    """(dense, MoE) layers among `layers` decoder layers (the first stage holds the dense ones)."""
+def _layer_counts(facts: catalog_models.ModelFacts, layers: int, start: int | None = None) -> tuple[int, int]:
+    """(dense, MoE) layers among `layers` decoder layers from layer `start` (dense layers come
+    first: first_k_dense_replace); without a start, the stage with the most MoE layers."""
     if not facts.is_moe:
         return layers, 0
-    moe = min(layers, facts.moe_layers)
-    return layers - moe, moe
+    if start is None:
+        moe = min(layers, facts.moe_layers)
+        return layers - moe, moe
+    dense_first = facts.architecture.num_hidden_layers - facts.moe_layers
+    dense = max(0, min(start + layers, dense_first) - start)
+    return dense, layers - dense
 
 
-def _decoder_params(facts: catalog_models.ModelFacts, tp: int, layers: int) -> ParamSplit:
-    dense, moe = _layer_counts(facts, layers)
+def _decoder_params(facts: catalog_models.ModelFacts, tp: int, layers: int,
+                    shard: ExpertShard | None = None, start: int | None = None) -> ParamSplit:
+    dense, moe = _layer_counts(facts, layers, start)
     total = ParamSplit(0.0, 0.0, 0.0, 0.0)
     if dense:
         total = total + _dense_layer(facts, tp).times(dense)
     if moe:
-        total = total + _moe_layer(facts, tp).times(moe)
+        total = total + _moe_layer(facts, tp, shard).times(moe)
     return total
 
 
@@ -215,15 +281,20 @@ def parameter_counts(facts: catalog_models.ModelFacts) -> dict[str, int | float 
             "layer_scale": round(_layer_scale(facts), 4)}
 
 
-def params_per_gpu(facts: catalog_models.ModelFacts, tp: int, pp: int) -> ParamSplit:
-    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
-    decoder = _decoder_params(facts, tp, layers).scaled(_layer_scale(facts))
+def params_per_gpu(facts: catalog_models.ModelFacts, tp: int, pp: int, *, stage: Stage | None = None,
+                   shard: ExpertShard | None = None) -> ParamSplit:
+    """Parameters on one GPU of `stage` (without one: the busiest stage of an even split)."""
+    layers = _stage_layers(facts.architecture.num_hidden_layers, pp, stage)
+    decoder = _decoder_params(facts, tp, layers, shard, stage.start if stage else None).scaled(_layer_scale(facts))
     embed, lm_head = _embedding_params(facts, tp)
     # With pipeline parallel the first stage holds the embedding (and the vision tower), the last
     # the lm_head.
     vision = vision_params(facts, tp)
     if pp == 1:
         return decoder + vision + ParamSplit(0.0, 0.0, 0.0, embed + lm_head)
+    if stage is not None:
+        edges = ParamSplit(0.0, 0.0, 0.0, (embed if stage.first else 0.0) + ((lm_head or embed) if stage.last else 0.0))
+        return decoder + edges + (vision if stage.first else ParamSplit(0.0, 0.0, 0.0, 0.0))
     last = lm_head or embed
     if embed + vision.total >= last:
         return decoder + vision + ParamSplit(0.0, 0.0, 0.0, embed)
@@ -258,15 +329,16 @@ def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
 
 def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
                  method: str = "none", group_size: int | None = None, *,
-                 compute_capability: tuple[int, int] | None = None) -> int:
+                 compute_capability: tuple[int, int] | None = None, stage: Stage | None = None,
+                 shard: ExpertShard | None = None) -> int:
     """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
     plus the buffers vLLM allocates with them (the rotary cos/sin cache), with MXFP4 experts padded
     to the shapes their kernel takes (`mxfp4_expert_padding`)."""
-    split = params_per_gpu(facts, tp, pp)
+    split = params_per_gpu(facts, tp, pp, stage=stage, shard=shard)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
     scope = quantized_kinds(facts, method)
     total = split.other * dtype_bytes
-    padding = mxfp4_expert_padding(facts, tp, compute_capability, method)
+    padding = mxfp4_expert_padding(facts, tp, compute_capability, method, shard=shard)
     for kind, count in split.by_kind().items():
         if kind == "experts":
             count *= padding
@@ -279,18 +351,19 @@ def _round_up(value: float, multiple: int) -> int:
 
 
 def mxfp4_expert_padding(facts: catalog_models.ModelFacts, tp: int, compute_capability: tuple[int, int] | None,
-                         method: str = "mxfp4") -> float:
+                         method: str = "mxfp4", *, shard: ExpertShard | None = None) -> float:
     """How much larger MXFP4 expert weights are than the checkpoint's shapes, on one GPU: vLLM
     rounds hidden and per-rank intermediate sizes up to its MoE kernel's tile
     (mxfp4_round_up_hidden_size_and_intermediate_size, fused_moe/oracle/mxfp4.py of 0.33), and picks
     the kernel by device (_get_priority_backends_for_gpt_oss): FlashInfer TRT-LLM on Blackwell
     (hidden to 256, intermediate to 128), OpenAI's Triton kernels on Hopper (intermediate to 64),
     Marlin before Hopper (hidden to 256, intermediate to 128). 1.0 on an unknown device, and for
-    other quantization methods."""
+    other quantization methods. The intermediate size per rank is the MoE layer's (whole under
+    expert parallel, ExpertShard)."""
     if compute_capability is None or not facts.is_moe or method not in quantization.EXPERTS_ONLY:
         return 1.0
     a = facts.architecture
-    hidden, inter = a.hidden_size, facts.expert_intermediate_size / tp
+    hidden, inter = a.hidden_size, facts.expert_intermediate_size / (shard or ExpertShard(tp)).width_divisor
     if (9, 0) <= compute_capability < (10, 0):
         padded_hidden, padded_inter = hidden, _round_up(inter, 64)
     else:
@@ -318,8 +391,11 @@ def lora_targets(facts: catalog_models.ModelFacts, target_modules: Iterable[str]
     return tuple(m for m in supported if m in wanted)
 
 
-def _lora_layer_terms(facts: catalog_models.ModelFacts, tp: int, fully_sharded: bool) -> dict[str, float]:
-    """Per decoder layer, the A+B elements of each wrapped module per slot per unit of rank."""
+def _lora_layer_terms(facts: catalog_models.ModelFacts, tp: int, fully_sharded: bool,
+                      shard: ExpertShard | None = None) -> dict[str, float]:
+    """Per decoder layer, the A+B elements of each wrapped module per slot per unit of rank. MoE:
+    FusedMoEWithLoRA stacks local experts x (w13 A 2H, w2 A and w13 B 3 x the per-rank
+    intermediate, w2 B H), vllm/lora/layers/fused_moe.py of 0.32."""
     a = facts.architecture
     hidden, heads = a.hidden_size, a.num_attention_heads
     col_a = hidden / tp if fully_sharded else hidden  # A of column-parallel layers: [R, H]
@@ -330,7 +406,8 @@ def _lora_layer_terms(facts: catalog_models.ModelFacts, tp: int, fully_sharded: 
         "gate_up_proj": 2 * col_a + 2 * inter,
         "down_proj": inter + row_b,
         "fc1": col_a + inter, "fc2": inter + row_b,  # plain MLP: column- then row-parallel
-        "experts": experts * (3 * hidden + 3 * facts.expert_intermediate_size / tp),
+        "experts": (shard or ExpertShard(tp)).local_experts(experts)
+        * (3 * hidden + 3 * facts.expert_intermediate_size / (shard or ExpertShard(tp)).width_divisor),
         "gate": hidden + experts,
     }
     if facts.attention == "mla":
@@ -352,17 +429,20 @@ def _lora_layer_terms(facts: catalog_models.ModelFacts, tp: int, fully_sharded: 
 
 def lora_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, max_loras: int, max_rank: int,
                lora_dtype_bytes: int, target_modules: Iterable[str] | None = None,
-               fully_sharded: bool = False) -> int:
+               fully_sharded: bool = False, *, stage: Stage | None = None, shard: ExpertShard | None = None) -> int:
     """GPU LoRA buffers on one GPU: vLLM preallocates `max_loras` slots at `max_lora_rank` on every
     wrapped module (vllm-facts §3.3), whatever the adapters' real ranks."""
     targets = lora_targets(facts, target_modules)
-    terms = _lora_layer_terms(facts, tp, fully_sharded)
+    terms = _lora_layer_terms(facts, tp, fully_sharded, shard)
     per_layer = sum(terms[m] for m in targets if m in terms)
     a = facts.architecture
     embed = a.vocab_size + a.hidden_size if "embed_tokens" in targets else 0
     head = a.hidden_size + a.vocab_size if "lm_head" in targets else 0
-    edges = embed + head if pp == 1 else max(embed, head)
-    layers = layers_on_gpu(a.num_hidden_layers, pp)
+    if stage is not None:
+        edges = (embed if stage.first else 0) + (head if stage.last else 0)
+    else:
+        edges = embed + head if pp == 1 else max(embed, head)
+    layers = _stage_layers(a.num_hidden_layers, pp, stage)
     return round(max_loras * max_rank * lora_dtype_bytes * (layers * per_layer + edges))
 
 
@@ -436,9 +516,9 @@ def kv_bytes_per_token_per_layer(facts: catalog_models.ModelFacts, tp: int, kv_b
 
 
 def kv_bytes_per_token(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float,
-                       kv_cache_dtype: str = "auto") -> float:
+                       kv_cache_dtype: str = "auto", *, stage: Stage | None = None) -> float:
     """KV bytes one token takes on one GPU, all attention layers of its pipeline stage."""
-    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
+    layers = _stage_layers(facts.architecture.num_hidden_layers, pp, stage)
     return layers * kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
 
 
@@ -512,12 +592,13 @@ def _groups(full: int, sliding: int, hybrid: bool) -> tuple[tuple[str, ...], int
 def kv_layout(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float, *,
               kv_cache_dtype: str = "auto", batched_tokens: int = 2048,
               vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], host: bool = False,
-              block: int | None = None) -> KvLayout:
+              block: int | None = None, stage: Stage | None = None) -> KvLayout:
     c = overheads.load()
     block = block or c.block_size
     version = _version_tuple(vllm_version)
-    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
-    kinds = facts.layer_kinds[:layers] if facts.layer_kinds else ("full",) * layers
+    layers = _stage_layers(facts.architecture.num_hidden_layers, pp, stage)
+    start = stage.start if stage is not None else 0
+    kinds = facts.layer_kinds[start:start + layers] if facts.layer_kinds else ("full",) * layers
     sliding = sum(1 for k in kinds if k == "sliding")
     hybrid = not host and version >= c.hybrid_kv_since
     groups, size = _groups(layers - sliding, sliding, hybrid)
@@ -706,7 +787,7 @@ def _piecewise_first_capture(facts: catalog_models.ModelFacts, tp: int, dtype_by
 
 def cudagraph_bytes(facts: catalog_models.ModelFacts, pp: int, lora: bool, enforce_eager: bool, *,
                     tp: int = 1, dtype_bytes: int = 2, max_num_seqs: int = 1024, batched_tokens: int = 8192,
-                    vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1]) -> int:
+                    vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], stage: Stage | None = None) -> int:
     """CUDA graph pool of one GPU, the way vLLM's profile_cudagraph_memory estimates it
     (gpu_model_runner.py): the largest first capture over the captured modes plus, per mode,
     (graphs − 1) × one graph's own memory; graphs per mode = the capture sizes; FULL and PIECEWISE
@@ -726,7 +807,7 @@ def cudagraph_bytes(facts: catalog_models.ModelFacts, pp: int, lora: bool, enfor
     if both or not v1:  # FULL graphs (V1 since 0.11; V0 captured whole-model graphs)
         firsts.append(_full_graph_first_capture(facts, tp, dtype_bytes, largest))
     modes = 2 if both else 1
-    layers = layers_on_gpu(facts.architecture.num_hidden_layers, pp)
+    layers = _stage_layers(facts.architecture.num_hidden_layers, pp, stage)
     per_graph = c.cudagraph_per_layer_per_graph_bytes * layers
     graphs = max(firsts) + modes * (len(sizes) - 1) * per_graph
     return round(graphs * (c.cudagraph_lora_factor if lora else 1.0))

@@ -3,7 +3,7 @@
 Pure: the inventory (GPU groups) and the demands (replicas × GPUs per replica × utilization) in,
 concrete device ids out, or a finding that says what is missing. A GPU is shared by several
 replicas only while their gpu_memory_utilization values add up to at most 1.0; one replica's
-tensor/pipeline group uses GPUs of a single type.
+tensor/pipeline group uses GPUs of a single type, unless its pipeline stages name their own types.
 """
 
 from __future__ import annotations
@@ -34,14 +34,20 @@ class Demand:
     gpus_per_replica: int
     utilization: float
     gpu_type: str | None  # canonical catalog name the server is pinned to, or None
+    # Pipeline stages on different GPU types: the canonical type of each stage; one stage takes
+    # data x tensor parallel GPUs. Empty when the replica uses one type.
+    stage_types: tuple[str, ...] = ()
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
     server_index: int
     replica: int
-    gpu_ids: tuple[int, ...]
-    gpu: catalog_gpus.GpuFacts
+    gpu_ids: tuple[int, ...]  # in vLLM's rank order: data rank, then pipeline stage, then tensor rank
+    gpu: catalog_gpus.GpuFacts  # the first stage's
+    stage_gpus: tuple[catalog_gpus.GpuFacts, ...] = ()  # per pipeline stage, when they differ
 
 
 def inventory(groups: Sequence[spec_models.GpuGroup]) -> tuple[list[GpuSlot], list[Diagnostic]]:
@@ -87,7 +93,9 @@ def place(demands: Sequence[Demand], slots: Sequence[GpuSlot],
                 break
             for slot in chosen:
                 free[slot.id] -= demand.utilization
-            assignments.append(Assignment(demand.server_index, replica, tuple(s.id for s in chosen), chosen[0].gpu))
+            stage_gpus = tuple(chosen[k * demand.tensor_parallel_size].gpu for k in range(len(demand.stage_types)))
+            assignments.append(Assignment(demand.server_index, replica, tuple(s.id for s in chosen), chosen[0].gpu,
+                                          stage_gpus))
     return assignments, findings
 
 
@@ -100,19 +108,48 @@ def _types_in_order(slots: Sequence[GpuSlot]) -> list[catalog_gpus.GpuFacts]:
 
 def _choose(demand: Demand, slots: Sequence[GpuSlot], free: dict[int, float],
             prefer: Callable[[Demand, catalog_gpus.GpuFacts], bool] | None) -> list[GpuSlot] | None:
+    if demand.stage_types:
+        return _choose_stages(demand, slots, free)
     types = [g for g in _types_in_order(slots) if demand.gpu_type in (None, g.type)]
     if prefer is not None:
         types.sort(key=lambda g: not prefer(demand, g))  # stable: inventory order within each rank
     for gpu in types:
         usable = [s for s in slots if s.gpu.type == gpu.type and free[s.id] + EPSILON >= demand.utilization]
         if len(usable) >= demand.gpus_per_replica:
-            # Best fit: fill GPUs already shared before opening fresh ones, lowest id first.
-            usable.sort(key=lambda s: (free[s.id], s.id))
-            return sorted(usable[: demand.gpus_per_replica], key=lambda s: s.id)
+            return _best_fit(usable, free, demand.gpus_per_replica)
     return None
 
 
+def _best_fit(usable: list[GpuSlot], free: dict[int, float], count: int) -> list[GpuSlot]:
+    # Fill GPUs already shared before opening fresh ones, lowest id first.
+    return sorted(sorted(usable, key=lambda s: (free[s.id], s.id))[:count], key=lambda s: s.id)
+
+
+def _choose_stages(demand: Demand, slots: Sequence[GpuSlot], free: dict[int, float]) -> list[GpuSlot] | None:
+    """GPUs for a pipeline whose stages sit on different types, in the order vLLM numbers its ranks
+    (ParallelConfig's rank layout [data, pipeline, tensor], rank = local device index): for each data
+    rank, stage 0's tensor-parallel GPUs, then stage 1's, and so on."""
+    per_stage = demand.tensor_parallel_size
+    wanted: dict[str, int] = {}
+    for gpu_type in demand.stage_types:
+        wanted[gpu_type] = wanted.get(gpu_type, 0) + per_stage * demand.data_parallel_size
+    picked: dict[str, list[GpuSlot]] = {}
+    for gpu_type, count in wanted.items():
+        usable = [s for s in slots if s.gpu.type == gpu_type and free[s.id] + EPSILON >= demand.utilization]
+        if len(usable) < count:
+            return None
+        picked[gpu_type] = _best_fit(usable, free, count)
+    ordered = []
+    for _rank in range(demand.data_parallel_size):
+        for gpu_type in demand.stage_types:
+            ordered += picked[gpu_type][:per_stage]
+            picked[gpu_type] = picked[gpu_type][per_stage:]
+    return ordered
+
+
 def _shortage(demand: Demand, replica: int, slots: Sequence[GpuSlot], free: dict[int, float]) -> Diagnostic:
+    if demand.stage_types:
+        return _stage_shortage(demand, replica, slots, free)
     kind = f"{demand.gpu_type} " if demand.gpu_type else ""
     pool = [s for s in slots if demand.gpu_type in (None, s.gpu.type)]
     room = sum(1 for s in pool if free[s.id] + EPSILON >= demand.utilization)
@@ -125,5 +162,20 @@ def _shortage(demand: Demand, replica: int, slots: Sequence[GpuSlot], free: dict
         hint = f"lower replicas to {placed}, declare more GPUs, or lower gpu_memory_utilization so replicas can share GPUs"
     else:
         hint = "declare more GPUs under `gpus:`, or lower gpu_memory_utilization so servers can share GPUs"
+    return Diagnostic(Severity.ERROR, "not-enough-gpus", paths.format_path(("servers", demand.server_index, "replicas")),
+                      message, hint)
+
+
+def _stage_shortage(demand: Demand, replica: int, slots: Sequence[GpuSlot], free: dict[int, float]) -> Diagnostic:
+    short = []
+    for gpu_type in dict.fromkeys(demand.stage_types):
+        count = demand.stage_types.count(gpu_type) * demand.tensor_parallel_size * demand.data_parallel_size
+        room = sum(1 for s in slots if s.gpu.type == gpu_type and free[s.id] + EPSILON >= demand.utilization)
+        if room < count:
+            short.append(f"{count} {gpu_type} GPU(s) ({room} left)")
+    message = (f"replica {replica} of `{demand.name}` needs, for its pipeline stages, {' and '.join(short)} with "
+               f"{demand.utilization:.2f} of their memory free")
+    hint = (f"lower replicas to {replica}, declare more GPUs of those types, or lower gpu_memory_utilization"
+            if replica else "declare more GPUs of those types under `gpus:`, or move layers to a stage on another type")
     return Diagnostic(Severity.ERROR, "not-enough-gpus", paths.format_path(("servers", demand.server_index, "replicas")),
                       message, hint)

@@ -26,6 +26,7 @@ class ReplicaPlan:
     gpus: tuple[int, ...]  # empty when the replica could not be placed
     gpu_type: str | None
     budget: budget.GpuBudget | None  # per GPU; for an unplaced replica, what it would get
+    data_parallel_size: int = 1  # engine ranks, each with this budget's KV cache
 
     @property
     def placed(self) -> bool:
@@ -42,6 +43,8 @@ class ReplicaPlan:
             "kv_cache_tokens": b.kv_tokens if b else 0,
             "max_concurrency": round(b.max_concurrency, 2) if b else 0.0,
             "largest_max_model_len": b.largest_model_len if b else 0,
+            "data_parallel_size": self.data_parallel_size,
+            "max_concurrency_all_ranks": round(b.max_concurrency * self.data_parallel_size, 2) if b else 0.0,
             "per_gpu": b.to_json() if b else None,
         }
 
@@ -207,18 +210,40 @@ class _Planner:
     def demands(self) -> list[placement.Demand]:
         from fleetspec.spec import derived
 
+        def canonical(name: str | None) -> str | None:
+            return catalog_gpus.canonical_name(name) or name if name else None
+
         return [
             placement.Demand(i, s.name, s.replicas, s.gpus_per_replica, derived.utilization(self.spec, s),
-                             catalog_gpus.canonical_name(s.gpu_type) or s.gpu_type if s.gpu_type else None)
+                             canonical(s.gpu_type),
+                             tuple(canonical(t) for t in s.stage_gpu_types()) if s.mixed_gpu_types else (),
+                             s.tensor_parallel_size, s.data_parallel_size)
             for i, s in enumerate(self.spec.servers)
         ]
 
-    def budget(self, i: int, gpu: catalog_gpus.GpuFacts) -> tuple[engine.EngineSettings, budget.GpuBudget]:
-        key = (i, gpu.type, gpu.total_bytes)
+    def budget(self, i: int, gpu: catalog_gpus.GpuFacts, stage_gpus: tuple[catalog_gpus.GpuFacts, ...] = (),
+               ) -> tuple[engine.EngineSettings, budget.GpuBudget]:
+        """Settings and budget of server i on `gpu`, or across `stage_gpus` when its pipeline stages
+        sit on different types (the settings that depend on the device, batch defaults among them,
+        are the first stage's: vLLM's engine reads them from device 0)."""
+        key = (i, gpu.type, gpu.total_bytes, tuple((g.type, g.total_bytes) for g in stage_gpus))
         if key not in self._budgets:
             settings = engine.settings_for(self.spec, self.spec.servers[i], self.facts, gpu)
-            self._budgets[key] = settings, budget.compute(self.facts, settings, gpu.total_bytes)
+            self._budgets[key] = settings, budget.compute(self.facts, settings, gpu.total_bytes, stage_gpus or None)
         return self._budgets[key]
+
+    def _stage_fallback(self, server: spec_models.Server) -> tuple[catalog_gpus.GpuFacts, ...]:
+        """For a mixed-type pipeline that could not be placed: one GPU of each stage's type."""
+        if not server.mixed_gpu_types:
+            return ()
+        found = []
+        for gpu_type in server.stage_gpu_types():
+            wanted = catalog_gpus.canonical_name(gpu_type) or gpu_type
+            gpu = next((s.gpu for s in self.slots if s.gpu.type == wanted), None)
+            if gpu is None:
+                return ()
+            found.append(gpu)
+        return tuple(found)
 
     def prefer(self, demand: placement.Demand, gpu: catalog_gpus.GpuFacts) -> bool:
         return self.facts is not None and self.budget(demand.server_index, gpu)[1].fits
@@ -226,35 +251,44 @@ class _Planner:
     def server_plan(self, i: int, assignments, found: list[Diagnostic]) -> ServerPlan:
         server = self.spec.servers[i]
         placed = {a.replica: a for a in assignments if a.server_index == i}
-        fallback = next((s.gpu for s in self.slots if self._matches(server, s.gpu)), None)
+        stage_fallback = self._stage_fallback(server)
+        fallback = stage_fallback[0] if stage_fallback else \
+            next((s.gpu for s in self.slots if self._matches(server, s.gpu)), None)
         replicas, settings = [], None
         for r in range(server.replicas):
             gpu = placed[r].gpu if r in placed else fallback
+            stages = placed[r].stage_gpus if r in placed else stage_fallback
             b = None
             if self.facts is not None and gpu is not None:
-                settings, b = self.budget(i, gpu)
-            replicas.append(ReplicaPlan(r, placed[r].gpu_ids if r in placed else (), gpu.type if gpu else None, b))
+                settings, b = self.budget(i, gpu, stages)
+            gpu_type = "+".join(dict.fromkeys(g.type for g in stages)) if stages else gpu.type if gpu else None
+            replicas.append(ReplicaPlan(r, placed[r].gpu_ids if r in placed else (), gpu_type, b,
+                                        server.data_parallel_size))
         if self.facts is not None and server.replicas:
-            found.extend(self._memory_findings(i, {a.gpu.type: a.gpu for a in placed.values()} or
-                                                ({fallback.type: fallback} if fallback else {})))
+            # Once per distinct placement (GPU type, or the types of the stages), not per replica.
+            used = {(a.gpu.type, tuple(g.type for g in a.stage_gpus)): (a.gpu, a.stage_gpus) for a in placed.values()}
+            if not used and fallback is not None:
+                used = {(): (fallback, stage_fallback)}
+            found.extend(self._memory_findings(i, list(used.values())))
         if settings is None and self.facts is not None and fallback is not None:
-            settings = self.budget(i, fallback)[0]
+            settings = self.budget(i, fallback, stage_fallback)[0]
         return ServerPlan(i, server.name, settings, tuple(replicas), self._lora_plan(i, settings))
 
     def _matches(self, server: spec_models.Server, gpu: catalog_gpus.GpuFacts) -> bool:
         wanted = catalog_gpus.canonical_name(server.gpu_type) or server.gpu_type if server.gpu_type else None
         return wanted in (None, gpu.type)
 
-    def _memory_findings(self, i: int, gpus_used: dict[str, catalog_gpus.GpuFacts]) -> list[Diagnostic]:
+    def _memory_findings(self, i: int, gpus_used: list[tuple[catalog_gpus.GpuFacts, tuple]]) -> list[Diagnostic]:
         out: list[Diagnostic] = []
         adapters = self._adapters[i]
-        for gpu in gpus_used.values():
-            settings, b = self.budget(i, gpu)
-            available = sum(1 for s in self.slots if s.gpu.type == gpu.type)
-            out.extend(findings.memory_findings(self.spec, i, self.facts, settings, gpu, b, available,
+        for gpu, stages in gpus_used:
+            settings, b = self.budget(i, gpu, stages)
+            binding = stages[b.stage.index] if stages and b.stage is not None else gpu
+            available = sum(1 for s in self.slots if s.gpu.type == binding.type)
+            out.extend(findings.memory_findings(self.spec, i, self.facts, settings, binding, b, available,
                                                 (adapters.trained_modules, adapters.largest_rank)))
         if gpus_used:
-            settings = self.budget(i, next(iter(gpus_used.values())))[0]
+            settings = self.budget(i, *gpus_used[0])[0]
             for extra in (findings.rank_finding(i, self.facts, settings, adapters.largest_rank),
                           findings.targets_finding(i, self.facts, settings, adapters.trained_modules),
                           findings.seed_formula_finding(i, self.facts, settings)):
@@ -289,16 +323,21 @@ class _Planner:
         """Per GPU: the budgets of every replica on it plus each one's CUDA context must fit."""
         if self.facts is None:
             return []
-        booked: dict[int, list[tuple[int, catalog_gpus.GpuFacts]]] = {}
+        booked: dict[int, list[tuple[int, catalog_gpus.GpuFacts, tuple[int, tuple]]]] = {}
         for a in assignments:
-            for gpu_id in a.gpu_ids:
-                booked.setdefault(gpu_id, []).append((a.server_index, a.gpu))
+            server = self.spec.servers[a.server_index]
+            per_rank = server.tensor_parallel_size * server.pipeline_parallel_size
+            for position, gpu_id in enumerate(a.gpu_ids):
+                stage = (position % per_rank) // server.tensor_parallel_size
+                gpu = a.stage_gpus[stage] if a.stage_gpus else a.gpu
+                booked.setdefault(gpu_id, []).append((a.server_index, gpu, (stage, (a.gpu, a.stage_gpus))))
         out = []
         for gpu_id, users in sorted(booked.items()):
             used = outside = graphs = 0.0
             warmups: list[tuple[int, budget.GpuBudget]] = []
-            for i, gpu in users:
-                settings, b = self.budget(i, gpu)
+            for i, _gpu, (stage, placed_on) in users:
+                settings, b = self.budget(i, *placed_on)
+                b = b.stages[stage] if b.stages else b  # this GPU's own stage
                 used += settings.gpu_memory_utilization
                 outside += b.cuda_context
                 graphs += 0 if b.cudagraph_in_budget else b.cudagraph

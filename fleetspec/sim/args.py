@@ -245,6 +245,7 @@ def build_parser(version: str = DEFAULT_VERSION) -> _Parser:
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1)
+    p.add_argument("--enable-expert-parallel", action="store_true")
     p.add_argument("--gpu-memory-utilization", "--device-memory-utilization", type=float, default=0.92)
     p.add_argument("--max-model-len", type=human_readable_int_or_auto)
     p.add_argument("--max-num-seqs", type=int)

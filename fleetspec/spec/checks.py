@@ -223,12 +223,15 @@ def _gpu_inventory(fleet) -> Iterator[Diagnostic]:
                                    f"no GPU group of type `{server.gpu_type}` is declared under `gpus:`",
                                    _did_you_mean(server.gpu_type, [t for t in types if t]) or "declare it under gpus")
             continue
-        pool = sum(g.count for g in spec.gpus if server.gpu_type in (None, g.type))
+        if server.mixed_gpu_types:
+            yield from _stage_inventory(fleet, i, server, types)
+            continue
+        pool = sum(g.count for g in spec.gpus if server.stage_gpu_types()[0] in (None, g.type))
         if server.gpus_per_replica > pool:
             yield fleet.diagnostic(
                 ERROR, "replica-larger-than-inventory", ("servers", i, "tensor_parallel_size"),
                 f"one replica of `{server.name}` needs {server.gpus_per_replica} GPUs but only {pool} are declared",
-                "lower tensor_parallel_size / pipeline_parallel_size, or declare more GPUs",
+                "lower data_parallel_size / tensor_parallel_size / pipeline_parallel_size, or declare more GPUs",
             )
     needed = sum(s.replicas * s.gpus_per_replica * derived.utilization(spec, s) for s in spec.servers)
     if needed > total + 1e-9:
@@ -238,6 +241,28 @@ def _gpu_inventory(fleet) -> Iterator[Diagnostic]:
             f"gpu_memory_utilization) but {total} GPU(s) are declared",
             "declare more GPUs, lower replicas, or lower gpu_memory_utilization so replicas can share a GPU",
         )
+
+
+def _stage_inventory(fleet, i: int, server, types: set) -> Iterator[Diagnostic]:
+    """A replica whose pipeline stages name different GPU types needs, of each type, data x tensor
+    parallel GPUs per stage on that type."""
+    wanted: dict[str | None, int] = {}
+    for stage, gpu_type in enumerate(server.stage_gpu_types()):
+        if gpu_type is not None and gpu_type not in types:
+            yield fleet.diagnostic(ERROR, "unknown-gpu-type", ("servers", i, "pipeline_stages", stage, "gpu_type"),
+                                   f"no GPU group of type `{gpu_type}` is declared under `gpus:`",
+                                   _did_you_mean(gpu_type, [t for t in types if t]) or "declare it under gpus")
+            return
+        wanted[gpu_type] = wanted.get(gpu_type, 0) + server.data_parallel_size * server.tensor_parallel_size
+    for gpu_type, count in wanted.items():
+        pool = sum(g.count for g in fleet.spec.gpus if gpu_type in (None, g.type))
+        if count > pool:
+            yield fleet.diagnostic(
+                ERROR, "replica-larger-than-inventory", ("servers", i, "pipeline_stages"),
+                f"one replica of `{server.name}` needs {count} {gpu_type or ''} GPUs for its pipeline stages "
+                f"but only {pool} are declared".replace("  ", " "),
+                "declare more GPUs of that type, or move layers to a stage on another type",
+            )
 
 
 def _ports(fleet) -> Iterator[Diagnostic]:

@@ -127,6 +127,7 @@ def Count(le: int, ge: int = 1):  # noqa: N802 - reads as a type in annotations
 MAX_SPECIALISTS = 20_000
 MAX_SERVERS = 1_000
 MAX_REPLICAS = 4_096  # per server
+MAX_GPUS_PER_REPLICA = 1_024  # data x tensor x pipeline parallel
 MAX_TOTAL_REPLICAS = 8_192  # whole fleet: each replica is a process or container with its own port
 MAX_GPUS_PER_GROUP = 4_096
 MAX_TOTAL_GPUS = 4_096
@@ -146,6 +147,7 @@ LIMIT_REASONS: dict[str, str] = {
     "memory_gib": "no accelerator or host offers more memory",
     "tensor_parallel_size": "no replica spans more GPUs",
     "pipeline_parallel_size": "no replica spans more GPUs",
+    "data_parallel_size": "no replica spans more GPUs",
     "max_model_len": "no model offers a longer context (2^24 tokens)",
     "max_position_embeddings": "no model offers a longer context (2^24 tokens)",
     "sliding_window": "no model offers a longer context (2^24 tokens)",
@@ -504,6 +506,14 @@ class LoraLimits(Strict):
         return value
 
 
+class PipelineStage(Strict):
+    """One pipeline-parallel stage of a replica: how many decoder layers it holds, on which GPUs."""
+
+    layers: Count(MAX_LAYERS) = Field(description="Decoder layers on this stage (vLLM's VLLM_PP_LAYER_PARTITION).")
+    gpu_type: Text | None = Field(
+        None, description="Catalog GPU type of this stage's GPUs; defaults to the server's gpu_type.")
+
+
 class Server(Strict):
     """A pool of identical vLLM servers (replicas) sharing one configuration."""
 
@@ -511,6 +521,17 @@ class Server(Strict):
     replicas: Count(MAX_REPLICAS, ge=0) = 1
     tensor_parallel_size: Count(1_024) = 1
     pipeline_parallel_size: Count(1_024) = 1
+    data_parallel_size: Count(1_024) = Field(
+        1, description="Engine ranks in one replica (--data-parallel-size), each with its own KV cache and "
+        "tensor x pipeline GPUs; MoE experts are split over all data x tensor parallel GPUs.")
+    expert_parallel: Bool = Field(
+        False, description="Give each GPU whole MoE experts instead of a slice of every expert "
+        "(--enable-expert-parallel); experts are spread over data x tensor parallel GPUs.")
+    pipeline_stages: list[PipelineStage] | None = Field(
+        None, min_length=2, max_length=1_024,
+        description="An uneven pipeline split, one entry per stage in order (first holds the embedding, last "
+        "the lm_head): layers per stage, and optionally a GPU type per stage. Sets pipeline_parallel_size.",
+    )
     gpu_type: Text | None = Field(None, description="Only place this server on GPUs of this catalog type.")
     gpu_memory_utilization: Float | None = Field(
         None, gt=0, le=1, description="Share of each GPU's total memory this server may use (vLLM default 0.92)."
@@ -545,9 +566,57 @@ class Server(Strict):
     resources: PodResources | None = Field(
         None, description="Kubernetes requests and limits of each replica's pod: CPU and host memory.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_size_from_stages(cls, data):
+        # Listing the stages says how many there are: pipeline_parallel_size follows unless written.
+        if isinstance(data, dict) and isinstance(data.get("pipeline_stages"), list) \
+                and "pipeline_parallel_size" not in data and len(data["pipeline_stages"]) >= 2:
+            return {**data, "pipeline_parallel_size": len(data["pipeline_stages"])}
+        return data
+
+    @model_validator(mode="after")
+    def _parallel_shape(self) -> Server:
+        if self.gpus_per_replica > MAX_GPUS_PER_REPLICA:
+            raise SpecValueError(
+                f"one replica of `{self.name}` would span {self.gpus_per_replica:,} GPUs (data x tensor x pipeline "
+                f"parallel); at most {MAX_GPUS_PER_REPLICA:,} are allowed, because no replica spans more GPUs",
+                "lower data_parallel_size, tensor_parallel_size or pipeline_parallel_size")
+        stages = self.pipeline_stages
+        if stages is not None and len(stages) != self.pipeline_parallel_size:
+            raise SpecValueError(
+                f"`{self.name}` lists {len(stages)} pipeline_stages but sets pipeline_parallel_size "
+                f"{self.pipeline_parallel_size}; vLLM needs one layer count per stage",
+                f"set pipeline_parallel_size: {len(stages)}, or remove it (the stages set it)")
+        if stages is not None and "VLLM_PP_LAYER_PARTITION" in self.env:
+            raise SpecValueError(
+                f"`{self.name}` sets the layer split twice: in pipeline_stages and in env.VLLM_PP_LAYER_PARTITION",
+                "keep pipeline_stages (the planner reads it) and remove the env entry")
+        if stages is not None and self.gpu_type is not None and any(
+                st.gpu_type not in (None, self.gpu_type) for st in stages):
+            raise SpecValueError(
+                f"`{self.name}` pins gpu_type {self.gpu_type} but a pipeline stage names another GPU type",
+                "remove the server's gpu_type and name a gpu_type on every stage")
+        return self
+
     @property
     def gpus_per_replica(self) -> int:
-        return self.tensor_parallel_size * self.pipeline_parallel_size
+        return self.data_parallel_size * self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def layer_partition(self) -> tuple[int, ...] | None:
+        """Decoder layers per pipeline stage when the fleet sets the split (VLLM_PP_LAYER_PARTITION)."""
+        return tuple(st.layers for st in self.pipeline_stages) if self.pipeline_stages else None
+
+    def stage_gpu_types(self) -> tuple[str | None, ...]:
+        """The GPU type each pipeline stage asks for (None: any), first stage first."""
+        if not self.pipeline_stages:
+            return (self.gpu_type,) * self.pipeline_parallel_size
+        return tuple(st.gpu_type or self.gpu_type for st in self.pipeline_stages)
+
+    @property
+    def mixed_gpu_types(self) -> bool:
+        return len(set(self.stage_gpu_types())) > 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,6 +101,9 @@ def test_every_compiled_argv_parses_in_vllm_with_the_values_fleetspec_meant(orac
         assert args["gpu_memory_utilization"] == settings["gpu_memory_utilization"]
         assert args["max_model_len"] == settings["max_model_len"]
         server = spec.server(launch.server)
+        assert args["pipeline_parallel_size"] == server.pipeline_parallel_size
+        assert args["data_parallel_size"] == server.data_parallel_size
+        assert args["enable_expert_parallel"] is server.expert_parallel
         if server.lora is None:
             assert args["enable_lora"] is not True
             continue
