@@ -23,6 +23,7 @@ class GpuFacts:
     simulated: bool = False
     host: bool = False  # the CPU build of vLLM: "GPU memory" is host RAM, and there is no CUDA
     compute_capability: tuple[int, int] | None = None  # None: not a catalog card
+    interconnect: str = "pcie"  # between the GPUs of one replica: "nvlink" (NVLink/NVSwitch) or "pcie"
 
     @property
     def total_gib(self) -> float:
@@ -46,13 +47,18 @@ def resolve(group: spec_models.GpuGroup) -> GpuFacts:
         host = name is not None and _entry(name).get("host", False)
         if host and group.memory_gib is None:
             raise HostMemoryNeeded(group.type)
+        # "H100-PCIe" is an alias of H100-80GB, whose catalog link is the SXM board's.
+        named_pcie = "pcie" in group.type.lower()
+        link = group.interconnect or ("pcie" if named_pcie else _entry(name).get("interconnect", "pcie")) \
+            if name is not None else None
         if name is not None and group.memory_gib is None:
-            return _catalog_facts(name)
+            return dataclasses.replace(_catalog_facts(name), interconnect=link)
         if name is not None:
             return GpuFacts(name, round(group.memory_gib * GIB), "memory_gib in the fleet file", host=host,
-                            compute_capability=_capability(_entry(name)))
+                            compute_capability=_capability(_entry(name)), interconnect=link)
     label = group.type or f"custom-{group.memory_gib:g}GiB"
-    return GpuFacts(label, round(group.memory_gib * GIB), "memory_gib in the fleet file")
+    return GpuFacts(label, round(group.memory_gib * GIB), "memory_gib in the fleet file",
+                    interconnect=group.interconnect or "pcie")
 
 
 def canonical_name(name: str) -> str | None:
@@ -79,7 +85,7 @@ def _catalog_facts(name: str) -> GpuFacts:
     entry = _entry(name)
     return GpuFacts(name, round(entry["memory_gib"] * GIB), entry["source"],
                     entry.get("estimated", False), entry.get("simulated", False),
-                    compute_capability=_capability(entry))
+                    compute_capability=_capability(entry), interconnect=entry.get("interconnect", "pcie"))
 
 
 def _capability(entry: dict) -> tuple[int, int] | None:

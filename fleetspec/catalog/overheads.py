@@ -63,6 +63,7 @@ class Overheads:
     activation_v0_hidden_copies: int  # hidden-sized tensors alive at V0's forward peak
     non_torch_bytes: dict[str, int]  # single_gpu / tensor_parallel / pipeline_only
     cuda_context_bytes: dict[str, int]
+    non_torch_model: dict  # what those are made of by release and link (planner.nontorch)
     flash_attn_splits: int
     cudagraph_piecewise_base_bytes: int
     cudagraph_per_layer_per_graph_bytes: int
@@ -72,6 +73,8 @@ class Overheads:
     cudagraph_subtracted_since: tuple[int, ...]
     cudagraph_lora_factor: float
     v1_engine_since: tuple[int, ...]
+    v0_fallback_below_major: int
+    v0_fallback_until: tuple[int, ...]
     v0_defaults: V0Defaults
     hybrid_kv_since: tuple[int, ...]  # several KV cache groups (the hybrid KV cache manager)
     kv_concurrency_report_since: tuple[int, ...]  # "GPU KV cache size" = max_concurrency × max_model_len
@@ -127,6 +130,7 @@ def load() -> Overheads:
         activation_v0_hidden_copies=act["v0_forward"]["hidden_copies"],
         non_torch_bytes={k: _gib(v) for k, v in data["non_torch_gib"].items()},
         cuda_context_bytes={k: _gib(v) for k, v in data["cuda_context_gib"].items()},
+        non_torch_model=data["non_torch_model"],
         flash_attn_splits=graphs["flash_attn_splits"],
         cudagraph_piecewise_base_bytes=_mib(graphs["piecewise_base_mib"]),
         cudagraph_per_layer_per_graph_bytes=_mib(graphs["per_layer_per_graph_mib"]),
@@ -139,6 +143,8 @@ def load() -> Overheads:
         cudagraph_subtracted_since=_version(graphs["subtracted_since"]),
         cudagraph_lora_factor=graphs["lora_factor"],
         v1_engine_since=_version(data["engine"]["v1_default_since"]),
+        v0_fallback_below_major=data["engine"]["v0_fallback_below_capability"]["major"],
+        v0_fallback_until=_version(data["engine"]["v0_fallback_below_capability"]["until"]),
         v0_defaults=V0Defaults(**data["engine"]["v0_defaults"]),
         hybrid_kv_since=_version(data["kv_cache"]["hybrid_manager_since"]),
         kv_concurrency_report_since=_version(data["kv_cache"]["concurrency_report_since"]),

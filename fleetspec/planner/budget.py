@@ -7,7 +7,7 @@ import dataclasses
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads
-from fleetspec.planner import engine, explain, memory
+from fleetspec.planner import engine, explain, memory, nontorch
 
 GIB = 1 << 30
 
@@ -45,6 +45,9 @@ class GpuBudget:
     stage: memory.Stage | None = None
     stage_gpu: str | None = None
     stages: tuple[GpuBudget, ...] = ()
+    # What non_torch is made of (planner.nontorch), and how sure that is.
+    non_torch_parts: tuple[tuple[str, int], ...] = ()
+    non_torch_confidence: str = "measured"
 
     @property
     def warmup_fits(self) -> bool:
@@ -143,15 +146,19 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
                                   compute_capability=s.compute_capability, stage=stage, shard=shard)
     lora = lora_buffer_bytes(facts, s, stage)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
-                                         tp=tp, dtype_bytes=s.dtype_bytes)
+                                         tp=tp, dtype_bytes=s.dtype_bytes, v0=s.v0)
     cpu = overheads.load().cpu
-    non_torch = cpu.worker_base_bytes if s.host else memory.non_torch_bytes(tp, pp)
+    parallel = None if s.host else nontorch.non_torch(
+        tp, pp, s.vllm_version, interconnect=s.interconnect, compute_capability=s.compute_capability,
+        hidden=facts.architecture.hidden_size, batched_tokens=s.max_num_batched_tokens, dp=s.data_parallel_size,
+        v0=s.v0)
+    non_torch = cpu.worker_base_bytes if parallel is None else parallel.in_budget
     graphs = 0 if s.host else memory.cudagraph_bytes(
         facts, pp, s.lora is not None, s.enforce_eager, tp=tp, dtype_bytes=s.dtype_bytes,
         max_num_seqs=s.max_num_seqs, batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
-        stage=stage)
+        stage=stage, v0=s.v0)
     in_budget = memory.cudagraphs_in_budget(s.vllm_version)
-    outside = cpu.side_processes_bytes if s.host else memory.cuda_context_bytes(tp, pp)
+    outside = cpu.side_processes_bytes if parallel is None else parallel.outside
     kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
     layout = memory.kv_layout(facts, tp, pp, s.kv_bytes, kv_cache_dtype=s.kv_cache_dtype,
                               batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
@@ -161,7 +168,7 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
     # Only the last pipeline stage computes logits, so only it warms up the sampler
     # (Worker.compile_or_warm_up_model: `get_pp_group().is_last_rank`, v1/worker/gpu_worker.py of 0.32).
     last = stage is None or stage.last
-    warmup = 0 if s.host or not last or not memory.warms_up_sampler_after_kv(s.vllm_version) else \
+    warmup = 0 if s.host or not last or not memory.warms_up_sampler_after_kv(s.vllm_version, s.v0) else \
         memory.sampler_bytes(facts, s.max_num_seqs, s.vllm_version)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
                                        s.kv_cache_dtype, block=s.block_size, layout=layout)
@@ -176,5 +183,7 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
         sampler_warmup=warmup,
         warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget),
         stage=stage,
+        non_torch_parts=parallel.parts if parallel else (("vLLM CPU build worker base", non_torch),),
+        non_torch_confidence=parallel.confidence if parallel else "measured",
     )
     return dataclasses.replace(result, terms=explain.terms(facts, s, result))

@@ -8,6 +8,7 @@ import dataclasses
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads, quantization
+from fleetspec.planner import memory
 from fleetspec.spec import derived
 from fleetspec.spec import models as spec_models
 
@@ -38,6 +39,8 @@ class EngineSettings:
     data_parallel_size: int = 1
     expert_parallel: bool = False
     layer_partition: tuple[int, ...] | None = None  # decoder layers per pipeline stage, when the fleet sets it
+    interconnect: str = "nvlink"  # between the replica's GPUs (catalog.gpus.GpuFacts.interconnect)
+    v0: bool = False  # the V0 engine: before 0.8, and V1's fallback on older GPUs (memory.runs_v0)
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -85,7 +88,10 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
     default_tokens, default_seqs = batch_defaults(gpu, version)
     max_num_seqs = server.max_num_seqs or default_seqs
     batched = server.max_num_batched_tokens or min(default_tokens, max_num_seqs * max_model_len)
-    if version < overheads.load().v1_engine_since and not gpu.host:
+    v0 = not gpu.host and memory.runs_v0(version, gpu.compute_capability)
+    if v0:
+        # Also V0 as 0.8-0.9's fallback: EngineArgs._set_default_args_v0 (arg_utils.py:1500-1535
+        # @0.8.5) keeps chunked prefill off up to 32K, as 0.6/0.7 did.
         max_num_seqs, batched = v0_batch_defaults(server, max_model_len)
     dtype_bytes = quantization.dtype_bytes(model_dtype(base, facts))
     lora_bytes = dtype_bytes
@@ -115,4 +121,6 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         data_parallel_size=server.data_parallel_size,
         expert_parallel=server.expert_parallel,
         layer_partition=server.layer_partition,
+        interconnect=gpu.interconnect,
+        v0=v0,
     )

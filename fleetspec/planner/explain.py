@@ -68,7 +68,7 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
         out.append(Term("activation", b.activation, "vLLM CPU build: the 0.19 GPU fit applied to host RAM",
                         "extrapolated"))
     else:
-        if version < c.v1_engine_since:
+        if s.v0:
             # The shapes come from V0's code; the sort's size in logits tensors was measured on V1.
             text, confidence = ("V0 profile run: the larger of the eager forward's MLP and hidden tensors "
                                 f"({s.max_num_batched_tokens} tokens) and the whole-vocabulary sort of its "
@@ -81,9 +81,14 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
             text += "; the vision encoder's dummy profile run is not modelled"
             confidence = "not modelled"
         out.append(Term("activation", b.activation, text, confidence))
-    nt_what = "non-torch (NCCL/cuBLAS) memory" + (" at tensor parallel (2.13 GiB for every release; 0.11 logs "
-                                                  "show about 0.55 GiB)" if s.tensor_parallel_size > 1 else "")
-    text, confidence = _measured(version, nt_what)
+    if s.host:
+        text, confidence = _measured(version, "non-torch memory of the CPU worker")
+    else:
+        link = f" over {s.interconnect}" if s.tensor_parallel_size > 1 else ""
+        parts = " + ".join(f"{name} {size / (1 << 30):.2f} GiB" for name, size in b.non_torch_parts)
+        text = (f"non-torch memory{link}: {parts}; sizes measured on vLLM 0.19 H100 or read from vLLM's and "
+                f"NCCL's code, counted as {_release(version)} counts them (planner/nontorch.py)")
+        confidence = b.non_torch_confidence
     out.append(Term("non_torch", b.non_torch, text, confidence))
     if not s.host:
         if s.enforce_eager:

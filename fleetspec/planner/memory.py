@@ -661,14 +661,30 @@ def _version_tuple(version: tuple[int, ...] | str) -> tuple[int, ...]:
     return version if isinstance(version, tuple) else tuple(int(p) for p in version.split("."))
 
 
+def runs_v0(vllm_version: tuple[int, ...] | str, compute_capability: tuple[int, int] | None = None) -> bool:
+    """Whether `vllm serve` of this release runs the V0 engine on this GPU: before 0.8 always, and
+    until 0.10 on GPUs below compute capability 8.0, where it fell back to V0 (overheads.yaml engine)."""
+    c = overheads.load()
+    version = _version_tuple(vllm_version)
+    if version < c.v1_engine_since:
+        return True
+    return (compute_capability is not None and compute_capability[0] < c.v0_fallback_below_major
+            and version < c.v0_fallback_until)
+
+
+def _v0(vllm_version: tuple[int, ...] | str, v0: bool | None) -> bool:
+    return runs_v0(vllm_version) if v0 is None else v0
+
+
 def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_num_seqs: int, pp: int,
-                     vllm_version: tuple[int, ...] | str, *, tp: int = 1, dtype_bytes: int = 2) -> int:
+                     vllm_version: tuple[int, ...] | str, *, tp: int = 1, dtype_bytes: int = 2,
+                     v0: bool | None = None) -> int:
     """Peak of vLLM's profiling run: a forward pass of max_num_batched_tokens tokens and a dummy
     sampler over max_num_seqs rows of fp32 logits. V1: a measured base for the (compiled) forward
     plus the sampler's share by release (`sampler_bytes`). V0: the larger of its eager forward's
     peak and the sampler's (overheads.yaml activation.v0_forward)."""
     c = overheads.load()
-    if _version_tuple(vllm_version) < c.v1_engine_since:
+    if _v0(vllm_version, v0):
         hidden = batched_tokens * facts.architecture.hidden_size * dtype_bytes
         sampler = sampler_bytes(facts, max_num_seqs, vllm_version) + hidden
         total = max(v0_forward_bytes(facts, batched_tokens, tp, dtype_bytes), sampler)
@@ -704,12 +720,12 @@ def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int,
     return round(factor * max_num_seqs * facts.architecture.vocab_size * 4)
 
 
-def warms_up_sampler_after_kv(vllm_version: tuple[int, ...] | str) -> bool:
+def warms_up_sampler_after_kv(vllm_version: tuple[int, ...] | str, v0: bool | None = None) -> bool:
     """The V1 engine (default since 0.8) runs the sampler once more after the KV cache is allocated
     and the CUDA graphs are captured (`Worker.compile_or_warm_up_model`, v1/worker/gpu_worker.py:
     "Warm up sampler and preallocate memory buffer for logits ... called after `capture_model` on
     purpose"); the V0 engine sampled only inside its profile run."""
-    return _version_tuple(vllm_version) >= overheads.load().v1_engine_since
+    return not _v0(vllm_version, v0)
 
 
 def warmup_free_bytes(total: int, budget: int, cuda_context: int, activation: int, cudagraph: int,
@@ -722,19 +738,6 @@ def warmup_free_bytes(total: int, budget: int, cuda_context: int, activation: in
     outside_graphs = 0 if cudagraph_in_budget else cudagraph
     return total - budget - cuda_context + activation - outside_graphs
 
-
-def _parallel_key(tp: int, pp: int) -> str:
-    if tp > 1:
-        return "tensor_parallel"
-    return "pipeline_only" if pp > 1 else "single_gpu"
-
-
-def non_torch_bytes(tp: int, pp: int) -> int:
-    return overheads.load().non_torch_bytes[_parallel_key(tp, pp)]
-
-
-def cuda_context_bytes(tp: int, pp: int) -> int:
-    return overheads.load().cuda_context_bytes[_parallel_key(tp, pp)]
 
 
 def cudagraph_capture_sizes(facts: catalog_models.ModelFacts, max_num_seqs: int, batched_tokens: int,
@@ -787,7 +790,8 @@ def _piecewise_first_capture(facts: catalog_models.ModelFacts, tp: int, dtype_by
 
 def cudagraph_bytes(facts: catalog_models.ModelFacts, pp: int, lora: bool, enforce_eager: bool, *,
                     tp: int = 1, dtype_bytes: int = 2, max_num_seqs: int = 1024, batched_tokens: int = 8192,
-                    vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], stage: Stage | None = None) -> int:
+                    vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], stage: Stage | None = None,
+                    v0: bool | None = None) -> int:
     """CUDA graph pool of one GPU, the way vLLM's profile_cudagraph_memory estimates it
     (gpu_model_runner.py): the largest first capture over the captured modes plus, per mode,
     (graphs − 1) × one graph's own memory; graphs per mode = the capture sizes; FULL and PIECEWISE
@@ -801,7 +805,7 @@ def cudagraph_bytes(facts: catalog_models.ModelFacts, pp: int, lora: bool, enfor
     if not sizes:
         return 0
     largest = sizes[-1]
-    v1 = version >= c.v1_engine_since
+    v1 = not _v0(version, v0)
     both = v1 and version >= c.full_and_piecewise_since
     firsts = [_piecewise_first_capture(facts, tp, dtype_bytes, largest)] if v1 else []
     if both or not v1:  # FULL graphs (V1 since 0.11; V0 captured whole-model graphs)

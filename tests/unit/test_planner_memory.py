@@ -212,11 +212,8 @@ def test_the_sampler_share_follows_the_release_top_k_top_p_code():
     assert memory.sampler_bytes(LLAMA8, 1024, "0.16.0") == round(9.40 * logits)
 
 
-def test_non_torch_context_and_graphs():
-    assert memory.non_torch_bytes(1, 1) == round(0.25 * GIB)
-    assert memory.non_torch_bytes(2, 1) == round(2.13 * GIB)
-    assert memory.non_torch_bytes(1, 2) == round(0.07 * GIB)
-    assert memory.cuda_context_bytes(1, 1) == round(0.51 * GIB)
+def test_cuda_graphs():
+    # Non-torch memory and the CUDA context: tests/unit/test_planner_nontorch.py.
     # FULL_AND_PIECEWISE (0.11+), 51 capture sizes up to min(2 × 1024, 512): the first FULL capture
     # holds FlashAttention's split-KV accumulator (32 splits × 512 × 32 heads × 128 × 4 B = 256 MiB),
     # then 50 more graphs per mode at 0.2 MiB per layer (vLLM's DEBUG line for this model:
