@@ -104,7 +104,20 @@ def expert_shard(s: engine.EngineSettings) -> memory.ExpertShard:
 
 
 def stages_of(facts: catalog_models.ModelFacts, s: engine.EngineSettings) -> tuple[memory.Stage, ...]:
-    return memory.pipeline_stages(facts.architecture.num_hidden_layers, s.pipeline_parallel_size, s.layer_partition)
+    layers = facts.architecture.num_hidden_layers
+    split = s.layer_partition
+    if split is not None and sum(split) != layers:
+        split = None  # vLLM refuses it (findings says so); plan the default split meanwhile
+    return memory.pipeline_stages(layers, s.pipeline_parallel_size, split)
+
+
+def _stage_shape(facts: catalog_models.ModelFacts, stage: memory.Stage) -> tuple:
+    """What a stage's budget depends on: two stages of one shape have the same budget, so a
+    pipeline of a thousand stages costs a handful of budgets."""
+    kinds = facts.layer_kinds[stage.start:stage.start + stage.layers] if facts.layer_kinds else ()
+    dense_first = facts.architecture.num_hidden_layers - facts.moe_layers if facts.is_moe else 0
+    dense = max(0, min(stage.start + stage.layers, dense_first) - stage.start)
+    return stage.layers, stage.first, stage.last, kinds.count("sliding"), dense
 
 
 def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int,
@@ -123,12 +136,14 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
     processes stand outside the budget where the CUDA context does on a GPU; there are no graphs."""
     if s.pipeline_parallel_size == 1:
         return _stage_budget(facts, s, total, None)
-    budgets = []
+    budgets, shapes = [], {}
     for stage in stages_of(facts, s):
         gpu = stage_gpus[stage.index] if stage_gpus else None
-        settings = s.replace(compute_capability=gpu.compute_capability) if gpu else s
-        budgets.append(dataclasses.replace(_stage_budget(facts, settings, gpu.total_bytes if gpu else total, stage),
-                                           stage_gpu=gpu.type if gpu else None))
+        key = (_stage_shape(facts, stage), gpu)
+        if key not in shapes:
+            settings = s.replace(compute_capability=gpu.compute_capability) if gpu else s
+            shapes[key] = _stage_budget(facts, settings, gpu.total_bytes if gpu else total, stage)
+        budgets.append(dataclasses.replace(shapes[key], stage=stage, stage_gpu=gpu.type if gpu else None))
     # The stage that does not fit (its KV cache, or the sampler warm-up on the last), else the one
     # with the fewest tokens, speaks for the replica.
     binding = min(budgets, key=lambda b: (b.fits and b.warmup_fits, b.kv_tokens))

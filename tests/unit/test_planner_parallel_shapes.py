@@ -240,3 +240,17 @@ def test_fully_sharded_moe_lora_with_expert_parallel_is_refused_like_vllm():
     p = plan(fleet([server], model="mistralai/Mixtral-8x7B-Instruct-v0.1", gpus_="2x H100-80GB",
                    vllm_version="0.33.0"))
     assert any(f.code == "fully-sharded-lora-with-expert-parallel" for f in p.errors)
+
+
+def test_a_thousand_stages_cost_a_handful_of_budgets(monkeypatch):
+    calls = []
+    real = budget._stage_budget
+    monkeypatch.setattr(budget, "_stage_budget", lambda *a: calls.append(a) or real(*a))
+    s = settings(pipeline_parallel_size=1024)
+    b = budget.compute(LLAMA8, s, 80 << 30)
+    assert len(b.stages) == 1024 and len(calls) <= 4  # first, last, and the middle shapes
+
+
+def test_a_split_that_does_not_add_up_is_planned_as_the_default():
+    s = settings(pipeline_stages=[{"layers": 20}, {"layers": 10}])
+    assert [st.stage.layers for st in budget.compute(LLAMA8, s, 80 << 30).stages] == [16, 16]
