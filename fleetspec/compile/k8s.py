@@ -1,6 +1,6 @@
 """A fleet → Kubernetes manifests (pure): a few multi-document files plus `kustomization.yaml`.
 
-Objects: the Namespace; per server a Deployment (its replicas, `nvidia.com/gpu` = tp × pp, probes on
+Objects: the Namespace; per server a Deployment (its replicas, `nvidia.com/gpu` = dp × tp × pp, probes on
 /health with a startup budget that grows with the weights) and a Service; the router's ConfigMap
 (the compiled routing table), Deployment and Service; an Ingress when
 `runtime.kubernetes.ingress_host` is set. Labels follow Kubernetes' recommended `app.kubernetes.io/*`.

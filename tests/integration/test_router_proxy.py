@@ -228,8 +228,10 @@ def test_streaming_passes_through_as_it_is_generated(fleet):
     assert arrivals[-1][1] == "[DONE]"
     events = [json.loads(data) for _, data in arrivals[:-1]]
     assert len(events) == 8 and all(e["model"] == "sql--1.0.0" for e in events)
-    # 8 tokens at 40 ms each: a buffering proxy would deliver them all at once.
-    assert arrivals[-1][0] - arrivals[0][0] >= 5 * TOKEN_SECONDS
+    # 8 tokens at 40 ms each: a buffering proxy would deliver them all at once. Not more than one
+    # token's time is asked for: on a loaded machine a stalled loop rightly passes several events on
+    # in one read, but never all eight.
+    assert arrivals[-1][0] - arrivals[0][0] >= TOKEN_SECONDS
 
 
 # -- admin API ----------------------------------------------------------------------------------------
