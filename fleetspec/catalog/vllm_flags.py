@@ -147,12 +147,36 @@ def moe_backend(extra_args: list[str]) -> tuple[int, str] | None:
     return None if found is None else (found[0], found[1].lower().replace("-", "_"))
 
 
+# Flags a fleet may pass in extra_args that change how vLLM spends GPU memory in ways the planner
+# does not model: what each changes, for the plan's warning.
+UNMODELLED_MEMORY_FLAGS: dict[str, str] = {
+    "--speculative-config": "GPU memory for a draft model's weights and KV cache",
+    "--cpu-offload-gb": "how much of the weights stays on the GPU",
+    "--num-gpu-blocks-override": "the KV cache size, to a fixed block count",
+    "--kv-cache-memory-bytes": "the KV cache size, to a fixed number of bytes",
+    "--block-size": "the KV block size (the plan uses 16 tokens)",
+    "--enable-eplb": "the expert weights, with redundant experts for load balancing",
+    "--eplb-config": "the expert weights, with redundant experts for load balancing",
+    "--decode-context-parallel-size": "how the KV cache is split across GPUs",
+    "--prefill-context-parallel-size": "how the KV cache is split across GPUs",
+    "--enable-moe-shared-loras": "the MoE LoRA buffers (one A and B shared by all experts)",
+    "--compilation-config": "the CUDA graphs captured and their memory",
+    "--limit-mm-per-prompt": "the multimodal encoder's profile run",
+    "--mm-encoder-tp-mode": "how the vision encoder is split across GPUs",
+}
+
+
+def flag_name(word: str) -> str | None:
+    """`--max_lora_rank=8` → `--max-lora-rank`; None for a word that is not a long option."""
+    name = word.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else None
+
+
 def flag_owner(word: str) -> Flag | None:
     """The table row a command-line word sets (`--max_lora_rank=8` included), if any."""
-    name = word.split("=", 1)[0]
-    if not name.startswith("--"):
+    name = flag_name(word)
+    if name is None:
         return None
-    name = "--" + name[2:].replace("_", "-")
     for row in FLAGS:
         if name in (row.flag, "--no-" + row.flag[2:]):
             return row
@@ -207,7 +231,7 @@ def option_strings(version: str) -> Mapping[str, int | str] | None:
 def extra_arg_problems(word: str, version: str) -> list[tuple[str, str, str]]:
     """(code, message, hint) for what is wrong with one extra_args word on this vLLM release; [] if nothing."""
     release = parse_version(version)
-    name = "--" + word.split("=", 1)[0][2:].replace("_", "-") if word.startswith("--") else None
+    name = flag_name(word)
     if name in REMOVED_FLAGS:
         removed_in, hint = REMOVED_FLAGS[name]
         if release >= removed_in:

@@ -10,6 +10,7 @@ import math
 
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
+from fleetspec.catalog import vllm_flags
 from fleetspec.errors import Diagnostic, Severity
 from fleetspec.planner import budget, engine, fixes, memory
 from fleetspec.spec import derived, paths
@@ -53,6 +54,7 @@ def model_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts
         found.extend(_lora_support(facts, server, i))
         found.extend(_context_limit(spec, facts, server, i))
         found.extend(_parallel_shape(facts, server, i, spec))
+        found.extend(_unmodelled_extra_args(server, i))
     scope = version_scope_finding(spec.runtime.vllm_version)
     return found + ([scope] if scope else []) + architecture_findings(facts) + lora_residency_findings(spec)
 
@@ -213,6 +215,21 @@ def _parallel_shape(facts, server, i, spec) -> list[Diagnostic]:
             "GPUs it sees fastest first, not in the order fleetspec placed them, so a stage may land on the other "
             "type", "run this server on the bare host (runtime.target: local), or check the engine's log for "
             "which GPU each stage loaded on"))
+    return out
+
+
+def _unmodelled_extra_args(server, i) -> list[Diagnostic]:
+    """A plan must say what it does not model: extra_args that change vLLM's memory outside its terms."""
+    out = []
+    for position, word in enumerate(server.extra_args):
+        name = vllm_flags.flag_name(word)
+        what = vllm_flags.UNMODELLED_MEMORY_FLAGS.get(name or "")
+        if what is not None:
+            out.append(finding(
+                WARNING, "extra-arg-not-modelled", ("servers", i, "extra_args", position),
+                f"{name} changes {what}, which the plan does not model; the engine's KV cache may differ from "
+                "the plan's", "compare `plan` with the engine's startup log (bench/score_startup_logs.py) "
+                "before relying on the last GiB"))
     return out
 
 

@@ -254,3 +254,11 @@ def test_a_thousand_stages_cost_a_handful_of_budgets(monkeypatch):
 def test_a_split_that_does_not_add_up_is_planned_as_the_default():
     s = settings(pipeline_stages=[{"layers": 20}, {"layers": 10}])
     assert [st.stage.layers for st in budget.compute(LLAMA8, s, 80 << 30).stages] == [16, 16]
+
+
+@pytest.mark.parametrize("word", ["--speculative-config={\"method\": \"ngram\"}", "--cpu_offload_gb=4",
+                                  "--enable-eplb", "--block-size"])
+def test_extra_args_that_change_memory_the_plan_does_not_model_are_said(word):
+    p = plan(fleet([{"name": "s", "extra_args": [word]}]))
+    [found] = [f for f in p.findings if f.code == "extra-arg-not-modelled"]
+    assert found.path == "servers[0].extra_args[0]" and "does not model" in found.message
