@@ -8,6 +8,7 @@ from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.spec import models as spec_models
 
 GIB = 1 << 30
+NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS (nvml.h)
 
 
 def discover(nvml=None) -> list[spec_models.GpuGroup]:
@@ -40,24 +41,39 @@ def _import_nvml():
     return pynvml
 
 
-def _describe(nvml, index: int) -> tuple[int, str, int]:
+def _describe(nvml, index: int) -> tuple[int, str, int, str]:
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
     name = nvml.nvmlDeviceGetName(handle)
     name = name.decode() if isinstance(name, bytes) else name
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)
     # NVML's total is nvidia-smi's; CUDA sees `total - reserved` when the v2 struct reports it.
     usable = memory.total - getattr(memory, "reserved", 0)
-    return index, name, usable
+    return index, name, usable, _link(nvml, handle)
 
 
-def _group(devices: list[tuple[int, str, int]]) -> list[spec_models.GpuGroup]:
-    """Known cards by catalog type (the catalog knows what CUDA reports); others by memory."""
-    groups: dict[tuple[str | None, float | None], list[int]] = {}
-    for index, name, total in devices:
+def _link(nvml, handle) -> str:
+    """`nvlink` when any NVLink of the device is up, else `pcie` (it sizes NCCL's memory: planner/nontorch.py)."""
+    state = getattr(nvml, "nvmlDeviceGetNvLinkState", None)
+    if state is None:
+        return "pcie"
+    for link in range(NVLINK_MAX_LINKS):
+        try:
+            if state(handle, link):
+                return "nvlink"
+        except Exception:  # NVML_ERROR_NOT_SUPPORTED / INVALID_ARGUMENT past the device's last link
+            break
+    return "pcie"
+
+
+def _group(devices: list[tuple[int, str, int, str]]) -> list[spec_models.GpuGroup]:
+    """Known cards by catalog type (the catalog knows what CUDA reports); others by memory; and by
+    whether their NVLinks are up."""
+    groups: dict[tuple[str | None, float | None, str], list[int]] = {}
+    for index, name, total, link in devices:
         kind = catalog_gpus.canonical_name(name)
-        key = (kind, None) if kind else (None, round(total / GIB, 2))
+        key = (kind, None, link) if kind else (None, round(total / GIB, 2), link)
         groups.setdefault(key, []).append(index)
     return [
-        spec_models.GpuGroup(type=kind, memory_gib=memory, count=len(ids), ids=ids)
-        for (kind, memory), ids in groups.items()
+        spec_models.GpuGroup(type=kind, memory_gib=memory, count=len(ids), ids=ids, interconnect=link)
+        for (kind, memory, link), ids in groups.items()
     ]
