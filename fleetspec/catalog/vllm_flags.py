@@ -135,16 +135,36 @@ def facts(version: str) -> ReleaseFacts:
     )
 
 
+def extra_arg_value(extra_args: list[str], flag: str) -> tuple[int, str] | None:
+    """(position, value) of the last `flag VALUE` or `flag=VALUE` in a server's extra_args; argparse
+    keeps the last one too."""
+    found = None
+    for position, word in enumerate(extra_args):
+        if word.startswith(flag + "="):
+            found = (position, word.split("=", 1)[1])
+        elif word == flag and position + 1 < len(extra_args):
+            found = (position + 1, extra_args[position + 1])
+    return found
+
+
 def moe_backend(extra_args: list[str]) -> tuple[int, str] | None:
     """(position, backend) of the last `--moe-backend` in a server's extra_args, normalized as vLLM's
     parser does (lower case, `-` → `_`: the argument's type in EngineArgs.add_cli_args)."""
-    found = None
-    for position, word in enumerate(extra_args):
-        if word.startswith("--moe-backend="):
-            found = (position, word.split("=", 1)[1])
-        elif word == "--moe-backend" and position + 1 < len(extra_args):
-            found = (position + 1, extra_args[position + 1])
+    found = extra_arg_value(extra_args, "--moe-backend")
     return None if found is None else (found[0], found[1].lower().replace("-", "_"))
+
+
+MAX_BLOCK_SIZE = 1 << 16  # no attention backend pages more tokens than this
+
+
+def block_size(extra_args: list[str]) -> int | None:
+    """The KV block size a server's extra_args set: a positive whole number (CacheConfig.block_size,
+    `Field(gt=0)` in vllm/config/cache.py of 0.19 and 0.33; 0.11 took only 1, 8, 16, 32, 64, 128)."""
+    found = extra_arg_value(extra_args, "--block-size")
+    if found is None or not found[1].isdigit() or len(found[1]) > 6:
+        return None
+    value = int(found[1])
+    return value if 0 < value <= MAX_BLOCK_SIZE else None
 
 
 # Flags a fleet may pass in extra_args that change how vLLM spends GPU memory in ways the planner
@@ -154,7 +174,6 @@ UNMODELLED_MEMORY_FLAGS: dict[str, str] = {
     "--cpu-offload-gb": "how much of the weights stays on the GPU",
     "--num-gpu-blocks-override": "the KV cache size, to a fixed block count",
     "--kv-cache-memory-bytes": "the KV cache size, to a fixed number of bytes",
-    "--block-size": "the KV block size (the plan uses 16 tokens)",
     "--enable-eplb": "the expert weights, with redundant experts for load balancing",
     "--eplb-config": "the expert weights, with redundant experts for load balancing",
     "--decode-context-parallel-size": "how the KV cache is split across GPUs",

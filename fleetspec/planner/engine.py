@@ -7,7 +7,7 @@ import dataclasses
 
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
-from fleetspec.catalog import overheads, quantization
+from fleetspec.catalog import overheads, quantization, vllm_flags
 from fleetspec.planner import memory
 from fleetspec.spec import derived
 from fleetspec.spec import models as spec_models
@@ -116,7 +116,8 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         lora=server.lora,
         lora_dtype_bytes=lora_bytes,
         host=gpu.host,
-        block_size=overheads.load().cpu.block_size if gpu.host else overheads.load().block_size,
+        block_size=overheads.load().cpu.block_size if gpu.host else
+        vllm_flags.block_size(server.extra_args) or overheads.load().block_size,
         compute_capability=gpu.compute_capability,
         data_parallel_size=server.data_parallel_size,
         expert_parallel=server.expert_parallel,

@@ -257,8 +257,14 @@ def test_a_split_that_does_not_add_up_is_planned_as_the_default():
 
 
 @pytest.mark.parametrize("word", ["--speculative-config={\"method\": \"ngram\"}", "--cpu_offload_gb=4",
-                                  "--enable-eplb", "--block-size"])
+                                  "--enable-eplb", "--num-gpu-blocks-override=100"])
 def test_extra_args_that_change_memory_the_plan_does_not_model_are_said(word):
     p = plan(fleet([{"name": "s", "extra_args": [word]}]))
     [found] = [f for f in p.findings if f.code == "extra-arg-not-modelled"]
     assert found.path == "servers[0].extra_args[0]" and "does not model" in found.message
+
+
+def test_a_block_size_in_extra_args_is_planned_with():
+    small, large = (plan(fleet([{"name": "s", "extra_args": ["--block-size", str(b)]}])).servers[0].replicas[0].budget
+                    for b in (16, 128))
+    assert small.kv_tokens % 16 == 0 and large.kv_tokens % 128 == 0 and large.kv_tokens <= small.kv_tokens
