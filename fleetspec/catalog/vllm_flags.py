@@ -161,7 +161,7 @@ def block_size(extra_args: list[str]) -> int | None:
     """The KV block size a server's extra_args set: a positive whole number (CacheConfig.block_size,
     `Field(gt=0)` in vllm/config/cache.py of 0.19 and 0.33; 0.11 took only 1, 8, 16, 32, 64, 128)."""
     found = extra_arg_value(extra_args, "--block-size")
-    if found is None or not found[1].isdigit() or len(found[1]) > 6:
+    if found is None or not (found[1].isascii() and found[1].isdigit()) or len(found[1]) > 6:
         return None
     value = int(found[1])
     return value if 0 < value <= MAX_BLOCK_SIZE else None
