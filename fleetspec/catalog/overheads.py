@@ -74,6 +74,7 @@ class Overheads:
     cudagraph_lora_factor: float
     v1_engine_since: tuple[int, ...]
     v0_fallback_below_major: int
+    flashinfer_sampler: dict  # activation.flashinfer_sampler
     v0_fallback_until: tuple[int, ...]
     v0_defaults: V0Defaults
     hybrid_kv_since: tuple[int, ...]  # several KV cache groups (the hybrid KV cache manager)
@@ -144,6 +145,7 @@ def load() -> Overheads:
         cudagraph_lora_factor=graphs["lora_factor"],
         v1_engine_since=_version(data["engine"]["v1_default_since"]),
         v0_fallback_below_major=data["engine"]["v0_fallback_below_capability"]["major"],
+        flashinfer_sampler=act["flashinfer_sampler"],
         v0_fallback_until=_version(data["engine"]["v0_fallback_below_capability"]["until"]),
         v0_defaults=V0Defaults(**data["engine"]["v0_defaults"]),
         hybrid_kv_since=_version(data["kv_cache"]["hybrid_manager_since"]),

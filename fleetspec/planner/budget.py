@@ -161,7 +161,8 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
                                   compute_capability=s.compute_capability, stage=stage, shard=shard)
     lora = lora_buffer_bytes(facts, s, stage)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
-                                         tp=tp, dtype_bytes=s.dtype_bytes, v0=s.v0)
+                                         tp=tp, dtype_bytes=s.dtype_bytes, v0=s.v0,
+                                         flashinfer_sampler=s.flashinfer_sampler)
     cpu = overheads.load().cpu
     parallel = None if s.host else nontorch.non_torch(
         tp, pp, s.vllm_version, interconnect=s.interconnect, compute_capability=s.compute_capability,
@@ -184,7 +185,7 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
     # (Worker.compile_or_warm_up_model: `get_pp_group().is_last_rank`, v1/worker/gpu_worker.py of 0.32).
     last = stage is None or stage.last
     warmup = 0 if s.host or not last or not memory.warms_up_sampler_after_kv(s.vllm_version, s.v0) else \
-        memory.sampler_bytes(facts, s.max_num_seqs, s.vllm_version)
+        memory.sampler_bytes(facts, s.max_num_seqs, s.vllm_version, flashinfer=s.flashinfer_sampler)
     largest = memory.largest_model_len(facts, tp, pp, s.kv_bytes, kv_cache, s.max_num_batched_tokens,
                                        s.kv_cache_dtype, block=s.block_size, layout=layout)
     result = GpuBudget(

@@ -41,6 +41,7 @@ class EngineSettings:
     layer_partition: tuple[int, ...] | None = None  # decoder layers per pipeline stage, when the fleet sets it
     interconnect: str = "nvlink"  # between the replica's GPUs (catalog.gpus.GpuFacts.interconnect)
     v0: bool = False  # the V0 engine: before 0.8, and V1's fallback on older GPUs (memory.runs_v0)
+    flashinfer_sampler: bool = False  # V1 samples with FlashInfer's top-k/top-p (memory.flashinfer_samples)
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -124,4 +125,14 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         layer_partition=server.layer_partition,
         interconnect=gpu.interconnect,
         v0=v0,
+        flashinfer_sampler=not gpu.host and memory.flashinfer_samples(
+            version, flashinfer_installed(spec, version), server.env.get("VLLM_USE_FLASHINFER_SAMPLER"), v0),
     )
+
+
+def flashinfer_installed(spec: spec_models.FleetSpec, version: tuple[int, ...]) -> bool:
+    """runtime.flashinfer, else: vLLM's images carry FlashInfer, and pip brings it from 0.14."""
+    if spec.runtime.flashinfer is not None:
+        return spec.runtime.flashinfer
+    since = overheads.load().flashinfer_sampler["pip_dependency_since"]
+    return spec.runtime.target in ("docker", "k8s") or version >= tuple(int(p) for p in since.split("."))

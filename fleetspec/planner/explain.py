@@ -77,6 +77,9 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
             kind = "MoE" if facts.is_moe else "dense"
             what = f"activation base for {kind} models; sampler by the {_release(version)} top-k/top-p era"
             text, confidence = _measured(version, what)
+            if s.flashinfer_sampler:
+                text += "; the sampler is FlashInfer's top-k/top-p, taken as the in-place era's peak"
+                confidence = "estimated"
         if facts.architecture.vision_config is not None:
             text += "; the vision encoder's dummy profile run is not modelled"
             confidence = "not modelled"

@@ -70,15 +70,21 @@ def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.Fle
     for key in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens"):
         if case.get(key) is not None:
             server[key] = case[key]
+    if facts.flashinfer_sampler_env is not None:
+        server["env"] = {"VLLM_USE_FLASHINFER_SAMPLER": facts.flashinfer_sampler_env}
     group = {"type": case["gpu"], "count": tp * pp}
     version = case.get("vllm_version") or facts.vllm_version or "0.33.0"
+    runtime = {"vllm_version": version}
+    flashinfer = case.get("flashinfer", facts.flashinfer)
+    if flashinfer is not None:
+        runtime["flashinfer"] = bool(flashinfer)
     return spec_models.FleetSpec.model_validate(
         {
             "name": "logged",
             "base_model": base,
             "gpus": [group],
             "servers": [server],
-            "runtime": {"vllm_version": version},
+            "runtime": runtime,
         }
     )
 

@@ -672,13 +672,24 @@ def runs_v0(vllm_version: tuple[int, ...] | str, compute_capability: tuple[int, 
             and version < c.v0_fallback_until)
 
 
+def flashinfer_samples(vllm_version: tuple[int, ...] | str, installed: bool, env: str | None, v0: bool) -> bool:
+    """Whether V1's sampler runs FlashInfer's top-k/top-p (overheads.yaml activation.flashinfer_sampler):
+    VLLM_USE_FLASHINFER_SAMPLER=1/0 decides where it is set, else FlashInfer's presence in 0.8-0.11."""
+    if v0 or not installed:
+        return False
+    if env is not None:
+        return env.strip() not in ("", "0")
+    on = overheads.load().flashinfer_sampler["default_on"]
+    return _version_tuple(on["since"]) <= _version_tuple(vllm_version) < _version_tuple(on["until"])
+
+
 def _v0(vllm_version: tuple[int, ...] | str, v0: bool | None) -> bool:
     return runs_v0(vllm_version) if v0 is None else v0
 
 
 def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_num_seqs: int, pp: int,
                      vllm_version: tuple[int, ...] | str, *, tp: int = 1, dtype_bytes: int = 2,
-                     v0: bool | None = None) -> int:
+                     v0: bool | None = None, flashinfer_sampler: bool = False) -> int:
     """Peak of vLLM's profiling run: a forward pass of max_num_batched_tokens tokens and a dummy
     sampler over max_num_seqs rows of fp32 logits. V1: a measured base for the (compiled) forward
     plus the sampler's share by release (`sampler_bytes`). V0: the larger of its eager forward's
@@ -690,7 +701,7 @@ def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_
         total = max(v0_forward_bytes(facts, batched_tokens, tp, dtype_bytes), sampler)
     else:
         base = c.activation_base_bytes["moe" if facts.is_moe else "dense"] * batched_tokens / c.reference_batched_tokens
-        total = base + sampler_bytes(facts, max_num_seqs, vllm_version)
+        total = base + sampler_bytes(facts, max_num_seqs, vllm_version, flashinfer=flashinfer_sampler)
     if pp > 1:
         total *= c.activation_pp_factor
     return round(total)
@@ -710,13 +721,14 @@ def v0_forward_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, tp: 
 
 
 def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int,
-                  vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1]) -> int:
+                  vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], *, flashinfer: bool = False) -> int:
     """Transient peak of one dummy sampler pass over `max_num_seqs` rows of full-vocabulary fp32
     logits (`GPUModelRunner._dummy_sampler_run`: logits, top-k/top-p, softmax), in units of one
     fp32 logits tensor by era: since 0.17 a Triton top-k/top-p kernel filters in place, before it
     the whole vocabulary was sorted (fp32 values + int64 indices, cumsum, scatter) — overheads.yaml
     activation.sampler_eras."""
-    factor = overheads.load().sampler_factor_for(_version_tuple(vllm_version))
+    c = overheads.load()
+    factor = c.flashinfer_sampler["factor"] if flashinfer else c.sampler_factor_for(_version_tuple(vllm_version))
     return round(factor * max_num_seqs * facts.architecture.vocab_size * 4)
 
 

@@ -56,6 +56,14 @@ _AVAILABLE_KV = (
     re.compile(r"the rest of the memory reserved for KV Cache is " + _NUMBER + r" ?GiB"),
     re.compile(r"Memory profiling results: .*?\bkv_cache_size=" + _NUMBER + r" ?GiB"),  # V0 0.6.4
 )
+# What V1's TopKTopPSampler says at start (v1/sample/ops/topk_topp_sampler.py): whether FlashInfer is
+# installed, and whether the sampler was told not to use it.
+_FLASHINFER = (
+    (re.compile(r"Using FlashInfer for top-p & top-k sampling"), True, None),
+    (re.compile(r"FlashInfer is available, but it is not enabled"), True, "0"),
+    (re.compile(r"FlashInfer top-p/top-k sampling is available but disabled by default"), True, None),
+    (re.compile(r"FlashInfer is not available"), False, None),
+)
 _KV_TOKENS = re.compile(r"(?:GPU|CUDA|CPU|XPU) KV cache size: " + _NUMBER + r" tokens")
 _BLOCKS = re.compile(r"# (?:GPU|cuda|CUDA|gpu) blocks: " + _NUMBER)
 _BLOCK_SIZE = re.compile(r"\bblock_size=([0-9]+)")
@@ -88,6 +96,8 @@ class StartupFacts:
     cudagraph_gib: float | None = None
     activation_gib: float | None = None
     failure: str | None = None  # a FAILURES code, None when the log shows none
+    flashinfer: bool | None = None  # FlashInfer installed, when the sampler's start line says
+    flashinfer_sampler_env: str | None = None  # VLLM_USE_FLASHINFER_SAMPLER as the log implies it
 
     def measured(self) -> dict[str, float]:
         """The logged numbers the harness scores, by the names the planner uses."""
@@ -131,6 +141,8 @@ def parse(text: str) -> StartupFacts:
     graphs = _first(_GRAPHS, text)
     activation = _first(_ACTIVATION, text)
     failure = next((code for code, phrase in FAILURES if phrase in text), None)
+    flashinfer = next(((installed, env) for pattern, installed, env in _FLASHINFER if pattern.search(text)),
+                      (None, None))
     v1 = True if _V1_ENGINE.search(text) else (False if version else None)
     return StartupFacts(
         vllm_version=version.group(1) if version else None,
@@ -143,4 +155,6 @@ def parse(text: str) -> StartupFacts:
         cudagraph_gib=_number(graphs.group(1)) if graphs else None,
         activation_gib=_number(activation.group(1)) if activation else None,
         failure=failure,
+        flashinfer=flashinfer[0],
+        flashinfer_sampler_env=flashinfer[1],
     )

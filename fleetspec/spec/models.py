@@ -1037,6 +1037,10 @@ class Runtime(Strict):
         "into compiled files or state.",
     )
     image: Text | None = Field(None, description="Engine image; vllm/vllm-openai:v<vllm_version> by default.")
+    flashinfer: Bool | None = Field(
+        None, description="Whether the engines' vLLM has FlashInfer installed, which changes how its sampler spends "
+        "memory. Default: yes in vLLM's own images (docker, k8s), and for vLLM 0.14 and newer anywhere (a dependency "
+        "since then); no for a `pip install vllm` before 0.14 (local target).")
     bind_address: str = Field("127.0.0.1", max_length=64,
                               description="Host IP address published ports bind to (IPv4 or IPv6, e.g. 0.0.0.0).")
     base_port: Port = Field(8000, description="First port handed to servers without an explicit port.")

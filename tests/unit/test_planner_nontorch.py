@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fleetspec.catalog import gpus, models
-from fleetspec.planner import engine, memory, nontorch
+from fleetspec.planner import engine, memory, nontorch, startup_log
 from fleetspec.spec import models as spec
 
 GIB, MIB = 1 << 30, 1 << 20
@@ -113,3 +113,50 @@ def test_a_t4_on_0_8_plans_the_v0_engine_with_its_defaults():
 ])
 def test_interconnect_of_a_gpu_group(group, link):
     assert gpus.resolve(spec.GpuGroup(**group)).interconnect == link
+
+
+# ---- FlashInfer's sampler in V1 of 0.8-0.11 ----------------------------------------------------
+
+@pytest.mark.parametrize(("version", "installed", "env", "expected"), [
+    ((0, 10, 1), True, None, True),     # on whenever installed (VLLM_USE_FLASHINFER_SAMPLER unset)
+    ((0, 10, 1), False, None, False),
+    ((0, 10, 1), True, "0", False),
+    ((0, 12, 0), True, None, False),    # opt-in from 0.12
+    ((0, 14, 0), True, "1", True),
+    ((0, 7, 1), True, None, False),     # V0
+])
+def test_when_v1_samples_with_flashinfer(version, installed, env, expected):
+    assert memory.flashinfer_samples(version, installed, env, v0=version < (0, 8)) is expected
+
+
+def fleet_on(target: str, version: str, env: dict | None = None) -> engine.EngineSettings:
+    fleet = spec.FleetSpec.model_validate({
+        "name": "f", "base_model": {"id": "Qwen/Qwen2.5-7B-Instruct", "max_model_len": 8192},
+        "gpus": "1x A100-80GB", "servers": [{"name": "s", "env": env or {}}],
+        "runtime": {"vllm_version": version, "target": target}})
+    return engine.settings_for(fleet, fleet.servers[0], models.resolve(fleet.base_model),
+                               gpus.resolve(spec.GpuGroup(type="A100-80GB")))
+
+
+def test_vllm_images_carry_flashinfer_and_pip_brings_it_from_0_14():
+    assert fleet_on("docker", "0.10.1").flashinfer_sampler
+    assert not fleet_on("local", "0.10.1").flashinfer_sampler
+    assert fleet_on("local", "0.14.0", {"VLLM_USE_FLASHINFER_SAMPLER": "1"}).flashinfer_sampler
+
+
+def test_flashinfer_sampling_needs_less_than_sorting_the_vocabulary():
+    facts = models.resolve(spec.BaseModelSpec(id="Qwen/Qwen2.5-7B-Instruct"))
+    sort = memory.activation_bytes(facts, 2048, 256, 1, (0, 10, 1))
+    fused = memory.activation_bytes(facts, 2048, 256, 1, (0, 10, 1), flashinfer_sampler=True)
+    logits = 256 * 152064 * 4
+    assert sort - fused == pytest.approx((9.40 - 3.54) * logits, rel=1e-6)
+
+
+@pytest.mark.parametrize(("line", "installed", "env"), [
+    ("INFO 09-03 [topk_topp_sampler.py:50] Using FlashInfer for top-p & top-k sampling.", True, None),
+    ("WARNING [topk_topp_sampler.py:61] FlashInfer is not available. Falling back to the PyTorch-native", False, None),
+    ("WARNING FlashInfer is available, but it is not enabled. Falling back to the PyTorch-native", True, "0"),
+])
+def test_the_log_says_whether_flashinfer_sampled(line, installed, env):
+    facts = startup_log.parse(line)
+    assert (facts.flashinfer, facts.flashinfer_sampler_env) == (installed, env)
