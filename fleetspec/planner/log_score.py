@@ -73,6 +73,8 @@ def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.Fle
     if facts.flashinfer_sampler_env is not None:
         server["env"] = {"VLLM_USE_FLASHINFER_SAMPLER": facts.flashinfer_sampler_env}
     group = {"type": case["gpu"], "count": tp * pp}
+    if case.get("interconnect") or facts.interconnect:
+        group["interconnect"] = case.get("interconnect") or facts.interconnect
     version = case.get("vllm_version") or facts.vllm_version or "0.33.0"
     runtime = {"vllm_version": version}
     flashinfer = case.get("flashinfer", facts.flashinfer)

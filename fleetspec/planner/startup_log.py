@@ -64,6 +64,10 @@ _FLASHINFER = (
     (re.compile(r"FlashInfer top-p/top-k sampling is available but disabled by default"), True, None),
     (re.compile(r"FlashInfer is not available"), False, None),
 )
+# Custom all-reduce's start lines name the link between the GPUs (distributed/device_communicators/
+# custom_all_reduce.py): no P2P at all, or more than two GPUs that only share PCIe.
+_PCIE_ONLY = re.compile(r"Custom allreduce is disabled because\s+(?:your\s+platform\s+lacks\s+GPU\s+P2P\s+capability|"
+                        r"it's\s+not\s+supported\s+on\s+more\s+than\s+two\s+PCIe-only\s+GPUs)")  # logs wrap lines
 _KV_TOKENS = re.compile(r"(?:GPU|CUDA|CPU|XPU) KV cache size: " + _NUMBER + r" tokens")
 _BLOCKS = re.compile(r"# (?:GPU|cuda|CUDA|gpu) blocks: " + _NUMBER)
 _BLOCK_SIZE = re.compile(r"\bblock_size=([0-9]+)")
@@ -98,6 +102,7 @@ class StartupFacts:
     failure: str | None = None  # a FAILURES code, None when the log shows none
     flashinfer: bool | None = None  # FlashInfer installed, when the sampler's start line says
     flashinfer_sampler_env: str | None = None  # VLLM_USE_FLASHINFER_SAMPLER as the log implies it
+    interconnect: str | None = None  # "pcie" when custom all-reduce says the GPUs only share PCIe
 
     def measured(self) -> dict[str, float]:
         """The logged numbers the harness scores, by the names the planner uses."""
@@ -157,4 +162,5 @@ def parse(text: str) -> StartupFacts:
         failure=failure,
         flashinfer=flashinfer[0],
         flashinfer_sampler_env=flashinfer[1],
+        interconnect="pcie" if _PCIE_ONLY.search(text) else None,
     )

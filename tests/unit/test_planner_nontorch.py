@@ -160,3 +160,13 @@ def test_flashinfer_sampling_needs_less_than_sorting_the_vocabulary():
 def test_the_log_says_whether_flashinfer_sampled(line, installed, env):
     facts = startup_log.parse(line)
     assert (facts.flashinfer, facts.flashinfer_sampler_env) == (installed, env)
+
+
+@pytest.mark.parametrize("line", [
+    "WARNING [custom_all_reduce.py:147] Custom allreduce is disabled because your platform lacks GPU P2P capability",
+    "WARNING Custom allreduce is disabled because it's not supported on more than two PCIe-only GPUs.",
+    "WARNING Custom allreduce is disabled because your platform lacks GPU\n P2P capability or P2P test failed.",
+])
+def test_the_log_says_when_the_gpus_only_share_pcie(line):
+    assert startup_log.parse(line).interconnect == "pcie"
+    assert startup_log.parse("INFO nothing about links").interconnect is None
