@@ -86,7 +86,9 @@ def non_torch(tp: int, pp: int, version: tuple[int, ...], *, interconnect: str =
     single_context = c.cuda_context_bytes["single_gpu"]
     outside = c.cuda_context_bytes[key]
     parts: list[tuple[str, int]] = []
-    confidence = "measured" if version[:2] == _version(m["measured_release"]) else "extrapolated"
+    measured_here = version[:2] == _version(m["measured_release"]) and (
+        tp == 1 or compute_capability == tuple(int(p) for p in m["measured_capability"].split(".")))
+    confidence = "measured" if measured_here else "extrapolated"
     if tp > 1:
         parts.append(("base", c.non_torch_bytes["single_gpu"]))
         fusion = flashinfer_fusion_bytes(tp, version, compute_capability, hidden=hidden,
