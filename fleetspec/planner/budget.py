@@ -115,8 +115,7 @@ def _stage_shape(facts: catalog_models.ModelFacts, stage: memory.Stage) -> tuple
     """What a stage's budget depends on: two stages of one shape have the same budget, so a
     pipeline of a thousand stages costs a handful of budgets."""
     kinds = facts.layer_kinds[stage.start:stage.start + stage.layers] if facts.layer_kinds else ()
-    dense_first = facts.architecture.num_hidden_layers - facts.moe_layers if facts.is_moe else 0
-    dense = max(0, min(stage.start + stage.layers, dense_first) - stage.start)
+    dense, _ = memory.dense_and_moe_layers(facts, stage.layers, stage.start)
     return stage.layers, stage.first, stage.last, kinds.count("sliding"), dense
 
 

@@ -135,4 +135,4 @@ def flashinfer_installed(spec: spec_models.FleetSpec, version: tuple[int, ...]) 
     if spec.runtime.flashinfer is not None:
         return spec.runtime.flashinfer
     since = overheads.load().flashinfer_sampler["pip_dependency_since"]
-    return spec.runtime.target in ("docker", "k8s") or version >= tuple(int(p) for p in since.split("."))
+    return spec.runtime.target in ("docker", "k8s") or version >= derived.vllm_version_tuple(since)

@@ -180,7 +180,7 @@ def _moe_layer(facts: catalog_models.ModelFacts, tp: int, shard: ExpertShard | N
     return ParamSplit(attn_linear, 0.0, experts, other, shared_experts=shared)
 
 
-def _layer_counts(facts: catalog_models.ModelFacts, layers: int, start: int | None = None) -> tuple[int, int]:
+def dense_and_moe_layers(facts: catalog_models.ModelFacts, layers: int, start: int | None = None) -> tuple[int, int]:
     """(dense, MoE) layers among `layers` decoder layers from layer `start` (dense layers come
     first: first_k_dense_replace); without a start, the stage with the most MoE layers."""
     if not facts.is_moe:
@@ -195,7 +195,7 @@ def _layer_counts(facts: catalog_models.ModelFacts, layers: int, start: int | No
 
 def _decoder_params(facts: catalog_models.ModelFacts, tp: int, layers: int,
                     shard: ExpertShard | None = None, start: int | None = None) -> ParamSplit:
-    dense, moe = _layer_counts(facts, layers, start)
+    dense, moe = dense_and_moe_layers(facts, layers, start)
     total = ParamSplit(0.0, 0.0, 0.0, 0.0)
     if dense:
         total = total + _dense_layer(facts, tp).times(dense)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 
 from fleetspec.catalog import overheads
+from fleetspec.spec import derived
 
 MIB = 1 << 20
 GIB = 1 << 30
 _2M = 2 * MIB
+_release = derived.vllm_version_tuple  # "0.11" → (0, 11); also reads "9.0" capabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +30,6 @@ class NonTorch:
     outside: int  # CUDA context and what distributed init holds before the snapshot: must fit beside the budget
     parts: tuple[tuple[str, int], ...]  # the terms of in_budget, for plan --explain
     confidence: str  # "measured", "computed", "estimated" or "extrapolated"
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in str(text).split("."))
 
 
 def _model() -> dict:
@@ -46,9 +44,9 @@ def flashinfer_fusion_bytes(tp: int, version: tuple[int, ...], compute_capabilit
                             hidden: int, batched_tokens: int, dp: int = 1, pp: int = 1) -> int:
     """FlashInfer's all-reduce + RMSNorm fusion workspace on one GPU (0 where vLLM does not make it)."""
     f = _model()["flashinfer_fusion"]
-    if tp < 2 or compute_capability is None or version < _version(f["since"]):
+    if tp < 2 or compute_capability is None or version < _release(f["since"]):
         return 0
-    if version < _version(f["any_shape_since"]) and (dp > 1 or pp > 1):
+    if version < _release(f["any_shape_since"]) and (dp > 1 or pp > 1):
         return 0
     table = f["max_mb"].get(f"{compute_capability[0]}.{compute_capability[1]}", {})
     max_mb = table.get(tp) or table.get(str(tp))
@@ -71,8 +69,8 @@ def _nvlink_rest_bytes(tp: int) -> int:
     measured = {int(k): v for k, v in m["nvlink_measured_gib"].items()}
     size = max((k for k in measured if k <= tp), default=min(measured))
     base = overheads.load().non_torch_bytes["single_gpu"]
-    reference = flashinfer_fusion_bytes(size, _version(m["measured_release"]),
-                                        tuple(int(p) for p in m["measured_capability"].split(".")),
+    reference = flashinfer_fusion_bytes(size, _release(m["measured_release"]),
+                                        _release(m["measured_capability"]),
                                         hidden=4096, batched_tokens=8192)
     return round(measured[size] * GIB) - base - reference
 
@@ -86,8 +84,8 @@ def non_torch(tp: int, pp: int, version: tuple[int, ...], *, interconnect: str =
     single_context = c.cuda_context_bytes["single_gpu"]
     outside = c.cuda_context_bytes[key]
     parts: list[tuple[str, int]] = []
-    measured_here = version[:2] == _version(m["measured_release"]) and (
-        tp == 1 or compute_capability == tuple(int(p) for p in m["measured_capability"].split(".")))
+    measured_here = version[:2] == _release(m["measured_release"]) and (
+        tp == 1 or compute_capability == _release(m["measured_capability"]))
     confidence = "measured" if measured_here else "extrapolated"
     if tp > 1:
         parts.append(("base", c.non_torch_bytes["single_gpu"]))
@@ -107,12 +105,12 @@ def non_torch(tp: int, pp: int, version: tuple[int, ...], *, interconnect: str =
                           _nvlink_rest_bytes(tp)))
     else:
         parts.append(("base", c.non_torch_bytes[key]))
-    if version < _version(m["snapshot_after_distributed_init_since"]):
+    if version < _release(m["snapshot_after_distributed_init_since"]):
         # The snapshot precedes distributed init: what it set up is counted as non-torch.
         if outside > single_context:
             parts.append(("distributed init (before the snapshot in this release)", outside - single_context))
         outside = single_context
-    if not v0 and _version(m["v1_whole_device_since"]) <= version < _version(m["snapshot_since"]):
+    if not v0 and _release(m["v1_whole_device_since"]) <= version < _release(m["snapshot_since"]):
         parts.append(("CUDA context (0.8 counts the whole device)", outside))
         outside = 0
     return NonTorch(sum(size for _, size in parts), outside, tuple(parts), confidence)

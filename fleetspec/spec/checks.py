@@ -246,7 +246,7 @@ def _gpu_inventory(fleet) -> Iterator[Diagnostic]:
 def _stage_inventory(fleet, i: int, server, types: set) -> Iterator[Diagnostic]:
     """A replica whose pipeline stages name different GPU types needs, of each type, data x tensor
     parallel GPUs per stage on that type."""
-    wanted: dict[str | None, int] = {}
+    wanted: dict[str, int] = {}  # every stage names a type here (spec.models.Server)
     for stage, gpu_type in enumerate(server.stage_gpu_types()):
         if gpu_type is not None and gpu_type not in types:
             yield fleet.diagnostic(ERROR, "unknown-gpu-type", ("servers", i, "pipeline_stages", stage, "gpu_type"),
@@ -259,8 +259,8 @@ def _stage_inventory(fleet, i: int, server, types: set) -> Iterator[Diagnostic]:
         if count > pool:
             yield fleet.diagnostic(
                 ERROR, "replica-larger-than-inventory", ("servers", i, "pipeline_stages"),
-                f"one replica of `{server.name}` needs {count} {gpu_type or ''} GPUs for its pipeline stages "
-                f"but only {pool} are declared".replace("  ", " "),
+                f"one replica of `{server.name}` needs {count} {gpu_type} GPUs for its pipeline stages "
+                f"but only {pool} are declared",
                 "declare more GPUs of that type, or move layers to a stage on another type",
             )
 

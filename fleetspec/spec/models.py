@@ -600,6 +600,11 @@ class Server(Strict):
             raise SpecValueError(
                 f"`{self.name}` pins gpu_type {self.gpu_type} but a pipeline stage names another GPU type",
                 "remove the server's gpu_type and name a gpu_type on every stage")
+        if stages is not None and self.gpu_type is None and any(st.gpu_type for st in stages) \
+                and not all(st.gpu_type for st in stages):
+            raise SpecValueError(
+                f"some pipeline_stages of `{self.name}` name a GPU type and some do not, so fleetspec cannot tell "
+                "where the others go", "name a gpu_type on every stage, or on none (and set the server's gpu_type)")
         return self
 
     @property

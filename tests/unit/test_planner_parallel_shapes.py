@@ -148,6 +148,7 @@ def test_mixed_stages_in_containers_are_warned():
      "sets the layer split twice"),
     ({"gpu_type": "L4", "pipeline_stages": [{"layers": 16, "gpu_type": "T4"}, {"layers": 16}]}, "pins gpu_type L4"),
     ({"data_parallel_size": 64, "tensor_parallel_size": 32}, "would span 2,048 GPUs"),
+    ({"pipeline_stages": [{"layers": 16, "gpu_type": "T4"}, {"layers": 16}]}, "some pipeline_stages"),
 ])
 def test_impossible_shapes_are_spec_errors(server, message):
     with pytest.raises(ValueError, match=message):
