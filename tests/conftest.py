@@ -14,6 +14,22 @@ import pytest
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
 
 
+# scripts/test runs the suite under pytest-xdist with `--dist loadfile`: each file runs whole in one
+# worker, in order (the real-vLLM fleet scenarios build on each other; a file's module fixtures
+# start its engines once). The files of tests/vllm are the suite's longest chains (a real engine
+# takes about a minute to start), so they are collected first and workers start on them while the
+# others share out everything else; serial runs are not slowed by the order.
+VLLM_DIR = pathlib.Path(__file__).parent / "vllm"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    real_engines = [item for item in items if pathlib.Path(str(item.path)).parent == VLLM_DIR]
+    if real_engines:
+        chosen = set(map(id, real_engines))
+        items[:] = real_engines + [item for item in items if id(item) not in chosen]
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from fleetspec.catalog import data_files
+from fleetspec.catalog import data_files, repo_names
 from fleetspec.spec import models as spec_models
 
 # Unpacked projection names (PEFT target_modules) → the packed module vLLM wraps with LoRA.
@@ -47,6 +47,9 @@ class ModelFacts:
     checkpoint_group_size: int | None
     source: str
     from_catalog: bool
+    # The catalog entry whose shapes were used because the name re-publishes it (a mirror or a
+    # quantized repack, catalog/repo_names.py); None when the id itself is in the catalog.
+    matched_by_name: str | None = None
     # Attention type of every decoder layer, "full" or "sliding" (issue #18 item 4): from the
     # config's layer_types, its sliding_window_pattern, or the family's known layout.
     layer_kinds: tuple[str, ...] = ()
@@ -99,7 +102,9 @@ def resolve(base_model: spec_models.BaseModelSpec) -> ModelFacts | None:
     entry = lookup(base_model.id)
     inline = base_model.architecture
     if inline is None:
-        return _from_entry(entry) if entry is not None else None
+        if entry is not None:
+            return _from_entry(entry)
+        return _from_name(base_model.id)
     family = _family_of(inline) or (entry["family"] if entry else None)
     return _facts(
         model_id=entry["id"] if entry else base_model.id, family=family or "unknown",
@@ -121,6 +126,21 @@ def lookup(model_id: str) -> dict | None:
     return None
 
 
+def lookup_by_name(model_id: str) -> tuple[dict, repo_names.NameReading] | None:
+    """The catalog entry a mirror or quantized repack re-publishes, read from its name alone: the
+    name without its quantization suffix (and without the organisation) matches exactly one
+    entry's name. TheBloke-style names drop Llama-2's "-hf"."""
+    reading = repo_names.read(model_id)
+    if reading is None:
+        return None
+    names = _name_index()
+    for name in (reading.name, reading.name + "-hf"):
+        entries = names.get(name, [])
+        if len(entries) == 1:
+            return entries[0], reading
+    return None
+
+
 def known_ids() -> list[str]:
     return [entry["id"] for entry in data_files.load("models")["models"]]
 
@@ -139,6 +159,17 @@ def _index() -> dict[str, dict]:
 
 
 @functools.cache
+def _name_index() -> dict[str, list[dict]]:
+    """Catalog entries by the name part of their ids and aliases (no organisation)."""
+    names: dict[str, list[dict]] = {}
+    for entry in data_files.load("models")["models"]:
+        for name in {n.lower().split("/")[-1] for n in (entry["id"], *entry.get("aliases", ()))}:
+            if entry not in names.setdefault(name, []):
+                names[name].append(entry)
+    return names
+
+
+@functools.cache
 def _architecture_of(model_id: str) -> spec_models.Architecture:
     return spec_models.Architecture.model_validate(_index()[model_id.lower()]["config"])
 
@@ -149,6 +180,23 @@ def _from_entry(entry: dict) -> ModelFacts:
         num_parameters=entry.get("num_parameters"), dtype=entry.get("dtype", "bfloat16"),
         entry=entry, source=entry["source"], from_catalog=True,
     )
+
+
+def _from_name(model_id: str) -> ModelFacts | None:
+    found = lookup_by_name(model_id)
+    if found is None:
+        return None
+    entry, reading = found
+    if reading.method is not None:
+        quant = {"method": reading.method}
+        if reading.group_size:
+            quant["group_size"] = reading.group_size
+        entry = {**entry, "quantization": quant}
+        if reading.dtype:
+            entry["dtype"] = reading.dtype
+    facts = _from_entry(entry)
+    return dataclasses.replace(facts, id=model_id.strip().rstrip("/"), matched_by_name=facts.id,
+                               source=f"{facts.source} (`{model_id}` read by name as {reading.says})")
 
 
 def _family_of(arch: spec_models.Architecture) -> str | None:

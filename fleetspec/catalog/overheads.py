@@ -81,6 +81,7 @@ class Overheads:
     kv_concurrency_report_since: tuple[int, ...]  # "GPU KV cache size" = max_concurrency × max_model_len
     in_flight_batches_since: tuple[int, ...]
     in_flight_batches: int
+    mxfp4_triton_scales_freed_since: tuple[int, ...]
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
     cpu: CpuOverheads
@@ -152,6 +153,7 @@ def load() -> Overheads:
         kv_concurrency_report_since=_version(data["kv_cache"]["concurrency_report_since"]),
         in_flight_batches_since=_version(data["kv_cache"]["in_flight_batches"]["since"]),
         in_flight_batches=data["kv_cache"]["in_flight_batches"]["batches"],
+        mxfp4_triton_scales_freed_since=_version(data["mxfp4_triton"]["scales_freed_since"]),
         block_size=data["block_size"],
         batch_defaults=tuple(_batch_row(row) for row in data["batch_defaults"]),
         cpu=CpuOverheads(

@@ -167,13 +167,26 @@ def block_size(extra_args: list[str]) -> int | None:
     return value if 0 < value <= MAX_BLOCK_SIZE else None
 
 
+# A block count no pool reaches: larger values are not read, so a number in a file cannot overflow
+# the plan's arithmetic.
+MAX_GPU_BLOCKS = 1 << 32
+
+
+def num_gpu_blocks_override(extra_args: list[str]) -> int | None:
+    """`--num-gpu-blocks-override`: the KV cache's block count, whatever the profile left
+    (may_override_num_blocks, vllm/v1/core/kv_cache_utils.py of 0.32; V0's CacheConfig the same)."""
+    found = extra_arg_value(extra_args, "--num-gpu-blocks-override")
+    if found is None or not (found[1].isascii() and found[1].isdigit()) or len(found[1]) > 10:
+        return None
+    value = int(found[1])
+    return value if 0 < value <= MAX_GPU_BLOCKS else None
+
+
 # Flags a fleet may pass in extra_args that change how vLLM spends GPU memory in ways the planner
 # does not model: what each changes, for the plan's warning.
 UNMODELLED_MEMORY_FLAGS: dict[str, str] = {
     "--speculative-config": "GPU memory for a draft model's weights and KV cache",
     "--cpu-offload-gb": "how much of the weights stays on the GPU",
-    "--num-gpu-blocks-override": "the KV cache size, to a fixed block count",
-    "--kv-cache-memory-bytes": "the KV cache size, to a fixed number of bytes",
     "--enable-eplb": "the expert weights, with redundant experts for load balancing",
     "--eplb-config": "the expert weights, with redundant experts for load balancing",
     "--decode-context-parallel-size": "how the KV cache is split across GPUs",
@@ -267,6 +280,12 @@ def extra_arg_problems(word: str, version: str) -> list[tuple[str, str, str]]:
                  f"\"unrecognized arguments: {name}\".", _unknown_flag_hint(name, version))]
     row = flag_owner(word)
     if row is not None:
+        if row.spec_field.startswith("(fleetspec: "):  # derived by fleetspec, no fleet field to set
+            source = row.spec_field.removeprefix("(fleetspec: ").removesuffix(")")
+            return [("flag-set-by-fleetspec",
+                     f"{row.flag} is written by fleetspec itself ({source}); passing it again in extra_args "
+                     "would silently override what the planner checked.",
+                     "Remove it from extra_args; fleetspec sets it where it is needed.")]
         return [("flag-set-by-fleetspec",
                  f"{row.flag} is written by fleetspec from {row.spec_field}; passing it again in extra_args "
                  "would silently override what the planner checked.",

@@ -48,6 +48,9 @@ class GpuBudget:
     # What non_torch is made of (planner.nontorch), and how sure that is.
     non_torch_parts: tuple[tuple[str, int], ...] = ()
     non_torch_confidence: str = "measured"
+    # When extra_args fix the KV cache's size (fixed_kv_cache): the most the GPU could still hold
+    # beside everything else. vLLM allocates the fixed size anyway and runs out of memory above it.
+    kv_ceiling: int | None = None
 
     @property
     def warmup_fits(self) -> bool:
@@ -55,7 +58,8 @@ class GpuBudget:
 
     @property
     def fits(self) -> bool:
-        return self.kv_cache > 0 and self.request_bytes <= self.kv_cache
+        within = self.kv_ceiling is None or self.kv_cache <= self.kv_ceiling
+        return self.kv_cache > 0 and self.request_bytes <= self.kv_cache and within
 
     @property
     def non_kv(self) -> int:
@@ -151,13 +155,29 @@ def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: i
                                max_concurrency=min(b.max_concurrency for b in budgets))
 
 
+def fixed_kv_cache(s: engine.EngineSettings, layout: memory.KvLayout, profiled: int,
+                   free: int) -> tuple[int, int | None]:
+    """(KV cache bytes, ceiling) when --num-gpu-blocks-override fixes the KV cache's size, else
+    (profiled, None).
+
+    vLLM profiles as usual, then replaces the block count (may_override_num_blocks,
+    vllm/v1/core/kv_cache_utils.py of 0.32; V0's CacheConfig.num_gpu_blocks_override likewise) and
+    allocates that many blocks whatever the budget says. `free` (the GPU minus the CUDA context,
+    weights, LoRA, activation, non-torch and CUDA graphs) is the ceiling above which the engine
+    runs out of memory at startup."""
+    if s.host or s.num_gpu_blocks_override is None:
+        return profiled, None
+    return round(s.num_gpu_blocks_override * layout.bytes_per_block), free
+
+
 def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int,
                   stage: memory.Stage | None) -> GpuBudget:
     tp, pp = s.tensor_parallel_size, s.pipeline_parallel_size
     shard = expert_shard(s)
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
     weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size,
-                                  compute_capability=s.compute_capability, stage=stage, shard=shard)
+                                  compute_capability=s.compute_capability, stage=stage, shard=shard,
+                                  vllm_version=s.vllm_version)
     lora = lora_buffer_bytes(facts, s, stage)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
                                          tp=tp, dtype_bytes=s.dtype_bytes, v0=s.v0,
@@ -178,6 +198,8 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
     layout = memory.kv_layout(facts, tp, pp, s.kv_bytes, kv_cache_dtype=s.kv_cache_dtype,
                               batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
                               host=s.host, block=s.block_size, stage=stage)
+    kv_cache, kv_ceiling = fixed_kv_cache(s, layout, kv_cache,
+                                          total - outside - weights - lora - activation - non_torch - graphs)
     per_token = layout.bytes_per_token
     request = layout.request_bytes(s.max_model_len)
     # Only the last pipeline stage computes logits, so only it warms up the sampler
@@ -193,10 +215,11 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
         kv_cache=kv_cache, kv_bytes_per_token=per_token,
         kv_tokens=layout.tokens(kv_cache, s.max_model_len), kv_groups=layout.groups,
         kv_group_size=layout.group_size,
-        request_bytes=request, max_model_len=s.max_model_len, largest_model_len=largest,
+        request_bytes=request, max_model_len=s.max_model_len, largest_model_len=largest, kv_ceiling=kv_ceiling,
         max_concurrency=max(kv_cache, 0) / request if request else 0.0,
         sampler_warmup=warmup,
-        warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget),
+        warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget)
+        if kv_ceiling is None else kv_ceiling - kv_cache + activation,
         stage=stage,
         non_torch_parts=parallel.parts if parallel else (("vLLM CPU build worker base", non_torch),),
         non_torch_confidence=parallel.confidence if parallel else "measured",

@@ -42,6 +42,9 @@ class EngineSettings:
     interconnect: str = "nvlink"  # between the replica's GPUs (catalog.gpus.GpuFacts.interconnect)
     v0: bool = False  # the V0 engine: before 0.8, and V1's fallback on older GPUs (memory.runs_v0)
     flashinfer_sampler: bool = False  # V1 samples with FlashInfer's top-k/top-p (memory.flashinfer_samples)
+    # --num-gpu-blocks-override in extra_args: the KV cache's block count instead of the budget's.
+    # (--kv-cache-memory-bytes is fleetspec's own flag on CPU hosts and refused in extra_args.)
+    num_gpu_blocks_override: int | None = None
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -127,6 +130,7 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         v0=v0,
         flashinfer_sampler=not gpu.host and memory.flashinfer_samples(
             version, flashinfer_installed(spec, version), server.env.get("VLLM_USE_FLASHINFER_SAMPLER"), v0),
+        num_gpu_blocks_override=vllm_flags.num_gpu_blocks_override(server.extra_args),
     )
 
 

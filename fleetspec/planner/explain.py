@@ -123,7 +123,12 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     if facts.window_layers_unknown:
         layout += "; sliding_window ignored: its layers are unknown"
         kv_confidence = "estimated"
+    origin = "what the budget leaves"
+    if s.num_gpu_blocks_override is not None:
+        origin = f"--num-gpu-blocks-override {s.num_gpu_blocks_override} blocks"
+    if b.kv_ceiling is not None:
+        origin += f"; at most {b.kv_ceiling / (1 << 30):.2f} GiB is free for it on this GPU"
     out.append(Term("kv_cache", max(b.kv_cache, 0),
-                    f"what the budget leaves; {layout}; tokens as {_release(version)} logs them: {report}",
+                    f"{origin}; {layout}; tokens as {_release(version)} logs them: {report}",
                     kv_confidence))
     return tuple(out)

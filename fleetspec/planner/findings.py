@@ -106,6 +106,16 @@ def architecture_findings(facts: catalog_models.ModelFacts) -> list[Diagnostic]:
     """What the planner took from the architecture and what it could not model, said in the plan
     (issue #18 items 3 and 4)."""
     out = []
+    if facts.matched_by_name:
+        quantized = (f", with its linear layers in {facts.checkpoint_quantization}"
+                     if facts.checkpoint_quantization != "none" else "")
+        out.append(finding(
+            INFO, "model-matched-by-name", ("base_model", "id"),
+            f"`{facts.id}` is not in the catalog; its name says it re-publishes `{facts.matched_by_name}`, "
+            f"so it is planned with that model's shapes{quantized}",
+            "if the checkpoint is a different architecture, copy its config.json numbers into "
+            "base_model.architecture (they win over the catalog)",
+        ))
     counts = memory.parameter_counts(facts)
     published, derived = counts["published"], counts["derived"]
     if published and derived and abs(published - derived) / published > 0.02:
@@ -289,6 +299,18 @@ def memory_findings(spec: spec_models.FleetSpec, i: int, facts: catalog_models.M
               f"on {on}")
     if b.fits:
         return []
+    if b.kv_ceiling is not None and b.kv_cache > b.kv_ceiling:
+        found = vllm_flags.extra_arg_value(server.extra_args, "--num-gpu-blocks-override")
+        position = found[0] if found else 0
+        largest = int(b.kv_ceiling // (b.kv_cache / s.num_gpu_blocks_override)) if s.num_gpu_blocks_override else 0
+        return [finding(
+            ERROR, "kv-blocks-override-too-large", ("servers", i, "extra_args", position),
+            f"--num-gpu-blocks-override {s.num_gpu_blocks_override} asks for {gib(b.kv_cache)} of KV cache on {on}, "
+            f"which has {gib(max(b.kv_ceiling, 0))} left beside the weights, activations and overheads; vLLM "
+            "allocates the blocks anyway and runs out of memory at startup",
+            f"lower it to {largest} blocks or fewer, or remove it and let the budget size the cache"
+            if largest > 0 else "remove it: this GPU has no room left for the KV cache",
+        )]
     options = _options(facts, s, gpu, b, gpus_available,
                        adapters, server.replicas)
     if b.kv_cache <= 0:

@@ -330,10 +330,11 @@ def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
 def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
                  method: str = "none", group_size: int | None = None, *,
                  compute_capability: tuple[int, int] | None = None, stage: Stage | None = None,
-                 shard: ExpertShard | None = None) -> int:
+                 shard: ExpertShard | None = None, vllm_version: tuple[int, ...] | None = None) -> int:
     """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
     plus the buffers vLLM allocates with them (the rotary cos/sin cache), with MXFP4 experts padded
-    to the shapes their kernel takes (`mxfp4_expert_padding`)."""
+    to the shapes their kernel takes (`mxfp4_expert_padding`) and what the Triton kernels' weight
+    conversion leaves behind (`mxfp4_triton_residue_bytes`, given the release)."""
     split = params_per_gpu(facts, tp, pp, stage=stage, shard=shard)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
     scope = quantized_kinds(facts, method)
@@ -343,7 +344,33 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
         if kind == "experts":
             count *= padding
         total += count * (cost.bytes_per_weight if kind in scope else dtype_bytes)
-    return round(total) + rope_cache_bytes(facts, dtype_bytes)
+    residue = 0 if vllm_version is None else mxfp4_triton_residue_bytes(
+        facts, tp, compute_capability, method, vllm_version, dtype_bytes, shard=shard,
+        moe_layers=dense_and_moe_layers(facts, stage.layers, stage.start)[1] if stage else -(-facts.moe_layers // pp))
+    return round(total) + rope_cache_bytes(facts, dtype_bytes) + residue
+
+
+def mxfp4_triton_residue_bytes(facts: catalog_models.ModelFacts, tp: int,
+                               compute_capability: tuple[int, int] | None, method: str,
+                               vllm_version: tuple[int, ...], dtype_bytes: int, *,
+                               shard: ExpertShard | None = None, moe_layers: int | None = None) -> int:
+    """What converting MXFP4 experts for OpenAI's Triton kernels (the Hopper backend) adds to
+    "Model loading took" on one GPU: the checkpoint-layout block scales (one byte per 32 padded
+    expert weights) that releases before overheads.mxfp4_triton.scales_freed_since keep beside the
+    swizzled copy, and the expert biases widened to float32 (catalog/data/overheads.yaml
+    mxfp4_triton, read in mxfp4.py of 0.14.0 and fused_moe/oracle/mxfp4.py of 0.19/0.26)."""
+    if (compute_capability is None or not (9, 0) <= compute_capability < (10, 0) or not facts.is_moe
+            or method not in quantization.EXPERTS_ONLY):
+        return 0
+    shard = shard or ExpertShard(tp)
+    experts = shard.local_experts(facts.num_experts)
+    hidden = facts.architecture.hidden_size
+    inter = _round_up(facts.expert_intermediate_size / shard.width_divisor, 64)
+    layers = facts.moe_layers if moe_layers is None else moe_layers
+    per_layer = experts * (2 * inter + hidden) * max(0, 4 - dtype_bytes)  # w13_bias [E, 2I], w2_bias [E, H]
+    if vllm_version < overheads.load().mxfp4_triton_scales_freed_since:
+        per_layer += experts * 3 * inter * hidden // 32  # w13 [E, 2I, H/32] + w2 [E, H, I/32] e8m0 scales
+    return per_layer * layers
 
 
 def _round_up(value: float, multiple: int) -> int:

@@ -287,3 +287,25 @@ def test_mxfp4_experts_are_padded_to_the_kernel_the_device_gets():
     plain = memory.weight_bytes(oss, 4, 1, 2, "mxfp4")
     padded = memory.weight_bytes(oss, 4, 1, 2, "mxfp4", compute_capability=(8, 0))
     assert padded > plain * 1.10  # the experts are nearly all of gpt-oss's weights
+
+
+def test_hopper_triton_mxfp4_keeps_the_checkpoint_scales_until_0_26():
+    # process_weights_after_loading of 0.14.0 (quantization/mxfp4.py) and 0.19.0
+    # (fused_moe/oracle/mxfp4.py) swizzle values and scales for the Triton kernels and delete only
+    # the old values; 0.26.0 deletes the old scales too. Biases go to float32 in all of them.
+    oss = facts("openai/gpt-oss-120b")  # 36 MoE layers of 128 experts, hidden 2880, expert width 2880
+    per_layer_bias = 128 * (2 * 2880 + 2880) * 2  # bf16 → fp32 adds 2 bytes per bias element
+    per_layer_scales = 128 * 3 * 2880 * 2880 // 32
+    assert memory.mxfp4_triton_residue_bytes(oss, 1, (9, 0), "mxfp4", (0, 14, 1), 2) == \
+        36 * (per_layer_bias + per_layer_scales)  # 3.42 GiB: the gap to a 0.14.1 H100 log's 64.38 GiB
+    assert memory.mxfp4_triton_residue_bytes(oss, 1, (9, 0), "mxfp4", (0, 26, 0), 2) == 36 * per_layer_bias
+    # Only Hopper runs the Triton kernels; Marlin (A100) and FlashInfer (Blackwell) convert in place.
+    assert memory.mxfp4_triton_residue_bytes(oss, 1, (8, 0), "mxfp4", (0, 14, 1), 2) == 0
+    assert memory.mxfp4_triton_residue_bytes(oss, 1, (10, 0), "mxfp4", (0, 14, 1), 2) == 0
+    assert memory.mxfp4_triton_residue_bytes(MIXTRAL, 1, (9, 0), "awq", (0, 14, 1), 2) == 0
+    # Tensor parallel slices each expert's width: 2880 / 2 = 1440, padded to 1472 (a multiple of 64).
+    assert memory.mxfp4_triton_residue_bytes(oss, 2, (9, 0), "mxfp4", (0, 19, 0), 2) == \
+        36 * (128 * (2 * 1472 + 2880) * 2 + 128 * 3 * 1472 * 2880 // 32)
+    base = memory.weight_bytes(oss, 1, 1, 2, "mxfp4", compute_capability=(9, 0))
+    assert memory.weight_bytes(oss, 1, 1, 2, "mxfp4", compute_capability=(9, 0), vllm_version=(0, 14, 1)) == \
+        base + 36 * (per_layer_bias + per_layer_scales)

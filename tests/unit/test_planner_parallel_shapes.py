@@ -258,7 +258,7 @@ def test_a_split_that_does_not_add_up_is_planned_as_the_default():
 
 
 @pytest.mark.parametrize("word", ["--speculative-config={\"method\": \"ngram\"}", "--cpu_offload_gb=4",
-                                  "--enable-eplb", "--num-gpu-blocks-override=100"])
+                                  "--enable-eplb", "--limit-mm-per-prompt={\"image\": 2}"])
 def test_extra_args_that_change_memory_the_plan_does_not_model_are_said(word):
     p = plan(fleet([{"name": "s", "extra_args": [word]}]))
     [found] = [f for f in p.findings if f.code == "extra-arg-not-modelled"]

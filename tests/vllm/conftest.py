@@ -8,7 +8,7 @@ without vLLM.
 
 `vllm_engine` and `sim_engine` are one keyed engine each (VLLM_API_KEY=engines.API_KEY), started
 with the same flags (engines.FLAGS) and kept for the session, but stopped as soon as no test left
-in the session needs them: a later module may start real engines of its own, and the machine runs
+in this process needs them: a later module may start real engines of its own, and the machine runs
 two at most. A failing test that used an engine gets the tail of its log in the report.
 """
 
@@ -25,7 +25,10 @@ import vllm_install
 
 ENGINE_FIXTURES = {"vllm": "vllm_engine", "sim": "sim_engine"}
 _live: dict[str, engines.Engine] = {}  # fixture name → its engine, while it runs
-_needed_after: dict[int, set[str]] = {}  # id(item) → engine fixtures some later item still needs
+# engine fixture → nodeids of the collected tests that use it and have not run in this process yet.
+# Under pytest-xdist a worker collects every test but runs only some, so an engine another worker's
+# tests would need is simply kept to the end of the session: never stopped while a test may want it.
+_waiting: dict[str, set[str]] = {}
 
 
 def _engines_of(item: pytest.Item) -> set[str]:
@@ -38,19 +41,19 @@ def _engines_of(item: pytest.Item) -> set[str]:
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    later: set[str] = set()
-    for item in reversed(items):
-        _needed_after[id(item)] = set(later)
+    for item in items:
         uses = _engines_of(item)
-        later |= uses
+        for name in uses:
+            _waiting.setdefault(name, set()).add(item.nodeid)
         if "vllm_engine" in uses or "vllm_installation" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.vllm)  # `-m "not vllm"` leaves the sim half
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    still = _needed_after.get(id(item), set())
+    for name in _engines_of(item):
+        _waiting.get(name, set()).discard(item.nodeid)
     for name in list(_live):
-        if name not in still:
+        if not _waiting.get(name):
             _live.pop(name).stop()
 
 
