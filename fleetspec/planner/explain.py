@@ -60,6 +60,13 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     padding = memory.mxfp4_expert_padding(facts, s.tensor_parallel_size, s.compute_capability, s.quantization)
     if padding != 1.0:
         source += f"; experts padded ×{padding:.3f} to the MoE kernel's tile on this GPU (vLLM 0.33's choice)"
+    residue = memory.mxfp4_triton_residue_bytes(
+        facts, s.tensor_parallel_size, s.compute_capability, s.quantization, version, s.dtype_bytes,
+        shard=memory.ExpertShard.of(s.tensor_parallel_size, s.data_parallel_size, s.expert_parallel),
+        moe_layers=memory.moe_layers_on(facts, s.pipeline_parallel_size, b.stage))
+    if residue:
+        source += (f"; +{residue / (1 << 30):.2f} GiB left by the Triton MXFP4 conversion on Hopper (fp32 expert "
+                   "biases, and the checkpoint's scales before 0.26; overheads.yaml mxfp4_triton)")
     out.append(Term("weights", b.weights, source, confidence))
     if s.lora is not None:
         out.append(Term("lora", b.lora, f"max_loras {s.lora.max_loras} × rank {s.lora.max_lora_rank} buffers on "

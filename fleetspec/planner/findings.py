@@ -300,9 +300,9 @@ def memory_findings(spec: spec_models.FleetSpec, i: int, facts: catalog_models.M
     if b.fits:
         return []
     if b.kv_ceiling is not None and b.kv_cache > b.kv_ceiling:
-        found = vllm_flags.extra_arg_value(server.extra_args, "--num-gpu-blocks-override")
-        position = found[0] if found else 0
-        largest = int(b.kv_ceiling // (b.kv_cache / s.num_gpu_blocks_override)) if s.num_gpu_blocks_override else 0
+        # A ceiling is set only by --num-gpu-blocks-override (budget.fixed_kv_cache).
+        position, _ = vllm_flags.extra_arg_value(server.extra_args, "--num-gpu-blocks-override")
+        largest = int(b.kv_ceiling // (b.kv_cache / s.num_gpu_blocks_override))
         return [finding(
             ERROR, "kv-blocks-override-too-large", ("servers", i, "extra_args", position),
             f"--num-gpu-blocks-override {s.num_gpu_blocks_override} asks for {gib(b.kv_cache)} of KV cache on {on}, "

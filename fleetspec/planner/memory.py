@@ -346,7 +346,7 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
         total += count * (cost.bytes_per_weight if kind in scope else dtype_bytes)
     residue = 0 if vllm_version is None else mxfp4_triton_residue_bytes(
         facts, tp, compute_capability, method, vllm_version, dtype_bytes, shard=shard,
-        moe_layers=dense_and_moe_layers(facts, stage.layers, stage.start)[1] if stage else -(-facts.moe_layers // pp))
+        moe_layers=moe_layers_on(facts, pp, stage))
     return round(total) + rope_cache_bytes(facts, dtype_bytes) + residue
 
 
@@ -359,8 +359,7 @@ def mxfp4_triton_residue_bytes(facts: catalog_models.ModelFacts, tp: int,
     expert weights) that releases before overheads.mxfp4_triton.scales_freed_since keep beside the
     swizzled copy, and the expert biases widened to float32 (catalog/data/overheads.yaml
     mxfp4_triton, read in mxfp4.py of 0.14.0 and fused_moe/oracle/mxfp4.py of 0.19/0.26)."""
-    if (compute_capability is None or not (9, 0) <= compute_capability < (10, 0) or not facts.is_moe
-            or method not in quantization.EXPERTS_ONLY):
+    if not _hopper(compute_capability) or not facts.is_moe or method not in quantization.EXPERTS_ONLY:
         return 0
     shard = shard or ExpertShard(tp)
     experts = shard.local_experts(facts.num_experts)
@@ -371,6 +370,16 @@ def mxfp4_triton_residue_bytes(facts: catalog_models.ModelFacts, tp: int,
     if vllm_version < overheads.load().mxfp4_triton_scales_freed_since:
         per_layer += experts * 3 * inter * hidden // 32  # w13 [E, 2I, H/32] + w2 [E, H, I/32] e8m0 scales
     return per_layer * layers
+
+
+def moe_layers_on(facts: catalog_models.ModelFacts, pp: int, stage: Stage | None) -> int:
+    """MoE layers one GPU holds: its stage's, else an even share of pp stages."""
+    return dense_and_moe_layers(facts, stage.layers, stage.start)[1] if stage else -(-facts.moe_layers // pp)
+
+
+def _hopper(compute_capability: tuple[int, int] | None) -> bool:
+    """Compute capability 9.x, where vLLM runs MXFP4 experts on OpenAI's Triton kernels."""
+    return compute_capability is not None and (9, 0) <= compute_capability < (10, 0)
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -391,7 +400,7 @@ def mxfp4_expert_padding(facts: catalog_models.ModelFacts, tp: int, compute_capa
         return 1.0
     a = facts.architecture
     hidden, inter = a.hidden_size, facts.expert_intermediate_size / (shard or ExpertShard(tp)).width_divisor
-    if (9, 0) <= compute_capability < (10, 0):
+    if _hopper(compute_capability):
         padded_hidden, padded_inter = hidden, _round_up(inter, 64)
     else:
         padded_hidden, padded_inter = _round_up(hidden, 256), _round_up(inter, 128)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleetspec.catalog import gpus, models
-from fleetspec.planner import memory
+from fleetspec.planner import memory, report
 from fleetspec.spec import models as spec
 
 GIB, MIB = 1 << 30, 1 << 20
@@ -297,7 +297,7 @@ def test_hopper_triton_mxfp4_keeps_the_checkpoint_scales_until_0_26():
     per_layer_bias = 128 * (2 * 2880 + 2880) * 2  # bf16 → fp32 adds 2 bytes per bias element
     per_layer_scales = 128 * 3 * 2880 * 2880 // 32
     assert memory.mxfp4_triton_residue_bytes(oss, 1, (9, 0), "mxfp4", (0, 14, 1), 2) == \
-        36 * (per_layer_bias + per_layer_scales)  # 3.42 GiB: the gap to a 0.14.1 H100 log's 64.38 GiB
+        36 * (per_layer_bias + per_layer_scales)  # 3.41 GiB: the gap to a 0.14.1 H100 log's 64.38 GiB
     assert memory.mxfp4_triton_residue_bytes(oss, 1, (9, 0), "mxfp4", (0, 26, 0), 2) == 36 * per_layer_bias
     # Only Hopper runs the Triton kernels; Marlin (A100) and FlashInfer (Blackwell) convert in place.
     assert memory.mxfp4_triton_residue_bytes(oss, 1, (8, 0), "mxfp4", (0, 14, 1), 2) == 0
@@ -309,3 +309,15 @@ def test_hopper_triton_mxfp4_keeps_the_checkpoint_scales_until_0_26():
     base = memory.weight_bytes(oss, 1, 1, 2, "mxfp4", compute_capability=(9, 0))
     assert memory.weight_bytes(oss, 1, 1, 2, "mxfp4", compute_capability=(9, 0), vllm_version=(0, 14, 1)) == \
         base + 36 * (per_layer_bias + per_layer_scales)
+
+
+def test_the_weights_term_names_the_triton_residue_it_counts():
+    document = {"name": "o", "base_model": {"id": "openai/gpt-oss-120b", "max_model_len": 8192},
+                "gpus": [{"type": "H100-80GB", "count": 1}], "servers": [{"name": "a"}]}
+    terms = {}
+    for version in ("0.14.1", "0.26.0"):
+        plan = report.plan_fleet(spec.FleetSpec.model_validate({**document, "runtime": {"vllm_version": version}}))
+        terms[version] = next(t for t in plan.servers[0].replicas[0].budget.terms if t.term == "weights")
+    assert "+3.41 GiB left by the Triton MXFP4 conversion" in terms["0.14.1"].source
+    assert "+0.07 GiB left by the Triton MXFP4 conversion" in terms["0.26.0"].source  # biases only
+    assert terms["0.14.1"].bytes - terms["0.26.0"].bytes == 36 * (128 * 3 * 2880 * 2880 // 32)
