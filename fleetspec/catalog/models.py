@@ -58,6 +58,14 @@ class ModelFacts:
     window_layers_unknown: bool = False
     dense_mlp: str = "gated"  # the MLP of dense layers (a MoE model's first_k_dense_replace layers): gated/plain
     quantization_scope: frozenset[str] | None = None  # module kinds the checkpoint quantizes; None: the method's
+    # Hybrid attention + state-space models (issue #18 item 4): the token mixer of every decoder layer
+    # ("attention", "mamba2", "gdn" or "" for an MLP-only block) and whether it has an MLP. Empty:
+    # every layer is attention + MLP. layer_kinds then says "mamba" for a state layer and "none" for a
+    # layer without a cache.
+    mixers: tuple[str, ...] = ()
+    mlp_layers: tuple[bool, ...] = ()
+    rotary: bool = True  # the attention layers use a rotary embedding (Nemotron-H's do not)
+    qk_norm: bool = False  # q_norm / k_norm of head_dim per attention layer (Qwen3.5)
 
     @property
     def is_moe(self) -> bool:
@@ -95,6 +103,11 @@ class ModelFacts:
     @property
     def sliding_layers(self) -> int:
         return sum(1 for kind in self.layer_kinds if kind == "sliding")
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Some layers keep a state-space (Mamba2 / Gated DeltaNet) state instead of a KV cache."""
+        return "mamba" in self.layer_kinds
 
 
 def resolve(base_model: spec_models.BaseModelSpec) -> ModelFacts | None:
@@ -219,6 +232,9 @@ def _facts(*, model_id: str, family: str, architecture: spec_models.Architecture
     layout, kinds, unknown = window_layout(architecture, window_layers, fam.get("sliding_window_pattern", 6))
     dense_mlp = architecture.mlp or fam.get("mlp", "gated")
     scope = architecture.quantization_scope or quant.get("scope")
+    mixers, mlp_layers = hybrid_layout(architecture)
+    if architecture.hybrid_override_pattern:
+        kinds = tuple({"M": "mamba", "*": "full"}.get(c, "none") for c in architecture.hybrid_override_pattern)
     return ModelFacts(
         id=model_id, family=family, architecture=architecture, num_parameters=num_parameters,
         default_dtype=dtype, max_position_embeddings=architecture.max_position_embeddings,
@@ -233,7 +249,22 @@ def _facts(*, model_id: str, family: str, architecture: spec_models.Architecture
         layer_kinds=kinds, window_layers_unknown=unknown,
         dense_mlp="gated" if dense_mlp == "moe" else dense_mlp,
         quantization_scope=frozenset(scope) if scope else None,
+        mixers=mixers, mlp_layers=mlp_layers, rotary=fam.get("rotary", True), qk_norm=fam.get("qk_norm", False),
     )
+
+
+def hybrid_layout(arch: spec_models.Architecture) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """(mixer, has an MLP) of every decoder layer of a hybrid model, as vLLM builds them; ((), ()) for
+    an ordinary decoder. Nemotron-H (ALL_DECODER_LAYER_TYPES, vllm/model_executor/models/nemotron_h.py):
+    each layer is one block, M a MambaMixer2, * attention, - an MLP. Qwen3.5/3.6 (qwen3_5.py): every
+    layer has an MLP after a Gated DeltaNet (layer_types linear_attention) or full attention."""
+    if arch.hybrid_override_pattern:
+        pattern = arch.hybrid_override_pattern
+        return (tuple({"M": "mamba2", "*": "attention"}.get(c, "") for c in pattern), tuple(c == "-" for c in pattern))
+    if arch.layer_types and "linear_attention" in arch.layer_types:
+        return (tuple("gdn" if t == "linear_attention" else "attention" for t in arch.layer_types),
+                (True,) * len(arch.layer_types))
+    return (), ()
 
 
 def window_layout(arch: spec_models.Architecture, family_layout: str | None,
@@ -250,7 +281,8 @@ def window_layout(arch: spec_models.Architecture, family_layout: str | None,
     layers = arch.num_hidden_layers
     full = ("full",) * layers
     if arch.layer_types is not None:
-        kinds = tuple("sliding" if t == "sliding_attention" else "full" for t in arch.layer_types)
+        named = {"sliding_attention": "sliding", "linear_attention": "mamba"}
+        kinds = tuple(named.get(t, "full") for t in arch.layer_types)
         return ("layer_types" if "sliding" in kinds else None), kinds, False
     if not arch.sliding_window or arch.use_sliding_window is False:
         return None, full, False

@@ -47,6 +47,22 @@ class V0Defaults:
 
 
 @dataclasses.dataclass(frozen=True)
+class MambaOverheads:
+    """How vLLM sizes the state of hybrid attention + Mamba / Gated DeltaNet models (overheads.yaml mamba)."""
+
+    kernel_block_alignment: int
+    prefix_caching_since: tuple[int, ...]  # prefix caching (mamba_cache_mode "align") on by default
+    prefill_checkpoint_since: tuple[int, ...]  # Mamba2 requests hold one more state block
+    config_ssm_dtype_since: tuple[int, ...]  # Qwen3.5's config mamba_ssm_dtype is honoured
+    ssm_cache_dtype_defaults: dict[str, tuple[tuple[tuple[int, ...], str], ...]]  # family → eras, newest first
+
+    def default_ssm_dtype(self, family: str, version: tuple[int, ...]) -> str:
+        """The ssm state dtype a family's config class picks when nothing sets it ("auto": the model dtype)."""
+        eras = self.ssm_cache_dtype_defaults.get(family, ())
+        return next((dtype for since, dtype in eras if version >= since), "auto")
+
+
+@dataclasses.dataclass(frozen=True)
 class CpuOverheads:
     worker_base_bytes: int
     side_processes_bytes: int
@@ -81,6 +97,7 @@ class Overheads:
     kv_concurrency_report_since: tuple[int, ...]  # "GPU KV cache size" = max_concurrency × max_model_len
     in_flight_batches_since: tuple[int, ...]
     in_flight_batches: int
+    mamba: MambaOverheads
     mxfp4_triton_scales_freed_since: tuple[int, ...]
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
@@ -108,6 +125,19 @@ def _gib(value: float) -> int:
 
 def _mib(value: float) -> int:
     return round(value * (1 << 20))
+
+
+def _mamba(data: dict) -> MambaOverheads:
+    return MambaOverheads(
+        kernel_block_alignment=data["kernel_block_alignment"],
+        prefix_caching_since=_version(data["prefix_caching_since"]),
+        prefill_checkpoint_since=_version(data["prefill_checkpoint_since"]),
+        config_ssm_dtype_since=_version(data["config_ssm_dtype_since"]),
+        ssm_cache_dtype_defaults={
+            family: tuple(sorted(((_version(e["since"]), e["dtype"]) for e in eras), reverse=True))
+            for family, eras in data["ssm_cache_dtype_defaults"].items()
+        },
+    )
 
 
 def _batch_row(row: dict) -> BatchDefault:
@@ -153,6 +183,7 @@ def load() -> Overheads:
         kv_concurrency_report_since=_version(data["kv_cache"]["concurrency_report_since"]),
         in_flight_batches_since=_version(data["kv_cache"]["in_flight_batches"]["since"]),
         in_flight_batches=data["kv_cache"]["in_flight_batches"]["batches"],
+        mamba=_mamba(data["mamba"]),
         mxfp4_triton_scales_freed_since=_version(data["mxfp4_triton"]["scales_freed_since"]),
         block_size=data["block_size"],
         batch_defaults=tuple(_batch_row(row) for row in data["batch_defaults"]),

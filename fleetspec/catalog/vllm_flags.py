@@ -167,6 +167,27 @@ def block_size(extra_args: list[str]) -> int | None:
     return value if 0 < value <= MAX_BLOCK_SIZE else None
 
 
+def prefix_caching(extra_args: list[str]) -> bool | None:
+    """Whether extra_args switch prefix caching on or off (the last of --enable-prefix-caching /
+    --no-enable-prefix-caching wins, as argparse's BooleanOptionalAction); None: the release's default."""
+    state = None
+    for word in extra_args:
+        if word == "--enable-prefix-caching":
+            state = True
+        elif word == "--no-enable-prefix-caching":
+            state = False
+    return state
+
+
+MAMBA_SSM_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def mamba_ssm_cache_dtype(extra_args: list[str]) -> str | None:
+    """`--mamba-ssm-cache-dtype` (CacheConfig.mamba_ssm_cache_dtype) when extra_args set one vLLM takes."""
+    found = extra_arg_value(extra_args, "--mamba-ssm-cache-dtype")
+    return found[1] if found is not None and found[1] in MAMBA_SSM_DTYPES else None
+
+
 # A block count no pool reaches: larger values are not read, so a number in a file cannot overflow
 # the plan's arithmetic.
 MAX_GPU_BLOCKS = 1 << 32

@@ -120,7 +120,9 @@ def _stage_shape(facts: catalog_models.ModelFacts, stage: memory.Stage) -> tuple
     pipeline of a thousand stages costs a handful of budgets."""
     kinds = facts.layer_kinds[stage.start:stage.start + stage.layers] if facts.layer_kinds else ()
     dense, _ = memory.dense_and_moe_layers(facts, stage.layers, stage.start)
-    return stage.layers, stage.first, stage.last, kinds.count("sliding"), dense
+    mixers = facts.mixers[stage.start:stage.start + stage.layers]
+    hybrid = tuple(mixers.count(m) for m in ("attention", "mamba2", "gdn", "")) if mixers else ()
+    return stage.layers, stage.first, stage.last, kinds.count("sliding"), kinds.count("mamba"), hybrid, dense
 
 
 def compute(facts: catalog_models.ModelFacts, s: engine.EngineSettings, total: int,
@@ -177,7 +179,7 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
     weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size,
                                   compute_capability=s.compute_capability, stage=stage, shard=shard,
-                                  vllm_version=s.vllm_version)
+                                  vllm_version=s.vllm_version, bnb_checkpoint=s.bnb_checkpoint)
     lora = lora_buffer_bytes(facts, s, stage)
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
                                          tp=tp, dtype_bytes=s.dtype_bytes, v0=s.v0,
@@ -197,7 +199,9 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
     kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
     layout = memory.kv_layout(facts, tp, pp, s.kv_bytes, kv_cache_dtype=s.kv_cache_dtype,
                               batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
-                              host=s.host, block=s.block_size, stage=stage)
+                              host=s.host, block=s.block_size, stage=stage, dtype_bytes=s.dtype_bytes,
+                              prefix_caching=s.prefix_caching, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
+                              max_model_len=s.max_model_len)
     kv_cache, kv_ceiling = fixed_kv_cache(s, layout, kv_cache,
                                           total - outside - weights - lora - activation - non_torch - graphs)
     per_token = layout.bytes_per_token

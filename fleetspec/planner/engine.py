@@ -45,6 +45,13 @@ class EngineSettings:
     # --num-gpu-blocks-override in extra_args: the KV cache's block count instead of the budget's.
     # (--kv-cache-memory-bytes is fleetspec's own flag on CPU hosts and refused in extra_args.)
     num_gpu_blocks_override: int | None = None
+    # Hybrid Mamba / Gated DeltaNet models: --enable-prefix-caching / --no-enable-prefix-caching and
+    # --mamba-ssm-cache-dtype in extra_args (None: the release's default).
+    prefix_caching: bool | None = None
+    mamba_ssm_cache_dtype: str | None = None
+    # bitsandbytes checkpoints: base_model.quantization_skip_modules / bnb_4bit_use_double_quant
+    # (planner/bnb.py Checkpoint); None: nothing said.
+    bnb_checkpoint: object | None = None
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -131,7 +138,17 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         flashinfer_sampler=not gpu.host and memory.flashinfer_samples(
             version, flashinfer_installed(spec, version), server.env.get("VLLM_USE_FLASHINFER_SAMPLER"), v0),
         num_gpu_blocks_override=vllm_flags.num_gpu_blocks_override(server.extra_args),
+        prefix_caching=vllm_flags.prefix_caching(server.extra_args),
+        mamba_ssm_cache_dtype=vllm_flags.mamba_ssm_cache_dtype(server.extra_args),
+        bnb_checkpoint=_bnb_checkpoint(base),
     )
+
+
+def _bnb_checkpoint(base: spec_models.BaseModelSpec):
+    """What the fleet says about a bitsandbytes checkpoint's storage (planner/bnb.py)."""
+    from fleetspec.planner import bnb
+
+    return bnb.checkpoint_of(base.quantization_skip_modules, base.bnb_4bit_use_double_quant, None)
 
 
 def flashinfer_installed(spec: spec_models.FleetSpec, version: tuple[int, ...]) -> bool:

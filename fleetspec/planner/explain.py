@@ -38,6 +38,21 @@ def _measured(version: tuple[int, ...], what: str) -> tuple[str, str]:
     return f"{what} measured on vLLM 0.19, extrapolated for {_release(version)}", "extrapolated"
 
 
+def _bnb_source(s, moe: bool) -> str:
+    """How the bitsandbytes weights were sized (planner/bnb.py, catalog/data/bitsandbytes.yaml)."""
+    from fleetspec.planner import bnb
+
+    cp = s.bnb_checkpoint
+    text = (f" ({bnb.bytes_per_weight(s.vllm_version, cp):.4f} B per 4-bit weight: packed n/2 plus absmax per "
+            f"{(cp.blocksize if cp else None) or bnb.constants()['blocksize']}"
+            + (", float32 since 0.10 (_dequantize_dq)" if s.vllm_version >= (0, 10) else "") + ")")
+    if cp and cp.skip_modules:
+        text += f"; {len(cp.skip_modules)} llm_int8_skip_modules entries kept in 16 bit"
+    if moe and not bnb.experts_quantized(s.vllm_version):
+        text += "; routed experts unquantized before 0.10"
+    return text
+
+
 def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     """`s`: engine.EngineSettings, `b`: budget.GpuBudget of the same replica (not imported: cycle)."""
     version = s.vllm_version
@@ -57,6 +72,8 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     if cost.estimated:
         source += f"; {s.quantization}'s real bytes per weight depend on the checkpoint"
         confidence = "estimated"
+    if s.quantization == "bitsandbytes":
+        source += _bnb_source(s, facts.is_moe)
     padding = memory.mxfp4_expert_padding(facts, s.tensor_parallel_size, s.compute_capability, s.quantization)
     if padding != 1.0:
         source += f"; experts padded ×{padding:.3f} to the MoE kernel's tile on this GPU (vLLM 0.33's choice)"
@@ -119,14 +136,19 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
                             f"{_release(version)} era factor, after the KV cache is allocated", "estimated"))
     groups = b.kv_groups
     if len(groups) > 1 or "sliding" in groups:
+        state = f", {groups.count('mamba')} state" if "mamba" in groups else ""
         layout = (f"{len(groups)} KV cache group(s) of {b.kv_group_size} layers "
-                  f"({groups.count('sliding')} sliding-window, {groups.count('full')} full; "
+                  f"({groups.count('sliding')} sliding-window, {groups.count('full')} full{state}; "
                   "kv_cache_utils._get_kv_cache_groups_uniform_page_size)")
     else:
         layout = "one KV cache group of every layer"
     report = ("int(max_concurrency × max_model_len)" if version >= c.kv_concurrency_report_since and not s.host
               else "num_blocks // groups × block_size")
     kv_confidence = "computed"
+    if facts.is_hybrid:
+        layout += "; " + _state_layout(facts, s, b)
+        if version < c.hybrid_kv_since or s.v0:
+            kv_confidence = "not modelled"
     if facts.window_layers_unknown:
         layout += "; sliding_window ignored: its layers are unknown"
         kv_confidence = "estimated"
@@ -139,3 +161,17 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
                     f"{origin}; {layout}; tokens as {_release(version)} logs them: {report}",
                     kv_confidence))
     return tuple(out)
+
+
+def _state_layout(facts: catalog_models.ModelFacts, s, b) -> str:
+    """How a hybrid model's state pages sit in the KV cache (memory.kv_layout, overheads.yaml mamba)."""
+    version = s.vllm_version
+    layout = memory.kv_layout(facts, s.tensor_parallel_size, s.pipeline_parallel_size, s.kv_bytes,
+                              kv_cache_dtype=s.kv_cache_dtype, vllm_version=version, host=s.host,
+                              block=s.block_size, stage=b.stage, dtype_bytes=s.dtype_bytes,
+                              prefix_caching=s.prefix_caching, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
+                              max_model_len=s.max_model_len)
+    ssm = memory.ssm_state_dtype_bytes(facts, s.dtype_bytes, version, s.mamba_ssm_cache_dtype)
+    return (f"state layers padded to the attention page ({layout.page:,.0f} B: attention block raised to "
+            f"{layout.block} tokens, Platform._align_hybrid_block_size; ssm state {ssm} B per element), "
+            f"{layout.state_blocks} state block(s) per request per state group")

@@ -10,7 +10,7 @@ import math
 
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
-from fleetspec.catalog import vllm_flags
+from fleetspec.catalog import overheads, vllm_flags
 from fleetspec.errors import Diagnostic, Severity
 from fleetspec.planner import budget, engine, fixes, memory
 from fleetspec.spec import derived, paths
@@ -56,7 +56,34 @@ def model_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts
         found.extend(_parallel_shape(facts, server, i, spec))
         found.extend(_unmodelled_extra_args(server, i))
     scope = version_scope_finding(spec.runtime.vllm_version)
-    return found + ([scope] if scope else []) + architecture_findings(facts) + lora_residency_findings(spec)
+    return (found + ([scope] if scope else []) + architecture_findings(facts) + hybrid_state_findings(spec, facts)
+            + lora_residency_findings(spec))
+
+
+def hybrid_state_findings(spec: spec_models.FleetSpec, facts: catalog_models.ModelFacts) -> list[Diagnostic]:
+    """What the planner does not model for hybrid attention + Mamba / Gated DeltaNet models: the state
+    before the hybrid KV cache manager (V1 < 0.10 and V0 kept it in a MambaCacheManager of
+    max_num_seqs slots, outside the KV cache), and LoRA on the state layers' projections."""
+    if not facts.is_hybrid:
+        return []
+    out = []
+    version = derived.vllm_version_tuple(spec.runtime.vllm_version)
+    if version < overheads.load().hybrid_kv_since or memory.runs_v0(version):
+        out.append(finding(
+            WARNING, "hybrid-state-not-modelled", ("runtime", "vllm_version"),
+            f"vLLM {spec.runtime.vllm_version} keeps the Mamba / linear-attention state of {facts.id} in a separate "
+            "cache of max_num_seqs slots, which the planner does not model: its KV cache is planned as 0.10+ lays "
+            "it out (state pages in the KV cache pool)",
+            "plan with runtime.vllm_version 0.10 or later, or compare with the engine's startup log",
+        ))
+    if any(server.lora is not None for server in spec.servers):
+        out.append(finding(
+            INFO, "hybrid-lora-not-modelled", ("base_model", "id"),
+            "LoRA buffers are sized as for an attention + MLP decoder on every layer; vLLM wraps the state "
+            "layers' projections differently (not modelled)",
+            "compare the LoRA term with the engine's startup log",
+        ))
+    return out
 
 
 def lora_residency_findings(spec: spec_models.FleetSpec) -> list[Diagnostic]:
@@ -460,15 +487,39 @@ def warmup_finding(gpu_id: int, gpu: catalog_gpus.GpuFacts, used_fraction: float
     )
 
 
+def bnb_skip_finding(s: engine.EngineSettings) -> Diagnostic | None:
+    """Dotted bitsandbytes skip entries on a release that does not match them (planner/bnb.py)."""
+    from fleetspec.planner import bnb
+
+    if s.quantization != "bitsandbytes":
+        return None
+    entries = bnb.stock_cannot_load(s.bnb_checkpoint, s.vllm_version)
+    if not entries:
+        return None
+    release = ".".join(map(str, s.vllm_version))
+    return finding(
+        WARNING, "bnb-skip-modules-not-matched", ("base_model", "quantization_skip_modules"),
+        f"vLLM {release} matches llm_int8_skip_modules by single name only (is_layer_skipped_bnb before 0.7.3), "
+        f"so {', '.join(entries[:3])}{' ...' if len(entries) > 3 else ''} get 4-bit parameters and stock vLLM "
+        "cannot load their 16-bit tensors; the plan sizes them in 16 bit, as a patched vLLM (Unsloth) holds them",
+        "use vLLM 0.7.3 or later for a checkpoint that keeps single layers unquantized",
+    )
+
+
 def quantization_finding(s: engine.EngineSettings) -> Diagnostic | None:
     from fleetspec.catalog import quantization
 
     cost = quantization.weight_cost(s.quantization, s.group_size, s.dtype_bytes)
     if not cost.estimated:
         return None
+    per_weight = cost.bytes_per_weight
+    if s.quantization == "bitsandbytes":
+        from fleetspec.planner import bnb
+
+        per_weight = bnb.bytes_per_weight(s.vllm_version, s.bnb_checkpoint)
     return finding(
         INFO, "quantization-size-estimated", ("base_model", "quantization"),
         f"the in-memory size of `{s.quantization}` weights depends on the checkpoint; "
-        f"the plan assumes {cost.bytes_per_weight:.2f} bytes per weight",
+        f"the plan assumes {per_weight:.3f} bytes per weight",
         "check the first replica's \"Model loading took ... GiB\" log line against the plan",
     )

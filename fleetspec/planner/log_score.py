@@ -13,6 +13,7 @@ import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping
 
+from fleetspec.catalog import repo_names
 from fleetspec.planner import report, startup_log
 from fleetspec.spec import models as spec_models
 
@@ -61,6 +62,7 @@ def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.Fle
     }
     if case.get("max_model_len") or cfg.get("max_model_len"):
         base["max_model_len"] = int(case.get("max_model_len") or cfg["max_model_len"])
+    base.update(_bnb_keys(case, facts))
     server = {
         "name": "logged",
         "tensor_parallel_size": tp,
@@ -91,8 +93,35 @@ def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.Fle
     )
 
 
+def _bnb_keys(case: Mapping, facts: startup_log.StartupFacts) -> dict:
+    """base_model keys for a bitsandbytes checkpoint: the case's, else the config the log prints."""
+    logged = facts.bnb_config or {}
+    out = {}
+    skip = case.get("quantization_skip_modules", logged.get("llm_int8_skip_modules"))
+    if skip:
+        out["quantization_skip_modules"] = [str(m) for m in skip]
+    # The checkpoint's double quantization matters only when it is pre-quantized (the logged name is
+    # a bitsandbytes repack); a 16-bit checkpoint is quantized in flight with compress_statistics=True
+    # whatever config the launcher passed (BitsAndBytesModelLoader._unquantized_generator).
+    reading = repo_names.read(str(facts.config.get("model", "")))
+    prequantized = reading is not None and reading.method == "bitsandbytes"
+    double = case.get("bnb_4bit_use_double_quant",
+                      logged.get("bnb_4bit_use_double_quant") if prequantized else None)
+    if isinstance(double, bool):
+        out["bnb_4bit_use_double_quant"] = double
+    return out
+
+
+# A record whose checkpoint is quantized in a way neither its log nor its thread names: planning it
+# at the model's dtype would score the planner on a guess, so it counts as unmodelled.
+UNSTATED = "unstated"
+
+
 def score(case: Mapping, text: str) -> Scored:
     facts = startup_log.parse(text)
+    if case.get("quantization") == UNSTATED:
+        return Scored(str(case["id"]), {}, facts.failure, True,
+                      unmodelled="the checkpoint is quantized, and neither the log nor the thread says how")
     try:
         plan = report.plan_fleet(fleet_for(case, facts))
     except (ValueError, KeyError) as exc:  # a setup the spec cannot express

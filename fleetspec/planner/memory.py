@@ -149,7 +149,9 @@ def _attention_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float,
     q_out = heads * d / tp
     kv_out = kv_heads_per_gpu(a.kv_heads, tp) * d
     bias = (q_out + 2 * kv_out) if facts.qkv_bias else 0
-    return hidden * q_out + 2 * hidden * kv_out + q_out * hidden, bias
+    gate = q_out if a.attn_output_gate else 0  # Qwen3.5: q_proj also emits the output gate (qwen3_next.py)
+    norms = 2 * d if facts.qk_norm else 0  # q_norm, k_norm over one head
+    return hidden * (q_out + gate) + 2 * hidden * kv_out + q_out * hidden, bias + norms
 
 
 def _dense_mlp_params(facts: catalog_models.ModelFacts, tp: int) -> float:
@@ -193,8 +195,89 @@ def dense_and_moe_layers(facts: catalog_models.ModelFacts, layers: int, start: i
     return dense, layers - dense
 
 
+def mamba2_groups(facts: catalog_models.ModelFacts, tp: int) -> int:
+    """Mamba2 B/C groups one GPU's shards are cut from: when tp does not divide n_groups (vLLM allows
+    that only for one group, MambaMixer2's assert) the group is replicated to tp copies so each head's
+    group travels with it (extra_groups_for_head_shards = tp − n_groups, mamba_utils.py)."""
+    groups = facts.architecture.n_groups or 1
+    return groups if groups % tp == 0 else tp
+
+
+def _mamba2_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float, float]:
+    """(linear, other) of one MambaMixer2 on one GPU (vllm/model_executor/layers/mamba/mamba_mixer2.py):
+    in_proj from hidden to the gate and x (heads × head_dim each), B and C (n_groups × state each) and
+    dt (one per head); out_proj back to hidden; conv1d over x, B and C (conv_kernel wide plus a bias
+    with use_conv_bias, built without quant_config); A_log, D and dt_bias per head and the gated
+    RMSNorm over heads × head_dim. A_log is float32 in vLLM: counted in the model dtype (heads only)."""
+    a = facts.architecture
+    inner = a.mamba_num_heads * a.mamba_head_dim
+    conv_dim = inner + 2 * mamba2_groups(facts, tp) * a.ssm_state_size
+    linear = a.hidden_size * (inner + conv_dim + a.mamba_num_heads) / tp + inner * a.hidden_size / tp
+    other = conv_dim * (a.conv_kernel + (1 if a.use_conv_bias else 0)) / tp + (3 * a.mamba_num_heads + inner) / tp
+    return linear, other
+
+
+def _gdn_dims(facts: catalog_models.ModelFacts) -> tuple[int, int]:
+    """(key dim, value dim) of a Gated DeltaNet layer: heads × head dim."""
+    a = facts.architecture
+    return a.linear_num_key_heads * a.linear_key_head_dim, a.linear_num_value_heads * a.linear_value_head_dim
+
+
+def _gdn_params(facts: catalog_models.ModelFacts, tp: int) -> tuple[float, float]:
+    """(linear, other) of one Qwen Gated DeltaNet on one GPU (QwenGatedDeltaNetAttention,
+    vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py): in_proj_qkvz from hidden to q and
+    k (key dim each), v and z (value dim each); in_proj_ba to b and a (one per value head); out_proj
+    from the value dim back; conv1d over q, k, v (no bias, no quant_config); dt_bias and A_log per
+    value head; RMSNormGated over one value head."""
+    a = facts.architecture
+    key, value = _gdn_dims(facts)
+    heads = a.linear_num_value_heads
+    linear = a.hidden_size * (2 * key + 2 * value + 2 * heads) / tp + value * a.hidden_size / tp
+    other = (2 * key + value) * a.linear_conv_kernel_dim / tp + 2 * heads / tp + a.linear_value_head_dim
+    return linear, other
+
+
+def _hybrid_layer(facts: catalog_models.ModelFacts, tp: int, index: int) -> ParamSplit:
+    """One layer of a hybrid model: its token mixer (counted as the attention kind, which is what a
+    quantization scope of `attention` covers), its MLP if it has one, and one RMSNorm before each."""
+    mixer = facts.mixers[index]
+    mixer_params = {"attention": _attention_params, "mamba2": _mamba2_params, "gdn": _gdn_params}.get(mixer)
+    linear, other = mixer_params(facts, tp) if mixer_params else (0.0, 0.0)
+    has_mlp = facts.mlp_layers[index]
+    norms = facts.architecture.hidden_size * ((1 if mixer else 0) + (1 if has_mlp else 0))
+    return ParamSplit(linear, _dense_mlp_params(facts, tp) if has_mlp else 0.0, 0.0, other + norms)
+
+
+def _hybrid_decoder(facts: catalog_models.ModelFacts, tp: int, layers: int, start: int | None) -> ParamSplit:
+    """Layers [start, start + layers) of a hybrid model; without a start, `layers` average layers
+    (all of them for one stage)."""
+    count = facts.architecture.num_hidden_layers
+    first = 0 if start is None else start
+    total = ParamSplit(0.0, 0.0, 0.0, 0.0)
+    span = range(first, min(first + layers, count)) if start is not None or layers >= count else range(count)
+    for index in span:
+        total = total + _hybrid_layer(facts, tp, index)
+    return total if start is not None or layers >= count else total.scaled(layers / count)
+
+
+def _mtp_params(facts: catalog_models.ModelFacts) -> float:
+    """Multi-token-prediction layers a checkpoint carries (Qwen3.5's mtp.*, qwen3_5_mtp.py: fc from
+    2 × hidden to hidden, three RMSNorms, one full-attention layer with its MLP). vLLM skips them
+    unless MTP speculation is configured (WeightsMapper "mtp.": None in qwen3_5.py), so they count
+    only toward the published total."""
+    a = facts.architecture
+    if not a.mtp_num_hidden_layers:
+        return 0.0
+    layer = _attention_params(facts, 1)
+    per_layer = 2 * a.hidden_size * a.hidden_size + 3 * a.hidden_size + sum(layer) \
+        + _dense_mlp_params(facts, 1) + 2 * a.hidden_size
+    return a.mtp_num_hidden_layers * per_layer
+
+
 def _decoder_params(facts: catalog_models.ModelFacts, tp: int, layers: int,
                     shard: ExpertShard | None = None, start: int | None = None) -> ParamSplit:
+    if facts.mixers:
+        return _hybrid_decoder(facts, tp, layers, start)
     dense, moe = dense_and_moe_layers(facts, layers, start)
     total = ParamSplit(0.0, 0.0, 0.0, 0.0)
     if dense:
@@ -256,7 +339,7 @@ def derived_parameters(facts: catalog_models.ModelFacts) -> int:
     plan to show beside a published count."""
     a = facts.architecture
     return round(_decoder_params(facts, 1, a.num_hidden_layers).total + _derived_embeddings(facts)
-                 + vision_params(facts).total)
+                 + vision_params(facts).total + _mtp_params(facts))
 
 
 def _layer_scale(facts: catalog_models.ModelFacts) -> float:
@@ -268,7 +351,8 @@ def _layer_scale(facts: catalog_models.ModelFacts) -> float:
         return 1.0
     a = facts.architecture
     layers = _decoder_params(facts, 1, a.num_hidden_layers).total
-    ratio = (facts.num_parameters - _derived_embeddings(facts) - vision_params(facts).total) / layers
+    ratio = (facts.num_parameters - _derived_embeddings(facts) - vision_params(facts).total
+             - _mtp_params(facts)) / layers
     if ratio <= 0:  # fewer parameters than the embeddings alone: not a count of this model
         return 1.0
     return ratio if not facts.from_catalog or 0.8 <= ratio <= 1.25 else 1.0
@@ -321,23 +405,30 @@ def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
     one per GPU because get_rope caches one module per configuration (_ROPE_DICT). Partial rotary
     factors are not in the catalog, so the full head dimension is used (a slight over-estimate)."""
     a = facts.architecture
-    if facts.learned_positions or not a.max_position_embeddings:
+    if facts.learned_positions or not facts.rotary or not a.max_position_embeddings:
         return 0
     rotary_dim = (a.qk_rope_head_dim or 0) if facts.attention == "mla" else a.attention_head_dim
+    if a.partial_rotary_factor:  # get_rope: rotary_dim = head_size × partial_rotary_factor
+        rotary_dim = int(rotary_dim * a.partial_rotary_factor)
     return a.max_position_embeddings * rotary_dim * dtype_bytes
 
 
 def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
                  method: str = "none", group_size: int | None = None, *,
                  compute_capability: tuple[int, int] | None = None, stage: Stage | None = None,
-                 shard: ExpertShard | None = None, vllm_version: tuple[int, ...] | None = None) -> int:
+                 shard: ExpertShard | None = None, vllm_version: tuple[int, ...] | None = None,
+                 bnb_checkpoint=None) -> int:
     """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
     plus the buffers vLLM allocates with them (the rotary cos/sin cache), with MXFP4 experts padded
     to the shapes their kernel takes (`mxfp4_expert_padding`) and what the Triton kernels' weight
-    conversion leaves behind (`mxfp4_triton_residue_bytes`, given the release)."""
+    conversion leaves behind (`mxfp4_triton_residue_bytes`, given the release). bitsandbytes is
+    sized by planner/bnb.py (`bnb_checkpoint`: its skip list and double quantization)."""
     split = params_per_gpu(facts, tp, pp, stage=stage, shard=shard)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
     scope = quantized_kinds(facts, method)
+    if method == "bitsandbytes":
+        return round(_bnb_weight_total(facts, split, scope, tp, pp, dtype_bytes, group_size, stage, shard,
+                                       vllm_version, bnb_checkpoint)) + rope_cache_bytes(facts, dtype_bytes)
     total = split.other * dtype_bytes
     padding = mxfp4_expert_padding(facts, tp, compute_capability, method, shard=shard)
     for kind, count in split.by_kind().items():
@@ -348,6 +439,20 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
         facts, tp, compute_capability, method, vllm_version, dtype_bytes, shard=shard,
         moe_layers=moe_layers_on(facts, pp, stage))
     return round(total) + rope_cache_bytes(facts, dtype_bytes) + residue
+
+
+def _bnb_weight_total(facts: catalog_models.ModelFacts, split: ParamSplit, scope: frozenset[str], tp: int, pp: int,
+                      dtype_bytes: int, group_size: int | None, stage: Stage | None, shard: ExpertShard | None,
+                      vllm_version: tuple[int, ...] | None, checkpoint) -> float:
+    """bitsandbytes weights of one GPU's layers (planner/bnb.py); `group_size` is the absmax block."""
+    from fleetspec.planner import bnb
+
+    if group_size and (checkpoint is None or checkpoint.blocksize is None):
+        checkpoint = dataclasses.replace(checkpoint or bnb.Checkpoint(), blocksize=group_size)
+    start = stage.start if stage is not None else 0
+    layers = range(start, start + _stage_layers(facts.architecture.num_hidden_layers, pp, stage))
+    return bnb.weight_bytes(facts, split, scope, dtype_bytes, vllm_version, checkpoint, layers, tp,
+                            _layer_scale(facts), shard)
 
 
 def mxfp4_triton_residue_bytes(facts: catalog_models.ModelFacts, tp: int,
@@ -571,7 +676,12 @@ class KvLayout:
     window: int  # sliding_window tokens (0 without sliding groups)
     in_flight: int  # tokens scheduled but not settled (VllmConfig.max_in_flight_tokens)
     concurrency_report: bool  # "GPU KV cache size" = int(max_concurrency × max_model_len)
-    layer_counts: tuple[int, int] = (0, 0)  # (full, sliding) real layers, without padding
+    layer_counts: tuple[int, ...] = (0, 0)  # (full, sliding[, state]) real layers, without padding
+    # Hybrid Mamba / Gated DeltaNet models: blocks a request holds in each state ("mamba") group, and
+    # the state groups' block_size as the pre-0.26 token line reads it (mamba_block_size:
+    # max_model_len without prefix caching, the attention block with it).
+    state_blocks: int = 1
+    state_block_tokens: int = 0
 
     @property
     def bytes_per_block(self) -> float:
@@ -585,6 +695,8 @@ class KvLayout:
         return int(available // self.bytes_per_block) if available > 0 and self.bytes_per_block > 0 else 0
 
     def _group_blocks(self, kind: str, max_model_len: int) -> int:
+        if kind == "mamba":  # MambaSpec.max_memory_usage_bytes: one state (two with prefix caching)
+            return self.state_blocks
         if kind == "sliding":  # SlidingWindowSpec.max_admission_blocks_per_request
             return -(-min(self.window - 1 + self.in_flight, max_model_len) // self.block) + 1
         return -(-max_model_len // self.block)
@@ -603,16 +715,27 @@ class KvLayout:
             return 0
         if self.concurrency_report:
             return int(blocks / self.blocks_per_request(max_model_len) * max_model_len)
-        return blocks // len(self.groups) * self.block
+        # min_block_size over the groups' specs (_report_kv_cache_config of 0.19)
+        block = min(self.block, self.state_block_tokens) if "mamba" in self.groups else self.block
+        return blocks // len(self.groups) * block
 
     @property
     def bytes_per_token(self) -> float:
-        """KV bytes per token as the legacy report counts them (padding layers included)."""
-        return self.bytes_per_block * len(self.groups) / self.block
+        """KV bytes per token as the legacy report counts them (padding layers included); a state
+        group's page does not grow with the tokens and is left out."""
+        growing = sum(1 for kind in self.groups if kind != "mamba")
+        return self.bytes_per_block * growing / self.block
 
 
-def _groups(full: int, sliding: int, hybrid: bool) -> tuple[tuple[str, ...], int]:
+def _groups(full: int, sliding: int, hybrid: bool, state: int = 0) -> tuple[tuple[str, ...], int]:
     """(group kinds, layers per group): _get_kv_cache_groups_uniform_page_size's split."""
+    if state:  # state layers always get their own groups (unify_hybrid_kv_cache_specs cannot merge them)
+        counts = {"sliding": sliding if hybrid else 0, "full": full + (0 if hybrid else sliding), "mamba": state}
+        counts = {kind: n for kind, n in counts.items() if n}
+        size = min(counts.values())
+        if max(counts.values()) < size * 1.5:
+            size = max(counts.values())
+        return tuple(kind for kind, n in counts.items() for _ in range(-(-n // size))), size
     if not sliding:
         return ("full",), full
     if not full:
@@ -625,27 +748,91 @@ def _groups(full: int, sliding: int, hybrid: bool) -> tuple[tuple[str, ...], int
     return ("sliding",) * -(-sliding // size) + ("full",) * -(-full // size), size
 
 
+def ssm_state_dtype_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int, version: tuple[int, ...],
+                          override: str | None = None) -> int:
+    """Bytes per element of the ssm (recurrent) state: --mamba-ssm-cache-dtype, else what the model's
+    config class sets (Qwen3.5: the config's mamba_ssm_dtype; Nemotron-H: its mamba_ssm_cache_dtype or
+    the release's default), else the model dtype (overheads.yaml mamba)."""
+    c = overheads.load().mamba
+    a = facts.architecture
+    dtype = override if override not in (None, "auto") else None
+    if dtype is None and "gdn" in facts.mixers and version >= c.config_ssm_dtype_since:
+        dtype = a.mamba_ssm_dtype
+    if dtype is None and "mamba2" in facts.mixers:
+        dtype = a.mamba_ssm_cache_dtype or c.default_ssm_dtype(facts.family, version)
+    return dtype_bytes if dtype in (None, "auto") else quantization.dtype_bytes(dtype)
+
+
+def mamba_state_bytes(facts: catalog_models.ModelFacts, tp: int, dtype_bytes: int, ssm_bytes: int) -> int:
+    """One state layer's page for one request on one GPU (MambaSpec.page_size_bytes before padding):
+    the conv state (conv_kernel − 1 columns of the conv channels, model dtype: mamba_cache_dtype auto)
+    plus the ssm state, with MambaStateShapeCalculator's shapes (mamba_utils.py): Mamba2
+    (heads / tp, head_dim, state), Gated DeltaNet (value heads / tp, value dim, key dim)."""
+    a = facts.architecture
+    if "mamba2" in facts.mixers:
+        channels = (a.mamba_num_heads * a.mamba_head_dim + 2 * mamba2_groups(facts, tp) * a.ssm_state_size) // tp
+        conv = (a.conv_kernel - 1) * channels
+        ssm = a.mamba_num_heads // tp * a.mamba_head_dim * a.ssm_state_size
+    else:
+        key, value = _gdn_dims(facts)
+        conv = (a.linear_conv_kernel_dim - 1) * ((2 * key + value) // tp)
+        ssm = a.linear_num_value_heads // tp * a.linear_value_head_dim * a.linear_key_head_dim
+    return conv * dtype_bytes + ssm * ssm_bytes
+
+
+def hybrid_block_size(block: int, state_page: int, attention_bytes_per_token: float) -> int:
+    """The attention block vLLM picks so one attention page holds one state page
+    (Platform._align_hybrid_block_size, platforms/interface.py of 0.32: a multiple of
+    max(smallest kernel block, --block-size), never below --block-size)."""
+    align = max(overheads.load().mamba.kernel_block_alignment, block)
+    return max(block, align * math.ceil(state_page / (align * attention_bytes_per_token)))
+
+
+def state_blocks_per_request(facts: catalog_models.ModelFacts, version: tuple[int, ...],
+                             prefix_caching: bool | None) -> int:
+    """State blocks one request holds per state group: 1, or with prefix caching (mamba_cache_mode
+    "align", the default for hybrid models since overheads mamba.prefix_caching_since) 2, plus Mamba2's
+    prefill checkpoint block in recent releases (MambaSpec.max_memory_usage_bytes)."""
+    c = overheads.load().mamba
+    caching = version >= c.prefix_caching_since if prefix_caching is None else prefix_caching
+    if not caching:
+        return 1
+    return 2 + (1 if "mamba2" in facts.mixers and version >= c.prefill_checkpoint_since else 0)
+
+
 def kv_layout(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float, *,
               kv_cache_dtype: str = "auto", batched_tokens: int = 2048,
               vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], host: bool = False,
-              block: int | None = None, stage: Stage | None = None) -> KvLayout:
+              block: int | None = None, stage: Stage | None = None, dtype_bytes: int = 2,
+              prefix_caching: bool | None = None, mamba_ssm_cache_dtype: str | None = None,
+              max_model_len: int = 1 << 20) -> KvLayout:
     c = overheads.load()
     block = block or c.block_size
     version = _version_tuple(vllm_version)
     layers = _stage_layers(facts.architecture.num_hidden_layers, pp, stage)
     start = stage.start if stage is not None else 0
     kinds = facts.layer_kinds[start:start + layers] if facts.layer_kinds else ("full",) * layers
-    sliding = sum(1 for k in kinds if k == "sliding")
+    sliding, state = kinds.count("sliding"), kinds.count("mamba")
+    full = layers - sliding - state - kinds.count("none")
     hybrid = not host and version >= c.hybrid_kv_since
-    groups, size = _groups(layers - sliding, sliding, hybrid)
+    groups, size = _groups(full, sliding, hybrid, state)
     batches = c.in_flight_batches if version >= c.in_flight_batches_since and pp == 1 and not host else 1
-    page = block * kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
+    per_token = kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
+    state_blocks, state_tokens = 1, 0
+    if state:
+        ssm = ssm_state_dtype_bytes(facts, dtype_bytes, version, mamba_ssm_cache_dtype)
+        state_page = mamba_state_bytes(facts, tp, dtype_bytes, ssm)
+        block = hybrid_block_size(block, state_page, per_token) if full + sliding else block
+        state_blocks = state_blocks_per_request(facts, version, prefix_caching)
+        state_tokens = block if state_blocks > 1 else max_model_len
+    page = state_page if state and not full + sliding else block * per_token  # attention-free: the state page
+    counts = (full, sliding, state) if state else ((full, sliding) if "sliding" in groups else (layers, 0))
     return KvLayout(
         block=block, page=page, groups=groups, group_size=size,
         window=(facts.architecture.sliding_window or 0) if "sliding" in groups else 0,
         in_flight=batches * batched_tokens,
         concurrency_report=version >= c.kv_concurrency_report_since and not host,
-        layer_counts=(layers - sliding, sliding) if "sliding" in groups else (layers, 0),
+        layer_counts=counts, state_blocks=state_blocks, state_block_tokens=state_tokens,
     )
 
 

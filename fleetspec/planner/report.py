@@ -177,8 +177,11 @@ def plan_fleet(spec: spec_models.FleetSpec, gpus_override: Sequence[spec_models.
     servers = tuple(planner.server_plan(i, assignments, found) for i in range(len(spec.servers)))
     found.extend(planner.headroom(assignments))
     if facts is not None:
-        quant = findings.quantization_finding(engine.settings_for(spec, spec.servers[0], facts, _any_gpu(slots)))
+        first = engine.settings_for(spec, spec.servers[0], facts, _any_gpu(slots))
+        quant = findings.quantization_finding(first)
         found.extend([quant] if quant else [])
+        skipped = findings.bnb_skip_finding(first)
+        found.extend([skipped] if skipped else [])
     cpu = sum(s.lora.cpu_cache_bytes * len(s.replicas) for s in servers if s.lora)
     located = tuple(_locate(f, locate) for f in _dedupe(found))
     return FleetPlan(spec.name, facts.id if facts else spec.base_model.id, servers, cpu, located)

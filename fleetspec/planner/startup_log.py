@@ -103,6 +103,10 @@ class StartupFacts:
     flashinfer: bool | None = None  # FlashInfer installed, when the sampler's start line says
     flashinfer_sampler_env: str | None = None  # VLLM_USE_FLASHINFER_SAMPLER as the log implies it
     interconnect: str | None = None  # "pcie" when custom all-reduce says the GPUs only share PCIe
+    # The bitsandbytes quantization_config the engine was given, where the log prints it (Unsloth's
+    # "vLLM Bitsandbytes config using kwargs = {...}" line before it starts vLLM): its
+    # llm_int8_skip_modules and bnb_4bit_use_double_quant size the weights (planner/bnb.py).
+    bnb_config: dict | None = None
 
     def measured(self) -> dict[str, float]:
         """The logged numbers the harness scores, by the names the planner uses."""
@@ -163,4 +167,22 @@ def parse(text: str) -> StartupFacts:
         flashinfer=flashinfer[0],
         flashinfer_sampler_env=flashinfer[1],
         interconnect="pcie" if _PCIE_ONLY.search(text) else None,
+        bnb_config=bnb_config(text),
     )
+
+
+_BNB_KWARGS = re.compile(r"Bitsandbytes config using kwargs = (\{[^\n]*\})")
+
+
+def bnb_config(text: str) -> dict | None:
+    """The bitsandbytes config dict a log prints (a Python literal), or None."""
+    import ast
+
+    m = _BNB_KWARGS.search(text)
+    if not m:
+        return None
+    try:
+        value = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,4 +1,4 @@
-"""HTTP/1.1 over asyncio streams for a proxy: requests in (strictly parsed, bounded in time and
+"""HTTP/1.1 over the router's streams (`streams.Stream`) for a proxy: requests in (strictly parsed, bounded in time and
 size), responses out, and a small keep-alive client for the engines. Response bodies stream
 through in the pieces they arrive in, so an SSE token stream reaches the client as the engine
 writes it.
@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 
-from fleetspec.router import httplimits, httpwire
+from fleetspec.router import httplimits, httpwire, streams
 from fleetspec.router.httpwire import ProtocolError
 
 __all__ = ["ProtocolError"]
@@ -71,21 +71,12 @@ class ResponseHead:
 # -- the server side: reading client requests -----------------------------------------------------
 
 
-def buffered(reader: asyncio.StreamReader) -> bytes | bytearray:
-    """What the stream has received and nobody has read yet. Reading from it cannot wait, so the
-    router arms no timer for bytes already here (the common case: a small request or answer arrives
-    whole, head and body in one segment). asyncio has no public call for it; a stream without the
-    attribute reads as empty, which only costs a timer."""
-    return getattr(reader, "_buffer", b"")
-
-
 class RequestReader:
     """Reads the requests of one client connection, each within the limits: the wait for its first
     byte (idle keep-alive), the rest of its head, and its body, in time and in bytes."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: httplimits.Limits,
-                 budget: httplimits.BodyBudget):
-        self.reader, self.writer, self.limits, self.budget = reader, writer, limits, budget
+    def __init__(self, stream: streams.Stream, limits: httplimits.Limits, budget: httplimits.BodyBudget):
+        self.stream, self.limits, self.budget = stream, limits, budget
         self.started = False  # True once bytes of a request arrived that were not answered yet
 
     async def next(self) -> Request | None:
@@ -95,9 +86,9 @@ class RequestReader:
         head = await self._head()
         if head is None:
             return None
-        lines = httpwire.split_head(head)
-        line = httpwire.parse_request_line(lines[0])
-        fields = httpwire.parse_fields(lines[1:])
+        first, rest = httpwire.split_start(head)
+        line = httpwire.parse_request_line(first)
+        fields = httpwire.head_fields(rest)
         headers = httpwire.field_dict(fields)
         if line.version == (1, 1) and sum(1 for name, _ in fields if name.lower() == "host") != 1:
             raise ProtocolError(400, "An HTTP/1.1 request must carry exactly one Host header.")
@@ -109,20 +100,19 @@ class RequestReader:
         return request
 
     async def _head(self) -> bytes | None:
-        loop = asyncio.get_running_loop()
+        stream, clock = self.stream, asyncio.get_running_loop().time
         try:
-            async with asyncio.timeout(self.limits.idle_timeout_s) as deadline:
-                first = await self.reader.readexactly(1)
-                self.started = True
-                if b"\r\n\r\n" not in buffered(self.reader):  # the rest may take a while: bound it
-                    deadline.reschedule(loop.time() + self.limits.header_timeout_s)
-                head = first + await self.reader.readuntil(b"\r\n\r\n")
+            if not await stream.fill(clock() + self.limits.idle_timeout_s):
+                return None  # the peer closed between messages: the normal end of keep-alive
         except TimeoutError:
-            if not self.started:
-                return None  # idle keep-alive connection: closed without a word, as servers do
+            return None  # idle keep-alive connection: closed without a word, as servers do
+        self.started = True
+        try:
+            head = await stream.read_until(b"\r\n\r\n", clock() + self.limits.header_timeout_s)
+        except TimeoutError:
             raise ProtocolError(408, f"The request head did not arrive within {self.limits.header_timeout_s:g} s.") from None
         except asyncio.IncompleteReadError as exc:
-            if not self.started or not exc.partial.strip():
+            if not exc.partial.strip():
                 return None  # the peer closed between messages: the normal end of keep-alive
             raise ProtocolError(400, "The connection closed in the middle of the request head.") from None
         except asyncio.LimitOverrunError:
@@ -142,7 +132,7 @@ class RequestReader:
         if expect.lower() != "100-continue":
             raise ProtocolError(417, f"Expectation {expect[:40]!r} is not supported; only 100-continue is.")
         if send:
-            self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.stream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _busy(self) -> ProtocolError:
         return ProtocolError(503, "The router is holding as many request bodies as it may; retry shortly.",
@@ -163,20 +153,19 @@ class RequestReader:
         held = reserve
         try:
             self._continue(headers, version)
-            if framing.length is not None and len(buffered(self.reader)) >= framing.length:
-                return await self.reader.readexactly(framing.length), held  # here already: no wait to bound
-            async with asyncio.timeout(self.limits.body_timeout_s):
-                if framing.length is not None:
-                    return await self.reader.readexactly(framing.length), held
-                pieces: list[bytes] = []
-                async for size in _chunk_sizes(self.reader, cap):
-                    if not self.budget.reserve(size):
-                        raise self._busy()
-                    held += size
-                    pieces.append(await self.reader.readexactly(size))
-                    if await self.reader.readexactly(2) != b"\r\n":
-                        raise ProtocolError(400, "Chunk data is not followed by CRLF.")
-                return b"".join(pieces), held
+            stream = self.stream
+            deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s
+            if framing.length is not None:
+                return await stream.read_exactly(framing.length, deadline), held
+            pieces: list[bytes] = []
+            async for size in _chunk_sizes(stream, cap, deadline):
+                if not self.budget.reserve(size):
+                    raise self._busy()
+                held += size
+                pieces.append(await stream.read_exactly(size, deadline))
+                if await stream.read_exactly(2, deadline) != b"\r\n":
+                    raise ProtocolError(400, "Chunk data is not followed by CRLF.")
+            return b"".join(pieces), held
         except TimeoutError:
             self.budget.release(held)
             raise ProtocolError(408, f"The request body did not arrive within {self.limits.body_timeout_s:g} s.") from None
@@ -188,24 +177,24 @@ class RequestReader:
             raise
 
 
-async def _line(reader: asyncio.StreamReader) -> bytes:
+async def _line(stream: streams.Stream, deadline: float) -> bytes:
     """One CRLF-terminated line of chunked framing, without the CRLF."""
     try:
-        line = await reader.readuntil(b"\r\n")
+        line = await stream.read_until(b"\r\n", deadline, limit=httpwire.MAX_CHUNK_LINE + 2)
     except asyncio.LimitOverrunError:
         raise ProtocolError(400, f"A chunk-size or trailer line is longer than {httpwire.MAX_CHUNK_LINE} bytes.") from None
     return line[:-2]
 
 
-async def _chunk_sizes(reader: asyncio.StreamReader, cap: int) -> AsyncIterator[int]:
+async def _chunk_sizes(stream: streams.Stream, cap: int, deadline: float) -> AsyncIterator[int]:
     """The size of each chunk, checked against `cap` before a byte of it is read; the caller reads
     the data and its CRLF. The trailer section is read (bounded) and dropped."""
     total = 0
     while True:
-        size = httpwire.chunk_size(await _line(reader))
+        size = httpwire.chunk_size(await _line(stream, deadline))
         if size == 0:
             trailer = 0
-            while line := await _line(reader):
+            while line := await _line(stream, deadline):
                 trailer += len(line)
                 if trailer > MAX_HEAD_BYTES:
                     raise ProtocolError(431, "The chunked trailer section is larger than 64 KiB.")
@@ -242,19 +231,18 @@ class Stalled(TimeoutError):
 @dataclasses.dataclass(eq=False)
 class Connection:
     address: tuple[str, int]
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    stream: streams.Stream
     reused: bool = False
     idle_since: float = 0.0
 
     def close(self) -> None:
-        self.writer.close()
+        self.stream.close()
 
     def clean(self) -> bool:
         """Open, and holding no byte the engine sent beyond its last answer. Bytes there would be
         read as the next request's answer (an engine that over-sends desynchronises the connection,
         which is response smuggling), so such a connection is closed, never reused."""
-        return not self.writer.is_closing() and not buffered(self.reader)
+        return not self.stream.is_closing() and not self.stream.buffer
 
 
 # vLLM's uvicorn closes a keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, measured:
@@ -281,13 +269,12 @@ class Pool:
         while idle and not fresh_only:
             conn = idle.pop()
             fresh = now - conn.idle_since < self.max_idle_reuse_s
-            if fresh and conn.clean() and not conn.reader.at_eof():
+            if fresh and conn.clean() and not conn.stream.at_eof():
                 conn.reused = True
                 return conn
             conn.close()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*address, limit=MAX_HEAD_BYTES), self.connect_timeout)
-        return Connection(address, reader, writer)
+        stream = await streams.open_connection(*address, limit=MAX_HEAD_BYTES, timeout=self.connect_timeout)
+        return Connection(address, stream)
 
     def release(self, conn: Connection) -> None:
         idle = self._idle.setdefault(conn.address, [])
@@ -332,31 +319,29 @@ def request_bytes(method: str, path: str, host: str, headers: Iterable[tuple[str
 WRITE_SLICE = 1024 * 1024
 
 
-async def write_request(writer: asyncio.StreamWriter, head: bytes, body: bytes, deadline: float) -> None:
+async def write_request(stream: streams.Stream, head: bytes, body: bytes, deadline: float) -> None:
     """Send a request; TimeoutError when the engine has not taken all of it by `deadline` (loop time),
     OSError when the connection is gone. A small request goes out in one write and, when the kernel
     took it all at once (nearly always), without arming a timer."""
+    clock = asyncio.get_running_loop().time
     if len(body) <= WRITE_SLICE:
-        writer.write(head + body)
-        if writer.transport.get_write_buffer_size() == 0:
-            await writer.drain()  # cannot wait: this only reports a connection already lost
-            return
-        async with asyncio.timeout_at(deadline):
-            await writer.drain()
+        stream.write(head + body)
+        await stream.drain(deadline - clock())
         return
     view = memoryview(body)
-    writer.write(head)
-    async with asyncio.timeout_at(deadline):
-        for start in range(0, len(view), WRITE_SLICE):
-            writer.write(view[start:start + WRITE_SLICE])
-            await writer.drain()
+    stream.write(head)
+    for start in range(0, len(view), WRITE_SLICE):
+        stream.write(view[start:start + WRITE_SLICE])
+        await stream.drain(deadline - clock())
 
 
-async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") -> ResponseHead:
-    """The engine's answer head (1xx interim answers skipped). Malformed answers are ProtocolError 502."""
+async def read_response_head(stream: streams.Stream, method: str = "GET", deadline: float | None = None
+                             ) -> ResponseHead:
+    """The engine's answer head (1xx interim answers skipped), by `deadline` (loop time; TimeoutError
+    after it). Malformed answers are ProtocolError 502."""
     while True:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await stream.read_until(b"\r\n\r\n", deadline)
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
                 raise ConnectionResetError("the engine closed the connection before answering") from None
@@ -364,12 +349,12 @@ async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") 
         except asyncio.LimitOverrunError:
             raise ProtocolError(502, "The engine's answer head is larger than 64 KiB.") from None
         try:
-            lines = httpwire.split_head(head[:-4])
-            version, status = httpwire.parse_status_line(lines[0])
+            first, rest = httpwire.split_start(head[:-4])
+            version, status = httpwire.parse_status_line(first)
             if status == 101:  # the router never forwards Upgrade, so no engine may switch protocols
                 raise ProtocolError(502, "The engine switched protocols (101) though nothing asked it to.")
             if status >= 200:
-                pairs = httpwire.parse_fields(lines[1:])
+                pairs = httpwire.head_fields(rest)
                 break
         except ProtocolError as exc:
             raise ProtocolError(502, f"The engine sent a malformed answer: {exc}") from None
@@ -384,10 +369,9 @@ async def read_response_head(reader: asyncio.StreamReader, method: str = "GET") 
     return ResponseHead(status, pairs, framing.length, framing.chunked, keep_alive)
 
 
-async def _read(reader: asyncio.StreamReader, n: int, idle_s: float) -> bytes:
+async def _read(stream: streams.Stream, n: int, idle_s: float) -> bytes:
     try:
-        async with asyncio.timeout(idle_s):
-            return await reader.read(n)
+        return await stream.read(n, asyncio.get_running_loop().time() + idle_s)
     except TimeoutError:
         raise Stalled(f"the engine sent nothing for {idle_s:g} s in the middle of its answer") from None
 
@@ -456,28 +440,22 @@ class Dechunker:
         return out
 
 
-async def response_body(reader: asyncio.StreamReader, head: ResponseHead,
+async def response_body(stream: streams.Stream, head: ResponseHead,
                         idle_s: float = httplimits.Limits.upstream_idle_s) -> AsyncIterator[bytes]:
     """The body in the pieces it arrives in. Raises Stalled when the engine goes silent for idle_s,
     ConnectionResetError when it closes too early, ProtocolError (502) when it breaks the framing."""
     if head.chunked:
-        loop = asyncio.get_running_loop()
         chunks = Dechunker()
         try:
-            async with asyncio.timeout(idle_s) as deadline:
-                while not chunks.done:
-                    data = await reader.read(READ_SIZE)
-                    if not data:
-                        raise ConnectionResetError("the engine closed the connection in the middle of its answer")
-                    pieces = chunks.feed(data)
-                    if pieces:
-                        # The clock stops while the caller hands the data to its client: a slow client is
-                        # the write timeout's business, not the engine's silence.
-                        deadline.reschedule(None)
-                        yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                        deadline.reschedule(loop.time() + idle_s)
-        except TimeoutError:
-            raise Stalled(f"the engine sent nothing for {idle_s:g} s in the middle of its answer") from None
+            while not chunks.done:
+                # Each read has its own idle deadline, so the clock stops while the caller hands the
+                # data to its client: a slow client is the write timeout's business, not the engine's.
+                data = await _read(stream, READ_SIZE, idle_s)
+                if not data:
+                    raise ConnectionResetError("the engine closed the connection in the middle of its answer")
+                pieces = chunks.feed(data)
+                if pieces:
+                    yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
         except ProtocolError as exc:
             raise ProtocolError(502, f"The engine broke its chunked framing: {exc}") from None
         if chunks.extra:
@@ -485,7 +463,7 @@ async def response_body(reader: asyncio.StreamReader, head: ResponseHead,
         return
     remaining = head.length
     while remaining is None or remaining > 0:
-        data = await _read(reader, READ_SIZE if remaining is None else min(READ_SIZE, remaining), idle_s)
+        data = await _read(stream, READ_SIZE if remaining is None else min(READ_SIZE, remaining), idle_s)
         if not data:
             if remaining is not None:
                 raise ConnectionResetError("the engine closed the connection in the middle of the body")
@@ -508,13 +486,13 @@ async def fetch(pool: Pool, url: str, method: str, path: str, body: bytes = b"",
     async def exchange(fresh_only: bool) -> tuple[int, bytes]:
         conn = await pool.acquire(address, fresh_only)
         try:
-            conn.writer.write(data)
-            await conn.writer.drain()
-            head = await read_response_head(conn.reader, method)
+            conn.stream.write(data)
+            await conn.stream.drain()
+            head = await read_response_head(conn.stream, method)
             if max_bytes is not None and head.length is not None and head.length > max_bytes:
                 raise ProtocolError(502, f"the answer is {head.length} bytes, more than the {max_bytes} allowed")
             pieces, size = [], 0
-            async for piece in response_body(conn.reader, head, timeout):
+            async for piece in response_body(conn.stream, head, timeout):
                 size += len(piece)
                 if max_bytes is not None and size > max_bytes:
                     raise ProtocolError(502, f"the answer is longer than the {max_bytes} bytes allowed")

@@ -143,6 +143,36 @@ def parse_fields(lines: list[bytes]) -> list[tuple[str, str]]:
     return fields
 
 
+# The field lines of a head after its start line, each ending in CRLF, as one text (latin-1): the
+# same grammar as _FIELD_LINE. One fullmatch checks every line and one findall takes them apart,
+# instead of a regex call per line; a head that does not match goes through parse_fields line by
+# line, which says what is wrong.
+_FIELD_TEXT = (r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+               r"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
+_FIELD_BLOCK = re.compile(f"(?:{_FIELD_TEXT})*")
+_FIELD_EACH = re.compile(_FIELD_TEXT)
+
+
+def split_start(head: bytes) -> tuple[bytes, bytes]:
+    """A message head (without the blank line that ends it) as its start line and the field lines
+    after it, refusing what split_head refuses (a bare CR or LF, a NUL)."""
+    breaks = head.count(b"\r\n")
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+        split_head(head)  # raises, saying which
+    first, _, rest = head.partition(b"\r\n")
+    return first, rest
+
+
+def head_fields(rest: bytes) -> list[tuple[str, str]]:
+    """The field lines that split_start left, as parse_fields gives them (and refuses them)."""
+    if not rest:
+        return []
+    text = rest.decode("latin-1") + "\r\n"
+    if text.count("\r\n") > MAX_HEADERS or _FIELD_BLOCK.fullmatch(text) is None:
+        return parse_fields(rest.split(b"\r\n"))  # raises, saying what is wrong
+    return _FIELD_EACH.findall(text)
+
+
 def field_dict(fields: list[tuple[str, str]]) -> dict[str, str]:
     """Lower-case names; repeated fields joined with ", " (RFC 9110 §5.3)."""
     out: dict[str, str] = {}

@@ -38,6 +38,7 @@ from fleetspec.router import (
     openai,
     residency,
     runtime_state,
+    streams,
     upstreams,
 )
 from fleetspec.router import redis_compat as redis_layout
@@ -98,29 +99,26 @@ class _Client:
     HEAD answers carry no body, HTTP/1.0 keep-alive answers say so, and a client that stops reading
     is dropped after the write timeout instead of holding an engine stream forever."""
 
-    __slots__ = ("writer", "write_timeout", "request", "must_close", "sent")
+    __slots__ = ("stream", "write_timeout", "request", "must_close", "sent")
 
-    def __init__(self, writer: asyncio.StreamWriter, write_timeout: float):
-        self.writer, self.write_timeout = writer, write_timeout
+    def __init__(self, stream: streams.Stream, write_timeout: float):
+        self.stream, self.write_timeout = stream, write_timeout
         self.request: httpio.Request | None = None
         self.must_close = False  # set when an answer could only be framed by closing the connection
         self.sent = False  # bytes of an answer to the current request went out
 
     def write(self, data: bytes) -> None:
         self.sent = True
-        self.writer.write(data)
+        self.stream.write(data)
 
     async def drain(self) -> None:
-        if self.writer.transport.get_write_buffer_size() == 0 and not self.writer.is_closing():
-            return  # nothing queued: drain could not wait
         try:
-            async with asyncio.timeout(self.write_timeout):
-                await self.writer.drain()
+            await self.stream.drain(self.write_timeout)
         except TimeoutError:
             raise ConnectionResetError(f"the client read nothing for {self.write_timeout:g} s") from None
 
     def is_closing(self) -> bool:
-        return self.writer.is_closing()
+        return self.stream.is_closing()
 
     def persistence(self, keep_alive: bool) -> list[tuple[str, str]]:
         """The Connection header an answer needs: close, or keep-alive for an HTTP/1.0 client."""
@@ -323,7 +321,7 @@ class Router:
         self.upstreams.configure(await self._pods(self.config.upstreams))
         await asyncio.gather(self.upstreams.refresh(), self.runtime.start(self._runtime_changed))
         raise_file_limit(self.limits.max_connections)
-        server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
+        server = await streams.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
                                             backlog=1024)
         tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._refresh_loop())]
         log.info("fleetspec router for fleet %s listening on http://%s:%d", self.config.spec.name, host, port)
@@ -359,8 +357,8 @@ class Router:
         """The metrics of everything this router serves (a coordinator adds its processes')."""
         return self.metrics
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = _Client(writer, self.limits.write_timeout_s)
+    async def _connection(self, stream: streams.Stream) -> None:
+        client = _Client(stream, self.limits.write_timeout_s)
         counted = False
         try:
             if self.connections >= self.limits.max_connections:
@@ -369,11 +367,11 @@ class Router:
                            "(--max-connections); retry shortly.")
                 await send_json(client, 503, openai.error(503, message), keep_alive=False,
                                  extra=[("Retry-After", str(self.limits.retry_after_s))])
-                await _linger(reader, writer)
+                await _linger(stream)
                 return
             self.connections += 1
             counted = True
-            requests = httpio.RequestReader(reader, writer, self.limits, self.budget)
+            requests = httpio.RequestReader(stream, self.limits, self.budget)
             while True:
                 client.request, client.sent = None, False
                 try:
@@ -382,7 +380,7 @@ class Router:
                     self.metrics.refused.inc(str(exc.status))
                     await send_json(client, exc.status, openai.error(exc.status, str(exc)), keep_alive=False,
                                      extra=exc.headers)
-                    await _linger(reader, writer)
+                    await _linger(stream)
                     return
                 if request is None:
                     return
@@ -407,7 +405,7 @@ class Router:
         finally:
             if counted:
                 self.connections -= 1
-            writer.close()
+            stream.close()
 
     async def _dispatch(self, request: httpio.Request, writer: _Client) -> bool:
         """Answer one request; False when the connection must close afterwards."""
@@ -478,7 +476,7 @@ class Router:
 
     # -- the proxy ---------------------------------------------------------------------------------
 
-    async def _proxy(self, request: httpio.Request, writer: asyncio.StreamWriter, chat: bool,
+    async def _proxy(self, request: httpio.Request, writer: _Client, chat: bool,
                      scope: _Scope | None = None) -> bool:
         started = time.perf_counter()
         try:
@@ -739,7 +737,7 @@ class Router:
             # reading a large body holds the request no longer than one that never answers.
             deadline = asyncio.get_running_loop().time() + self.limits.upstream_first_byte_s
             try:
-                await httpio.write_request(conn.writer, request_head, payload, deadline)
+                await httpio.write_request(conn.stream, request_head, payload, deadline)
             except TimeoutError:
                 conn.close()
                 raise _NoAnswer(504, f"The engine did not read the request within {self.limits.upstream_first_byte_s:g} "
@@ -754,9 +752,7 @@ class Router:
                 conn.close()
                 raise
             try:
-                async with asyncio.timeout_at(deadline):
-                    head = await httpio.read_response_head(conn.reader, request.method)
-                return conn, head
+                return conn, await httpio.read_response_head(conn.stream, request.method, deadline)
             except TimeoutError:
                 conn.close()
                 raise _NoAnswer(504, f"The engine did not start answering within {self.limits.upstream_first_byte_s:g} "
@@ -775,11 +771,8 @@ class Router:
 
 async def _read_small(conn: httpio.Connection, head: httpio.ResponseHead, idle_s: float) -> bytes:
     """A body of known, small length, whole."""
-    if head.length is not None and len(httpio.buffered(conn.reader)) >= head.length:
-        return await conn.reader.readexactly(head.length) if head.length else b""  # here already
     try:
-        async with asyncio.timeout(idle_s):
-            return await conn.reader.readexactly(head.length) if head.length else b""
+        return await conn.stream.read_exactly(head.length, asyncio.get_running_loop().time() + idle_s)
     except TimeoutError:
         conn.close()
         raise _NoAnswer(504, f"The engine stopped sending its answer for {idle_s:g} s.", "stalled") from None
@@ -819,7 +812,7 @@ async def _relay(conn: httpio.Connection, head: httpio.ResponseHead, headers: li
         await writer.drain()
         return
     chunked = head.length is None and http11
-    async for piece in httpio.response_body(conn.reader, head, idle_s):
+    async for piece in httpio.response_body(conn.stream, head, idle_s):
         writer.write(httpio.chunk(piece) if chunked else piece)
         await writer.drain()
     if chunked:
@@ -923,14 +916,13 @@ def raise_file_limit(connections: int) -> None:
                     "may refuse connections first (raise `ulimit -n`)", soft, connections, wanted)
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _linger(stream: streams.Stream) -> None:
     """Close after an error answer without losing it: a socket closed with unread bytes sends a
     reset that can destroy the answer before the client reads it, so the router stops writing and
     discards what the client still sends, for a bounded time and size."""
     with contextlib.suppress(Exception):
-        if writer.can_write_eof():
-            writer.write_eof()
-        async with asyncio.timeout(LINGER_S):
-            discarded = 0
-            while discarded < LINGER_BYTES and (data := await reader.read(65536)):
-                discarded += len(data)
+        if stream.can_write_eof():
+            stream.write_eof()
+        deadline, discarded = asyncio.get_running_loop().time() + LINGER_S, 0
+        while discarded < LINGER_BYTES and (data := await stream.read(65536, deadline)):
+            discarded += len(data)

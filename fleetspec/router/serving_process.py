@@ -22,7 +22,17 @@ import os
 import socket
 import time
 
-from fleetspec.router import admin, control, httpio, httplimits, metrics, ondemand, runtime_state, server
+from fleetspec.router import (
+    admin,
+    control,
+    httpio,
+    httplimits,
+    metrics,
+    ondemand,
+    runtime_state,
+    server,
+    streams,
+)
 from fleetspec.routing import config as config_mod
 
 log = logging.getLogger("fleetspec.router")
@@ -199,7 +209,7 @@ class ServingProcess(server.Router):
                 await follow  # raises ChannelClosed: the coordinator went before sending a config
             self._serving = True
             server.raise_file_limit(self.limits.max_connections)
-            listener = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
+            listener = await streams.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
                                                   backlog=1024, reuse_port=True)
             self.channel.send({"op": "ready", "pid": os.getpid(), "config_hash": self.config.hash})
             await self.channel.drain()

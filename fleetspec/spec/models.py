@@ -262,7 +262,10 @@ class Strict(BaseModel):
 
 MAX_LAYERS = 4_096
 QuantScope = Literal["attention", "mlp", "experts", "shared_experts", "vision"]
-LayerType = Literal["full_attention", "sliding_attention"]
+# linear_attention: Qwen3.5/3.6 Gated DeltaNet layers (a recurrent state, no KV per token).
+LayerType = Literal["full_attention", "sliding_attention", "linear_attention"]
+# Nemotron-H hybrid_override_pattern: one character per decoder layer (M Mamba2, * attention, - MLP).
+HYBRID_PATTERN_CHARS = frozenset("M*-")
 
 
 class VisionConfig(Strict):
@@ -324,6 +327,29 @@ class Architecture(Strict):
     qk_rope_head_dim: Count(65_536) | None = None
     qk_nope_head_dim: Count(65_536) | None = None
     v_head_dim: Count(65_536) | None = None
+    # Hybrid attention + state-space models (issue #18 item 4)
+    hybrid_override_pattern: str | None = Field(
+        None, max_length=MAX_LAYERS,
+        description="Nemotron-H: one character per decoder layer, M Mamba2 mixer, * attention, - MLP.")
+    mamba_num_heads: Count(65_536) | None = Field(None, description="Mamba2 heads (Nemotron-H).")
+    mamba_head_dim: Count(65_536) | None = None
+    n_groups: Count(65_536) | None = Field(None, description="Mamba2 B/C groups.")
+    ssm_state_size: Count(65_536) | None = None
+    conv_kernel: Count(1_024) | None = Field(None, description="Mamba2 causal conv width.")
+    use_conv_bias: Bool = True
+    mamba_ssm_cache_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Nemotron-H config key: dtype of the SSM state vLLM caches.")
+    linear_num_key_heads: Count(65_536) | None = Field(None, description="Gated DeltaNet key heads (Qwen3.5).")
+    linear_num_value_heads: Count(65_536) | None = None
+    linear_key_head_dim: Count(65_536) | None = None
+    linear_value_head_dim: Count(65_536) | None = None
+    linear_conv_kernel_dim: Count(1_024) | None = None
+    mamba_ssm_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Qwen3.5 config key: dtype of the Gated DeltaNet recurrent state.")
+    attn_output_gate: Bool = Field(False, description="Qwen3.5: q_proj also outputs a gate (twice the width).")
+    partial_rotary_factor: float | None = Field(None, gt=0, le=1, description="Share of head_dim that is rotated.")
+    mtp_num_hidden_layers: Count(64, ge=0) | None = Field(
+        None, description="Multi-token-prediction layers in the checkpoint (loaded only for MTP speculation).")
     # Multimodal
     vision_config: VisionConfig | None = Field(
         None, description="config.json vision_config: the vision tower's hidden_size, intermediate_size, "
@@ -384,6 +410,41 @@ class Architecture(Strict):
             raise SpecValueError("quantization_scope names a module kind twice", "list each kind once")
         return value
 
+    @field_validator("hybrid_override_pattern")
+    @classmethod
+    def _pattern_per_layer(cls, value, info: ValidationInfo):
+        layers = info.data.get("num_hidden_layers")
+        if value is None:
+            return value
+        if set(value) - HYBRID_PATTERN_CHARS:
+            raise SpecValueError(f"hybrid_override_pattern has {''.join(sorted(set(value) - HYBRID_PATTERN_CHARS))!r}, "
+                                 "which the planner does not model (E: MoE blocks)",
+                                 "copy it from config.json; only M (Mamba2), * (attention) and - (MLP) are planned")
+        if layers is not None and len(value) != layers:
+            raise SpecValueError(f"hybrid_override_pattern has {len(value)} layer(s) but num_hidden_layers is {layers}",
+                                 "copy hybrid_override_pattern from config.json unchanged: one character per layer")
+        return value
+
+    @model_validator(mode="after")
+    def _state_shapes_given(self) -> Architecture:
+        """A hybrid layout needs its state shapes: the planner sizes the state from them."""
+        needs: dict[str, tuple[str, ...]] = {}
+        if self.hybrid_override_pattern and "M" in self.hybrid_override_pattern:
+            needs["hybrid_override_pattern"] = ("mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size",
+                                                "conv_kernel")
+        if self.layer_types and "linear_attention" in self.layer_types:
+            needs["layer_types"] = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                                    "linear_value_head_dim", "linear_conv_kernel_dim")
+        for field, keys in needs.items():
+            missing = [k for k in keys if getattr(self, k) is None]
+            if missing:
+                raise SpecValueError(f"{field} names state-space layers but {', '.join(missing)} is not set",
+                                     "copy the state shapes from config.json")
+        if self.hybrid_override_pattern and self.layer_types:
+            raise SpecValueError("both hybrid_override_pattern and layer_types are set",
+                                 "keep the one config.json has")
+        return self
+
     @model_validator(mode="after")
     def _plain_mlp_is_dense(self) -> Architecture:
         if self.mlp == "plain" and self.routed_experts:
@@ -410,8 +471,18 @@ class BaseModelSpec(Strict):
     revision: Text | None = Field(None, description="Hugging Face revision (branch, tag or commit).")
     quantization: Quantization = Field("none", description="Weight quantization; 'none' for bf16/fp16 checkpoints.")
     quantization_group_size: Count(65_536) | None = Field(
-        None, description="Group size of AWQ/GPTQ checkpoints (128 when not given)."
+        None, description="Group size of AWQ/GPTQ checkpoints (128 when not given); for bitsandbytes the "
+                          "weights per absmax block (64 when not given)."
     )
+    quantization_skip_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, max_length=4_096,
+        description="Modules the checkpoint keeps unquantized, as its quantization_config lists them "
+                    "(bitsandbytes: llm_int8_skip_modules, e.g. Unsloth's dynamic 4-bit "
+                    "[lm_head, model.layers.1.mlp]); matched as vLLM's is_layer_skipped_bnb does: one "
+                    "name component (mlp, o_proj) or a dotted prefix (model.layers.1.mlp).")
+    bnb_4bit_use_double_quant: Bool | None = Field(
+        None, description="bitsandbytes checkpoints: quantization_config.bnb_4bit_use_double_quant (uint8 "
+                          "absmax, before vLLM 0.10). Default: true, as vLLM quantizes in flight.")
     dtype: ModelDtype = "auto"
     kv_cache_dtype: KvCacheDtype = "auto"
     max_model_len: Count(MAX_TOKENS) | None = Field(

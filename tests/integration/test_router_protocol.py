@@ -605,7 +605,7 @@ def test_engine_head_answer_is_not_waited_on_for_a_body(engine):
             assert (status, body) == (200, b"")
             assert time.monotonic() - started < 1.0
             (conn,) = pool._idle[("127.0.0.1", engine.port)]  # kept: a HEAD answer ends at its head
-            assert not conn.writer.is_closing()
+            assert not conn.stream.is_closing()
         finally:
             pool.close()
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetspec.router import httpio, httpjson, httpwire
+from fleetspec.router import httpio, httpjson, httpwire, streams
 from fleetspec.router.httpwire import ProtocolError
 
 
@@ -29,6 +29,38 @@ def test_no_cr_lf_or_nul_survives_in_a_head(before, bad, after):
         assert exc.status == 400
     else:  # a CR followed by LF is a line end, and the next line a field of its own
         assert all("\r" not in v and "\n" not in v and "\0" not in v for _, v in fields)
+
+
+def _outcome(call, *args):
+    try:
+        return call(*args)
+    except ProtocolError as exc:
+        return ("refused", exc.status, str(exc))
+
+
+_FIELD_BYTES = st.lists(st.sampled_from([b"a", b"X-Y", b":", b" ", b"\t", b"v", b"\x01", b"\x7f", b"\xe9",
+                                         b"\r\n", b"\r", b"\n", b"\0", b"(", b"\r\n ", b""]), max_size=30)
+
+
+@given(_FIELD_BYTES.map(b"".join))
+def test_the_whole_head_parser_reads_fields_as_the_line_parser_does(rest):
+    """head_fields (one regex over all field lines) is the fast path of split_head + parse_fields:
+    the same fields, or the same refusal with the same message."""
+    def by_lines(data):
+        return httpwire.parse_fields(httpwire.split_head(data)) if data else []
+
+    def fast(data):
+        first, more = httpwire.split_start(b"GET / HTTP/1.1\r\n" + data)
+        assert first == b"GET / HTTP/1.1"
+        return httpwire.head_fields(more)
+
+    assert _outcome(fast, rest) == _outcome(by_lines, rest)
+
+
+def test_the_whole_head_parser_keeps_the_field_limit():
+    rest = b"\r\n".join(b"X-%d: v" % i for i in range(httpwire.MAX_HEADERS + 1))
+    assert status_of(httpwire.head_fields, rest) == 431
+    assert len(httpwire.head_fields(rest.rsplit(b"\r\n", 1)[0])) == httpwire.MAX_HEADERS
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40))
@@ -116,10 +148,10 @@ def test_leading_zeros_in_a_chunk_size_are_not_its_length():
 
 def _head(raw: bytes, method: str = "POST") -> httpio.ResponseHead:
     async def read():
-        reader = asyncio.StreamReader()
-        reader.feed_data(raw)
-        reader.feed_eof()
-        return await httpio.read_response_head(reader, method)
+        stream = streams.Stream()
+        stream.data_received(raw)
+        stream.eof_received()
+        return await httpio.read_response_head(stream, method)
 
     return asyncio.run(read())
 
