@@ -3,7 +3,7 @@ measured with wrk (a C load generator), so that the client does not compete for 
 
     .venv/bin/python bench/bench_router_wrk.py [--concurrency 1,8,32,128] [--stream-concurrency 32,128]
         [--seconds 4] [--rounds 3]
-        [--peers fleetspec,fleetspec-asyncio,fleetspec-processes-N,vllm-router,nginx,litellm]
+        [--peers fleetspec,fleetspec-coroutines,fleetspec-asyncio,fleetspec-processes-N,vllm-router,nginx,litellm]
         [--vllm-router PATH] [--litellm PATH] [--router-core 1] [--load-core 0]
 
 Fair by construction:
@@ -156,7 +156,8 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop", processes: int = 1) -> Peer:
+def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop", processes: int = 1,
+                   fast_path: bool = True) -> Peer:
     spec = models.FleetSpec.model_validate({
         "name": "bench", "base_model": {"id": BASE}, "gpus": [{"type": "sim", "count": 1}],
         "servers": [{"name": "main", "lora": {"max_loras": 2, "max_lora_rank": 8}}],
@@ -171,10 +172,12 @@ def fleetspec_peer(work: pathlib.Path, upstream: int, event_loop: str = "uvloop"
     name = "fleetspec router" if event_loop == "uvloop" else f"fleetspec router ({event_loop} loop)"
     if processes > 1:
         name += f", {processes} processes"
+    if not fast_path:
+        name += " (coroutine path only)"
     return Peer(name, f"this tree ({version}, Python {sys.version.split()[0]}, {event_loop} event loop)",
                 [sys.executable, "-m", "fleetspec.router", "serve", "--config", str(path), "--port", str(port),
                  "--log-level", "warning", "--processes", str(processes)], port, "/health",
-                env={"FLEETSPEC_ROUTER_EVENT_LOOP": event_loop})
+                env={"FLEETSPEC_ROUTER_EVENT_LOOP": event_loop, "FLEETSPEC_ROUTER_FAST_PATH": "on" if fast_path else "off"})
 
 
 def vllm_router_peer(binary: str, upstream: int) -> Peer:
@@ -343,6 +346,8 @@ def main() -> None:
                     peer = fleetspec_peer(work, upstream_port, processes=int(name.rsplit("-", 1)[1]))
                 elif name == "fleetspec-asyncio":
                     peer = fleetspec_peer(work, upstream_port, "asyncio")
+                elif name == "fleetspec-coroutines":
+                    peer = fleetspec_peer(work, upstream_port, fast_path=False)
                 elif name == "vllm-router" and args.vllm_router:
                     peer = vllm_router_peer(args.vllm_router, upstream_port)
                 elif name == "nginx":

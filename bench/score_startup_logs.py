@@ -5,7 +5,9 @@
 MANIFEST lists one record per log: `id`, `log` (a file, relative to the manifest) and `gpu` (the
 catalog GPU type: logs rarely name it), plus anything the log does not print or that should
 override it (`model` when the served checkpoint is not in the catalog under its own name,
-`gpu_memory_utilization`, `max_num_seqs`, `max_num_batched_tokens`, `vllm_version`, `source`).
+`gpu_memory_utilization`, `max_num_seqs`, `max_num_batched_tokens`, `vllm_version`, `source`;
+`enable_lora` with `max_lora_rank` / `max_loras` when the launcher turned LoRA on: the weights line of
+V1 and of V0 from 0.8.0 holds the LoRA buffers, and the planned figure compared with it does too).
 Everything else (version, model, dtype, max_model_len, tp/pp, quantization, KV dtype, eager) is read
 from the log's engine config line. Prints one row per record and median / p90 of |error|.
 """

@@ -66,6 +66,9 @@ class ModelFacts:
     mlp_layers: tuple[bool, ...] = ()
     rotary: bool = True  # the attention layers use a rotary embedding (Nemotron-H's do not)
     qk_norm: bool = False  # q_norm / k_norm of head_dim per attention layer (Qwen3.5)
+    # The dummy multimodal data vLLM's profile run builds (its DummyInputsBuilder): "qwen2_vl" = one
+    # image and one video at the image processor's max_pixels (qwen2_vl.py Qwen2VLDummyInputsBuilder).
+    mm_dummy: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -250,6 +253,7 @@ def _facts(*, model_id: str, family: str, architecture: spec_models.Architecture
         dense_mlp="gated" if dense_mlp == "moe" else dense_mlp,
         quantization_scope=frozenset(scope) if scope else None,
         mixers=mixers, mlp_layers=mlp_layers, rotary=fam.get("rotary", True), qk_norm=fam.get("qk_norm", False),
+        mm_dummy=fam.get("mm_dummy"),
     )
 
 

@@ -39,6 +39,18 @@ class CaptureEra:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraOverheads:
+    """Where vLLM's logged figures hold the LoRA buffers, and the pre-0.12 extra vocabulary (overheads.yaml lora)."""
+
+    v0_in_weights_line_since: tuple[int, ...] = (0, 8, 0)  # V0 builds the manager inside load_model's profiler
+    v0_uncounted_since: tuple[int, ...] = (0, 7, 0)  # V0 releases whose KV sizing counts no LoRA buffers
+    v0_uncounted_until: tuple[int, ...] = (0, 8, 0)
+    extra_vocab_size: int = 256  # LoRAConfig.lora_extra_vocab_size default
+    vocab_padding: int = 256  # LoRAConfig.lora_vocab_padding_size
+    extra_vocab_until: tuple[int, ...] = (0, 12)
+
+
+@dataclasses.dataclass(frozen=True)
 class V0Defaults:
     max_num_seqs: int
     min_batched_tokens: int
@@ -55,6 +67,11 @@ class MambaOverheads:
     prefill_checkpoint_since: tuple[int, ...]  # Mamba2 requests hold one more state block
     config_ssm_dtype_since: tuple[int, ...]  # Qwen3.5's config mamba_ssm_dtype is honoured
     ssm_cache_dtype_defaults: dict[str, tuple[tuple[tuple[int, ...], str], ...]]  # family → eras, newest first
+    # Before this release `vllm serve` runs Mamba / hybrid models on V0, whose MambaCacheManager holds
+    # max_num_seqs (padded to a V0 capture size: v0_capture_small, then multiples of v0_capture_step) states.
+    v0_until: tuple[int, ...] = (0, 10, 2)
+    v0_capture_small: tuple[int, ...] = (1, 2, 4)
+    v0_capture_step: int = 8
 
     def default_ssm_dtype(self, family: str, version: tuple[int, ...]) -> str:
         """The ssm state dtype a family's config class picks when nothing sets it ("auto": the model dtype)."""
@@ -92,6 +109,8 @@ class Overheads:
     v0_fallback_below_major: int
     flashinfer_sampler: dict  # activation.flashinfer_sampler
     v0_fallback_until: tuple[int, ...]
+    v0_lora_fallback: tuple[tuple[int, ...], tuple[int, ...]]  # [since, until): LoRA falls back to V0
+    use_v1_env_until: tuple[int, ...]  # VLLM_USE_V1=0 selects V0 from v1_engine_since until this
     v0_defaults: V0Defaults
     hybrid_kv_since: tuple[int, ...]  # several KV cache groups (the hybrid KV cache manager)
     kv_concurrency_report_since: tuple[int, ...]  # "GPU KV cache size" = max_concurrency × max_model_len
@@ -102,6 +121,7 @@ class Overheads:
     block_size: int
     batch_defaults: tuple[BatchDefault, ...]
     cpu: CpuOverheads
+    lora: LoraOverheads = LoraOverheads()
 
     @property
     def sampler_factor(self) -> float:
@@ -133,6 +153,9 @@ def _mamba(data: dict) -> MambaOverheads:
         prefix_caching_since=_version(data["prefix_caching_since"]),
         prefill_checkpoint_since=_version(data["prefill_checkpoint_since"]),
         config_ssm_dtype_since=_version(data["config_ssm_dtype_since"]),
+        v0_until=_version(data["v0_until"]),
+        v0_capture_small=tuple(data["v0_capture_sizes"]["small"]),
+        v0_capture_step=data["v0_capture_sizes"]["step"],
         ssm_cache_dtype_defaults={
             family: tuple(sorted(((_version(e["since"]), e["dtype"]) for e in eras), reverse=True))
             for family, eras in data["ssm_cache_dtype_defaults"].items()
@@ -178,6 +201,9 @@ def load() -> Overheads:
         v0_fallback_below_major=data["engine"]["v0_fallback_below_capability"]["major"],
         flashinfer_sampler=act["flashinfer_sampler"],
         v0_fallback_until=_version(data["engine"]["v0_fallback_below_capability"]["until"]),
+        v0_lora_fallback=(_version(data["engine"]["v0_fallback_lora"]["since"]),
+                          _version(data["engine"]["v0_fallback_lora"]["until"])),
+        use_v1_env_until=_version(data["engine"]["use_v1_env_until"]),
         v0_defaults=V0Defaults(**data["engine"]["v0_defaults"]),
         hybrid_kv_since=_version(data["kv_cache"]["hybrid_manager_since"]),
         kv_concurrency_report_since=_version(data["kv_cache"]["concurrency_report_since"]),
@@ -194,4 +220,15 @@ def load() -> Overheads:
             batch_default=BatchDefault(0, cpu["batch_defaults"]["max_num_batched_tokens"],
                                        cpu["batch_defaults"]["max_num_seqs"], ()),
         ),
+        lora=_lora(data["lora"]),
+    )
+
+
+def _lora(data: dict) -> LoraOverheads:
+    extra = data["extra_vocab"]
+    return LoraOverheads(
+        v0_in_weights_line_since=_version(data["v0_in_weights_line_since"]),
+        v0_uncounted_since=_version(data["v0_uncounted"]["since"]),
+        v0_uncounted_until=_version(data["v0_uncounted"]["until"]),
+        extra_vocab_size=extra["size"], vocab_padding=extra["padding"], extra_vocab_until=_version(extra["until"]),
     )

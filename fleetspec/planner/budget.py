@@ -51,6 +51,16 @@ class GpuBudget:
     # When extra_args fix the KV cache's size (fixed_kv_cache): the most the GPU could still hold
     # beside everything else. vLLM allocates the fixed size anyway and runs out of memory above it.
     kv_ceiling: int | None = None
+    # V0 and Mamba / hybrid models: the MambaCacheManager's states, allocated in the profile run and
+    # kept (memory.v0_state_cache_bytes); part of the non-KV memory.
+    state_cache: int = 0
+    # What vLLM's "Model loading took X" line measures: the weights, plus the LoRA buffers where the
+    # manager is built inside load_model's profiler (V1; V0 from 0.8.0: memory.lora_in_weights_line).
+    # The scorer compares it with that line; `lora` stays its own term, counted once in the total.
+    weights_line: int = 0
+    # False on V0 0.7.x, whose KV sizing counts the LoRA buffers in no term: they sit beyond the budget
+    # (memory.lora_in_kv_budget).
+    lora_in_budget: bool = True
 
     @property
     def warmup_fits(self) -> bool:
@@ -62,6 +72,12 @@ class GpuBudget:
         return self.kv_cache > 0 and self.request_bytes <= self.kv_cache and within
 
     @property
+    def resident_outside(self) -> int:
+        """Allocated beyond the budget once the engine runs, beside the CUDA context: the CUDA graphs
+        before vLLM 0.21 and, on V0 0.7.x, the LoRA buffers."""
+        return (0 if self.cudagraph_in_budget else self.cudagraph) + (0 if self.lora_in_budget else self.lora)
+
+    @property
     def non_kv(self) -> int:
         return self.budget - self.kv_cache
 
@@ -71,12 +87,14 @@ class GpuBudget:
 
         return {
             "total_gib": gib(self.total), "budget_gib": gib(self.budget), "weights_gib": gib(self.weights),
-            "lora_gib": gib(self.lora), "activation_gib": gib(self.activation),
+            "weights_line_gib": gib(self.weights_line), "lora_gib": gib(self.lora),
+            "lora_in_budget": self.lora_in_budget, "activation_gib": gib(self.activation),
             "non_torch_gib": gib(self.non_torch), "cudagraph_gib": gib(self.cudagraph),
             "kv_cache_gib": gib(max(self.kv_cache, 0)), "cuda_context_gib": gib(self.cuda_context),
             "cudagraph_in_budget": self.cudagraph_in_budget,
             "kv_bytes_per_token": round(self.kv_bytes_per_token, 2),
             "sampler_warmup_gib": gib(self.sampler_warmup), "warmup_free_gib": gib(self.warmup_free),
+            **({"state_cache_gib": gib(self.state_cache)} if self.state_cache else {}),
             "kv_cache_groups": {"kinds": list(self.kv_groups), "layers_per_group": self.kv_group_size},
             "terms": [t.to_json() for t in self.terms],
             "memory": "host" if self.host else "gpu",
@@ -100,6 +118,7 @@ def lora_buffer_bytes(facts: catalog_models.ModelFacts, s: engine.EngineSettings
     return memory.lora_bytes(
         facts, s.tensor_parallel_size, s.pipeline_parallel_size, s.lora.max_loras, s.lora.max_lora_rank,
         s.lora_dtype_bytes, s.lora.target_modules, s.lora.fully_sharded, stage=stage, shard=expert_shard(s),
+        vllm_version=s.vllm_version,
     )
 
 
@@ -181,9 +200,11 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
                                   compute_capability=s.compute_capability, stage=stage, shard=shard,
                                   vllm_version=s.vllm_version, bnb_checkpoint=s.bnb_checkpoint)
     lora = lora_buffer_bytes(facts, s, stage)
+    lora_in_budget = memory.lora_in_kv_budget(s.vllm_version, s.v0)
+    budget_lora = lora if lora_in_budget else 0
     activation = memory.activation_bytes(facts, s.max_num_batched_tokens, s.max_num_seqs, pp, s.vllm_version,
                                          tp=tp, dtype_bytes=s.dtype_bytes, v0=s.v0,
-                                         flashinfer_sampler=s.flashinfer_sampler)
+                                         flashinfer_sampler=s.flashinfer_sampler, max_model_len=s.max_model_len)
     cpu = overheads.load().cpu
     parallel = None if s.host else nontorch.non_torch(
         tp, pp, s.vllm_version, interconnect=s.interconnect, compute_capability=s.compute_capability,
@@ -196,14 +217,17 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
         stage=stage, v0=s.v0)
     in_budget = memory.cudagraphs_in_budget(s.vllm_version)
     outside = cpu.side_processes_bytes if parallel is None else parallel.outside
-    kv_cache = budget - weights - lora - activation - non_torch - (graphs if in_budget else 0)
+    state = 0 if s.host or not s.v0 else memory.v0_state_cache_bytes(
+        facts, tp, pp, s.max_num_seqs, s.enforce_eager, s.dtype_bytes, s.vllm_version,
+        mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype, stage=stage)
+    kv_cache = budget - weights - budget_lora - activation - state - non_torch - (graphs if in_budget else 0)
     layout = memory.kv_layout(facts, tp, pp, s.kv_bytes, kv_cache_dtype=s.kv_cache_dtype,
                               batched_tokens=s.max_num_batched_tokens, vllm_version=s.vllm_version,
                               host=s.host, block=s.block_size, stage=stage, dtype_bytes=s.dtype_bytes,
                               prefix_caching=s.prefix_caching, mamba_ssm_cache_dtype=s.mamba_ssm_cache_dtype,
-                              max_model_len=s.max_model_len)
+                              max_model_len=s.max_model_len, v0=s.v0 and not s.host)
     kv_cache, kv_ceiling = fixed_kv_cache(s, layout, kv_cache,
-                                          total - outside - weights - lora - activation - non_torch - graphs)
+                                          total - outside - weights - lora - activation - state - non_torch - graphs)
     per_token = layout.bytes_per_token
     request = layout.request_bytes(s.max_model_len)
     # Only the last pipeline stage computes logits, so only it warms up the sampler
@@ -223,9 +247,12 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
         max_concurrency=max(kv_cache, 0) / request if request else 0.0,
         sampler_warmup=warmup,
         warmup_free=memory.warmup_free_bytes(total, budget, outside, activation, graphs, in_budget)
-        if kv_ceiling is None else kv_ceiling - kv_cache + activation,
+        - (lora - budget_lora) if kv_ceiling is None else kv_ceiling - kv_cache + activation,
         stage=stage,
         non_torch_parts=parallel.parts if parallel else (("vLLM CPU build worker base", non_torch),),
         non_torch_confidence=parallel.confidence if parallel else "measured",
+        state_cache=state,
+        weights_line=weights + (lora if memory.lora_in_weights_line(s.vllm_version, s.v0) else 0),
+        lora_in_budget=lora_in_budget,
     )
     return dataclasses.replace(result, terms=explain.terms(facts, s, result))

@@ -40,7 +40,8 @@ class EngineSettings:
     expert_parallel: bool = False
     layer_partition: tuple[int, ...] | None = None  # decoder layers per pipeline stage, when the fleet sets it
     interconnect: str = "nvlink"  # between the replica's GPUs (catalog.gpus.GpuFacts.interconnect)
-    v0: bool = False  # the V0 engine: before 0.8, and V1's fallback on older GPUs (memory.runs_v0)
+    v0: bool = False  # the V0 engine: before 0.8, and V1's fallback on older GPUs (memory.runs_v0) or for
+    # Mamba / hybrid models before 0.10.2 (memory.state_model_runs_v0)
     flashinfer_sampler: bool = False  # V1 samples with FlashInfer's top-k/top-p (memory.flashinfer_samples)
     # --num-gpu-blocks-override in extra_args: the KV cache's block count instead of the budget's.
     # (--kv-cache-memory-bytes is fleetspec's own flag on CPU hosts and refused in extra_args.)
@@ -99,7 +100,9 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
     default_tokens, default_seqs = batch_defaults(gpu, version)
     max_num_seqs = server.max_num_seqs or default_seqs
     batched = server.max_num_batched_tokens or min(default_tokens, max_num_seqs * max_model_len)
-    v0 = not gpu.host and memory.runs_v0(version, gpu.compute_capability)
+    v0 = not gpu.host and (memory.runs_v0(version, gpu.compute_capability, lora=server.lora is not None,
+                                          use_v1_env=server.env.get("VLLM_USE_V1"))
+                           or memory.state_model_runs_v0(facts, version, server.env.get("VLLM_USE_V1")))
     if v0:
         # Also V0 as 0.8-0.9's fallback: EngineArgs._set_default_args_v0 (arg_utils.py:1500-1535
         # @0.8.5) keeps chunked prefill off up to 32K, as 0.6/0.7 did.

@@ -86,8 +86,16 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
                    "biases, and the checkpoint's scales before 0.26; overheads.yaml mxfp4_triton)")
     out.append(Term("weights", b.weights, source, confidence))
     if s.lora is not None:
+        if memory.lora_in_weights_line(version, s.v0):
+            where = "; vLLM logs them inside \"Model loading took\" (built in load_model's profiler)"
+        elif b.lora_in_budget:
+            where = "; vLLM logs them outside \"Loading model weights took\""
+        else:
+            where = ("; V0 0.7 counts them in no profiled term: the KV cache is sized without them and they "
+                     "sit beyond the budget")
         out.append(Term("lora", b.lora, f"max_loras {s.lora.max_loras} × rank {s.lora.max_lora_rank} buffers on "
-                        "every wrapped module, as vLLM preallocates them (vllm-facts §3.3)", "computed"))
+                        "every wrapped module, as vLLM preallocates them (vllm-facts §3.3)" + where
+                        + " (overheads.yaml lora)", "computed"))
     if s.host:
         out.append(Term("activation", b.activation, "vLLM CPU build: the 0.19 GPU fit applied to host RAM",
                         "extrapolated"))
@@ -104,15 +112,33 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
             if s.flashinfer_sampler:
                 text += "; the sampler is FlashInfer's top-k/top-p, taken as the in-place era's peak"
                 confidence = "estimated"
-        if facts.architecture.vision_config is not None:
+        mm = memory.v0_mm_profile(facts, s.max_num_batched_tokens, s.max_num_seqs, s.max_model_len,
+                                  version) if s.v0 else None
+        if mm is not None:
+            text += (f"; multimodal: V0 caps the dummy sequences at {mm.seqs} and keeps the dummy image and "
+                     f"video whole, so the forward runs {mm.tokens} tokens, beside "
+                     f"{mm.pixel_bytes / (1 << 30):.2f} GiB of float32 pixel values, or the vision tower "
+                     f"over {mm.largest_item_patches} patches where larger (worker/model_runner.py _dummy_run, "
+                     "multimodal/profiling.py, qwen2_vl.py / qwen2_5_vl.py of 0.8.4)")
+        elif facts.architecture.vision_config is not None:
             text += "; the vision encoder's dummy profile run is not modelled"
             confidence = "not modelled"
         out.append(Term("activation", b.activation, text, confidence))
+    if b.state_cache:
+        slots = s.max_num_seqs if s.enforce_eager else memory.v0_capture_size(s.max_num_seqs)
+        ssm = memory.ssm_state_dtype_bytes(facts, s.dtype_bytes, version, s.mamba_ssm_cache_dtype)
+        out.append(Term("state_cache", b.state_cache,
+                        f"V0 MambaCacheManager: {slots} slots (max_num_seqs"
+                        f"{'' if s.enforce_eager else ' padded to a CUDA-graph size'}) × conv + ssm state "
+                        f"({ssm}-byte ssm) of each Mamba layer, allocated in the profile run and kept "
+                        "(model_executor/models/mamba_cache.py of 0.8.4 / 0.10.1)", "computed"))
     if s.host:
         text, confidence = _measured(version, "non-torch memory of the CPU worker")
     else:
         link = f" over {s.interconnect}" if s.tensor_parallel_size > 1 else ""
-        parts = " + ".join(f"{name} {size / (1 << 30):.2f} GiB" for name, size in b.non_torch_parts)
+        parts = " + ".join(f"{name} {size / (1 << 30):.2f} GiB" for name, size in b.non_torch_parts) or (
+            "none allocated by vLLM after V0's baseline snapshot on one GPU (the driver's kernel loads are "
+            "not modelled)")
         text = (f"non-torch memory{link}: {parts}; sizes measured on vLLM 0.19 H100 or read from vLLM's and "
                 f"NCCL's code, counted as {_release(version)} counts them (planner/nontorch.py)")
         confidence = b.non_torch_confidence
@@ -145,7 +171,9 @@ def terms(facts: catalog_models.ModelFacts, s, b) -> tuple[Term, ...]:
     report = ("int(max_concurrency × max_model_len)" if version >= c.kv_concurrency_report_since and not s.host
               else "num_blocks // groups × block_size")
     kv_confidence = "computed"
-    if facts.is_hybrid:
+    if facts.is_hybrid and b.state_cache:
+        layout += "; V0: blocks on the attention layers only (CacheEngine), the state in the state_cache term"
+    elif facts.is_hybrid:
         layout += "; " + _state_layout(facts, s, b)
         if version < c.hybrid_kv_since or s.v0:
             kv_confidence = "not modelled"

@@ -68,7 +68,16 @@ def hybrid_state_findings(spec: spec_models.FleetSpec, facts: catalog_models.Mod
         return []
     out = []
     version = derived.vllm_version_tuple(spec.runtime.vllm_version)
-    if version < overheads.load().hybrid_kv_since or memory.runs_v0(version):
+    if version < overheads.load().mamba.v0_until and "mamba2" in facts.mixers:
+        out.append(finding(
+            INFO, "hybrid-state-v0-cache", ("runtime", "vllm_version"),
+            f"vLLM {spec.runtime.vllm_version} runs {facts.id} on the V0 engine (Mamba models fall back to it "
+            "before 0.10.2), which keeps each sequence's Mamba state in a MambaCacheManager of max_num_seqs slots "
+            "(padded to a CUDA-graph size) allocated in the profile run: the plan's state_cache term, taken from "
+            "the KV budget",
+            "lower max_num_seqs to shrink the state cache, or plan with runtime.vllm_version 0.10.2 or later",
+        ))
+    elif version < overheads.load().hybrid_kv_since or memory.runs_v0(version):
         out.append(finding(
             WARNING, "hybrid-state-not-modelled", ("runtime", "vllm_version"),
             f"vLLM {spec.runtime.vllm_version} keeps the Mamba / linear-attention state of {facts.id} in a separate "
@@ -166,7 +175,8 @@ def architecture_findings(facts: catalog_models.ModelFacts) -> list[Diagnostic]:
         out.append(finding(
             INFO, "vision-encoder-profile-not-modelled", ("base_model", "architecture", "vision_config"),
             "the vision tower's weights are counted, but the activation of vLLM's dummy multimodal profile run "
-            "(encoder cache, dummy images) is not modelled: the KV cache may come out smaller than planned",
+            "(encoder cache, dummy images) is modelled only for the V0 engine and the Qwen2-VL family's dummy "
+            "data: elsewhere the KV cache may come out smaller than planned",
             "compare with the engine's startup log, or set limit_mm_per_prompt low in extra_args",
         ))
     return out
@@ -341,12 +351,13 @@ def memory_findings(spec: spec_models.FleetSpec, i: int, facts: catalog_models.M
     options = _options(facts, s, gpu, b, gpus_available,
                        adapters, server.replicas)
     if b.kv_cache <= 0:
-        used = b.weights + b.lora + b.activation + b.non_torch + (b.cudagraph if b.cudagraph_in_budget else 0)
+        lora = b.lora if b.lora_in_budget else 0  # V0 0.7 sizes its KV cache without them
+        used = b.weights + lora + b.activation + b.non_torch + (b.cudagraph if b.cudagraph_in_budget else 0)
         path = ("servers", i, "lora", "max_loras") if server.lora else ("servers", i, "tensor_parallel_size")
         return [finding(
             ERROR, "no-room-for-kv-cache", path,
             f"`{server.name}` does not fit on {on}: weights {gib(b.weights)}, LoRA buffers {gib(b.lora)}, "
-            f"activations {gib(b.activation)} and overheads {gib(used - b.weights - b.lora - b.activation)} "
+            f"activations {gib(b.activation)} and overheads {gib(used - b.weights - lora - b.activation)} "
             f"take {gib(used)} of the {gib(b.budget)} budget per GPU and leave nothing for the KV cache",
             _join(options) or "use a larger GPU, a quantized checkpoint, or more tensor parallelism",
         )]

@@ -32,7 +32,7 @@ def shorter_model_len(facts: catalog_models.ModelFacts, s: engine.EngineSettings
 def utilization_ceiling(gpu: catalog_gpus.GpuFacts, b: budget.GpuBudget, shared_with: float) -> float:
     """Highest utilization that still leaves room for the CUDA context (and, before vLLM 0.21,
     the CUDA graphs) outside the budget, next to `shared_with` of other replicas on the GPU."""
-    outside = b.cuda_context + (0 if b.cudagraph_in_budget else b.cudagraph)
+    outside = b.cuda_context + b.resident_outside
     ceiling = 1.0 - shared_with - outside / gpu.total_bytes
     return min(MAX_SUGGESTED_UTILIZATION, math.floor(ceiling * 100) / 100)
 

@@ -72,8 +72,14 @@ def fleet_for(case: Mapping, facts: startup_log.StartupFacts) -> spec_models.Fle
     for key in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens"):
         if case.get(key) is not None:
             server[key] = case[key]
+    if case.get("enable_lora"):
+        # LoRA slots the launcher asked for (vLLM's defaults otherwise: LoRAConfig max_loras 1, rank 16).
+        server["lora"] = {key: int(case[key]) for key in ("max_loras", "max_lora_rank") if case.get(key) is not None}
+    env = {str(k): str(v) for k, v in (case.get("env") or {}).items()}  # the launcher's, e.g. VLLM_USE_V1=0
     if facts.flashinfer_sampler_env is not None:
-        server["env"] = {"VLLM_USE_FLASHINFER_SAMPLER": facts.flashinfer_sampler_env}
+        env["VLLM_USE_FLASHINFER_SAMPLER"] = facts.flashinfer_sampler_env
+    if env:
+        server["env"] = env
     group = {"type": case["gpu"], "count": tp * pp}
     if case.get("interconnect") or facts.interconnect:
         group["interconnect"] = case.get("interconnect") or facts.interconnect
@@ -132,7 +138,9 @@ def score(case: Mapping, text: str) -> Scored:
         return Scored(str(case["id"]), {}, facts.failure, plan.fits, unmodelled=reason)
     b = server.replicas[0].budget
     planned = {
-        "weights_gib": b.weights / GIB,
+        # What "Model loading took" measures: the weights, plus the LoRA buffers where vLLM builds the
+        # LoRA manager inside that profiler (budget.GpuBudget.weights_line).
+        "weights_gib": b.weights_line / GIB,
         "kv_cache_gib": max(b.kv_cache, 0) / GIB,
         "kv_tokens": b.kv_tokens,
         "cudagraph_gib": b.cudagraph / GIB,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads, quantization
+from fleetspec.planner import allocator
 
 # Releases whose memory behaviour this module follows (V0 engine 0.6-0.7, V1 0.8 onward); outside,
 # findings.version_scope_finding says the numbers are extrapolated.
@@ -413,13 +414,109 @@ def rope_cache_bytes(facts: catalog_models.ModelFacts, dtype_bytes: int) -> int:
     return a.max_position_embeddings * rotary_dim * dtype_bytes
 
 
+def _rope_events(facts: catalog_models.ModelFacts, dtype_bytes: int) -> list[allocator.Event]:
+    """RotaryEmbedding.__init__ (vllm/model_executor/layers/rotary_embedding.py of 0.7.3,
+    rotary_embedding/base.py of 0.10.1), built on the GPU inside the first attention layer:
+    `_compute_cos_sin_cache` makes freqs = einsum(t, inv_freq), cos and sin ([P, R/2] float32 each)
+    and cat((cos, sin)) ([P, R] float32); on return freqs, cos and sin are freed, then
+    `cache.to(dtype)` keeps [P, R] in the model dtype and the float32 cat is freed. The freed
+    float32 blocks stay in the pool and take later layers' tensors."""
+    cache = rope_cache_bytes(facts, dtype_bytes)
+    if not cache:
+        return []
+    half = cache // dtype_bytes * 4 // 2  # [P, R/2] float32
+    return [("alloc", "rope.freqs", half), ("alloc", "rope.cos", half), ("alloc", "rope.sin", half),
+            ("alloc", "rope.cat", 2 * half), ("free", "rope.freqs", 0), ("free", "rope.cos", 0),
+            ("free", "rope.sin", 0), ("alloc", "rope.cache", cache), ("free", "rope.cat", 0)]
+
+
+def weight_allocations(facts: catalog_models.ModelFacts, tp: int, dtype_bytes: int, stage: Stage,
+                       shard: ExpertShard | None = None) -> list[allocator.Event] | None:
+    """The GPU tensors one rank of `stage` creates while vLLM builds an unquantized decoder, in the
+    order the model's __init__ creates them (LlamaModel / Qwen2Model of 0.7.3 and 0.10.1:
+    embed_tokens; per layer self_attn (qkv_proj weight and bias, o_proj, the rotary embedding on the
+    first layer only since get_rope caches it, q_norm/k_norm), mlp (gate_up_proj, down_proj; MoE:
+    the router, then FusedMoE's w13 [E, 2I, H] and w2 [E, H, I], then shared experts), the two
+    RMSNorms; the final norm and lm_head). None for the layouts this does not describe (hybrid
+    mixers, MLA, vision towers)."""
+    a = facts.architecture
+    if facts.mixers or facts.attention == "mla" or a.vision_config is not None or a.attn_output_gate:
+        return None
+    b, hidden = dtype_bytes, a.hidden_size
+    vocab = padded_vocab(a.vocab_size) // tp * hidden * b
+    d = a.attention_head_dim
+    q_out = a.num_attention_heads * d // tp
+    qkv_out = q_out + 2 * kv_heads_per_gpu(a.kv_heads, tp) * d
+    events: list[allocator.Event] = []
+    if stage.first:
+        events.append(("alloc", "embed", vocab))
+        if facts.learned_positions:
+            events.append(("alloc", "positions", (a.max_position_embeddings or 0) * hidden * b))
+    dense, moe = dense_and_moe_layers(facts, stage.layers, stage.start)
+    shard = shard or ExpertShard(tp)
+    matrices = 2 if facts.dense_mlp == "plain" else 3
+    for i in range(stage.layers):
+        layer = [("alloc", (i, "qkv"), qkv_out * hidden * b)]
+        if facts.qkv_bias:
+            layer.append(("alloc", (i, "qkv_bias"), qkv_out * b))
+        layer.append(("alloc", (i, "o_proj"), q_out * hidden * b))
+        if i == 0:
+            layer += _rope_events(facts, dtype_bytes)
+        if facts.qk_norm:
+            layer += [("alloc", (i, "q_norm"), d * b), ("alloc", (i, "k_norm"), d * b)]
+        if i >= dense:
+            local = shard.local_experts(facts.num_experts)
+            width = facts.expert_intermediate_size // shard.width_divisor
+            layer += [("alloc", (i, "router"), facts.num_experts * hidden * b),
+                      ("alloc", (i, "w13"), local * 2 * width * hidden * b),
+                      ("alloc", (i, "w2"), local * hidden * width * b)]
+            if facts.shared_expert_intermediate_size:
+                shared = facts.shared_expert_intermediate_size // tp
+                layer += [("alloc", (i, "shared_gate_up"), 2 * shared * hidden * b),
+                          ("alloc", (i, "shared_down"), shared * hidden * b)]
+        else:
+            width = a.intermediate_size // tp
+            layer += [("alloc", (i, "gate_up"), (matrices - 1) * width * hidden * b),
+                      ("alloc", (i, "down"), width * hidden * b)]
+        layer += [("alloc", (i, "input_layernorm"), hidden * b), ("alloc", (i, "post_layernorm"), hidden * b)]
+        events += layer
+    if stage.last:
+        events.append(("alloc", "norm", hidden * b))
+        if not a.tie_word_embeddings or not stage.first:
+            events.append(("alloc", "lm_head", vocab))
+    return events
+
+
+def allocator_slack_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
+                          method: str = "none", *, stage: Stage | None = None,
+                          shard: ExpertShard | None = None) -> int:
+    """What the caching allocator counts in "Model loading took" beyond the tensors' bytes
+    (planner/allocator.py): e.g. Qwen2-7B at TP 1, whose qkv_proj (31.5 MiB), gate_up_proj (259 MiB)
+    and down_proj (129.5 MiB) each hold a block up to 1 MiB larger, 2 MiB per layer and 57 MiB in
+    all. Only unquantized weights are replayed (quantized ones are repacked after loading, which
+    this does not follow); 0 where `weight_allocations` has no layout."""
+    if method != "none":
+        return 0
+    num_layers = facts.architecture.num_hidden_layers
+    stages = (stage,) if stage is not None else pipeline_stages(num_layers, pp)
+    worst = 0
+    for s in stages:
+        events = weight_allocations(facts, tp, dtype_bytes, s, shard)
+        if events is None:
+            return 0
+        worst = max(worst, allocator.slack_bytes(events))
+    return worst
+
+
 def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
                  method: str = "none", group_size: int | None = None, *,
                  compute_capability: tuple[int, int] | None = None, stage: Stage | None = None,
                  shard: ExpertShard | None = None, vllm_version: tuple[int, ...] | None = None,
                  bnb_checkpoint=None) -> int:
     """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
-    plus the buffers vLLM allocates with them (the rotary cos/sin cache), with MXFP4 experts padded
+    plus the buffers vLLM allocates with them (the rotary cos/sin cache) and, for unquantized
+    weights, what the caching allocator's blocks hold beyond the tensors (`allocator_slack_bytes`),
+    with MXFP4 experts padded
     to the shapes their kernel takes (`mxfp4_expert_padding`) and what the Triton kernels' weight
     conversion leaves behind (`mxfp4_triton_residue_bytes`, given the release). bitsandbytes is
     sized by planner/bnb.py (`bnb_checkpoint`: its skip list and double quantization)."""
@@ -438,7 +535,8 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
     residue = 0 if vllm_version is None else mxfp4_triton_residue_bytes(
         facts, tp, compute_capability, method, vllm_version, dtype_bytes, shard=shard,
         moe_layers=moe_layers_on(facts, pp, stage))
-    return round(total) + rope_cache_bytes(facts, dtype_bytes) + residue
+    slack = allocator_slack_bytes(facts, tp, pp, dtype_bytes, method, stage=stage, shard=shard)
+    return round(total) + rope_cache_bytes(facts, dtype_bytes) + residue + slack
 
 
 def _bnb_weight_total(facts: catalog_models.ModelFacts, split: ParamSplit, scope: frozenset[str], tp: int, pp: int,
@@ -570,21 +668,51 @@ def _lora_layer_terms(facts: catalog_models.ModelFacts, tp: int, fully_sharded: 
 
 def lora_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, max_loras: int, max_rank: int,
                lora_dtype_bytes: int, target_modules: Iterable[str] | None = None,
-               fully_sharded: bool = False, *, stage: Stage | None = None, shard: ExpertShard | None = None) -> int:
+               fully_sharded: bool = False, *, stage: Stage | None = None, shard: ExpertShard | None = None,
+               vllm_version: tuple[int, ...] | str | None = None) -> int:
     """GPU LoRA buffers on one GPU: vLLM preallocates `max_loras` slots at `max_lora_rank` on every
-    wrapped module (vllm-facts §3.3), whatever the adapters' real ranks."""
+    wrapped module (vllm-facts §3.3), whatever the adapters' real ranks.
+
+    With `vllm_version` before 0.12 the embedding and lm_head wrappers also hold the extra vocabulary
+    (overheads.yaml lora.extra_vocab): embed lora_a has vocab + 256 rows, the logits wrapper's lora_b
+    the vocab padded to 256, and each has an embeddings_tensors [max_loras, 256, hidden]
+    (vllm/lora/layers.py create_lora_weights @0.8.5.post1)."""
     targets = lora_targets(facts, target_modules)
     terms = _lora_layer_terms(facts, tp, fully_sharded, shard)
     per_layer = sum(terms[m] for m in targets if m in terms)
     a = facts.architecture
-    embed = a.vocab_size + a.hidden_size if "embed_tokens" in targets else 0
-    head = a.hidden_size + a.vocab_size if "lm_head" in targets else 0
+    extra = extra_vocab_rows = 0
+    padded_vocab = a.vocab_size
+    c = overheads.load().lora
+    if vllm_version is not None and _version_tuple(vllm_version) < c.extra_vocab_until:
+        extra_vocab_rows = c.extra_vocab_size
+        padded_vocab = -(-a.vocab_size // c.vocab_padding) * c.vocab_padding
+        extra = c.extra_vocab_size * a.hidden_size  # embeddings_tensors, per slot, not per rank
+    embed = a.vocab_size + extra_vocab_rows + a.hidden_size if "embed_tokens" in targets else 0
+    head = a.hidden_size + padded_vocab if "lm_head" in targets else 0
+    embed_extra = extra if "embed_tokens" in targets else 0
+    head_extra = extra if "lm_head" in targets else 0
     if stage is not None:
         edges = (embed if stage.first else 0) + (head if stage.last else 0)
+        edge_extra = (embed_extra if stage.first else 0) + (head_extra if stage.last else 0)
     else:
         edges = embed + head if pp == 1 else max(embed, head)
+        edge_extra = embed_extra + head_extra if pp == 1 else max(embed_extra, head_extra)
     layers = _stage_layers(a.num_hidden_layers, pp, stage)
-    return round(max_loras * max_rank * lora_dtype_bytes * (layers * per_layer + edges))
+    return round(max_loras * lora_dtype_bytes * (max_rank * (layers * per_layer + edges) + edge_extra))
+
+
+def lora_in_weights_line(vllm_version: tuple[int, ...] | str, v0: bool) -> bool:
+    """Whether vLLM's "Model loading took X" line holds the LoRA buffers: V1 always (the manager is
+    built inside load_model's DeviceMemoryProfiler), V0 from 0.8.0 (overheads.yaml lora)."""
+    return not v0 or _version_tuple(vllm_version) >= overheads.load().lora.v0_in_weights_line_since
+
+
+def lora_in_kv_budget(vllm_version: tuple[int, ...] | str, v0: bool) -> bool:
+    """Whether vLLM's KV sizing takes the LoRA buffers off the budget: everywhere but V0 0.7.x, whose
+    profiler counts them in no term, so they sit beyond the budget (overheads.yaml lora)."""
+    c = overheads.load().lora
+    return not (v0 and c.v0_uncounted_since <= _version_tuple(vllm_version) < c.v0_uncounted_until)
 
 
 def _module_dims(facts: catalog_models.ModelFacts) -> dict[str, float]:
@@ -800,12 +928,60 @@ def state_blocks_per_request(facts: catalog_models.ModelFacts, version: tuple[in
     return 2 + (1 if "mamba2" in facts.mixers and version >= c.prefill_checkpoint_since else 0)
 
 
+def state_model_runs_v0(facts: catalog_models.ModelFacts, vllm_version: tuple[int, ...] | str,
+                        use_v1_env: str | None = None) -> bool:
+    """Whether `vllm serve` runs this Mamba / hybrid model on the V0 engine although the release defaults
+    to V1 (overheads.yaml mamba.v0_until): 0.8-0.9 mark such models SupportsV0Only, 0.10.0/0.10.1 fall
+    back "V1 mamba models are unoptimized" unless VLLM_USE_V1=1 is set explicitly (_is_v1_supported_oracle,
+    engine/arg_utils.py @0.8.4 and @0.10.1)."""
+    if not facts.is_hybrid and "mamba2" not in facts.mixers:
+        return False
+    version = _version_tuple(vllm_version)
+    c = overheads.load()
+    if version < c.v1_engine_since:
+        return True
+    if version >= c.mamba.v0_until:
+        return False
+    explicit_v1 = use_v1_env is not None and use_v1_env.strip() not in ("", "0")
+    return not (explicit_v1 and version >= (0, 10))
+
+
+def v0_capture_size(max_num_seqs: int) -> int:
+    """V0's VllmConfig.pad_for_cudagraph(max_num_seqs): the smallest capture size ≥ max_num_seqs, sizes
+    [1, 2, 4] + multiples of 8 (VllmConfig._set_cudagraph_sizes @0.8.4 and @0.10.1)."""
+    c = overheads.load().mamba
+    small = [size for size in c.v0_capture_small if size >= max_num_seqs]
+    return small[0] if small else -(-max_num_seqs // c.v0_capture_step) * c.v0_capture_step
+
+
+def v0_state_cache_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, max_num_seqs: int,
+                         enforce_eager: bool, dtype_bytes: int, vllm_version: tuple[int, ...] | str, *,
+                         mamba_ssm_cache_dtype: str | None = None, stage: Stage | None = None) -> int:
+    """V0's MambaCacheManager on one GPU (model_executor/models/mamba_cache.py @0.8.4 and @0.10.1),
+    allocated at the model's first forward, i.e. in the profile run, and kept: for each Mamba2 layer of
+    this pipeline stage, max_batch_size conv states (conv_dim / tp × (conv_kernel − 1), model dtype) and
+    ssm states (heads / tp × head_dim × state, --mamba-ssm-cache-dtype else the model dtype in 0.10.1),
+    max_batch_size = max_num_seqs padded to a capture size unless enforce_eager
+    (MambaCacheManager.__init__). 0 for models without Mamba2 layers (V0 has no Gated DeltaNet)."""
+    if "mamba2" not in facts.mixers:
+        return 0
+    version = _version_tuple(vllm_version)
+    layers = _stage_layers(facts.architecture.num_hidden_layers, pp, stage)
+    start = stage.start if stage is not None else 0
+    mamba_layers = facts.mixers[start:start + layers].count("mamba2")
+    slots = max_num_seqs if enforce_eager else v0_capture_size(max_num_seqs)
+    ssm = ssm_state_dtype_bytes(facts, dtype_bytes, version, mamba_ssm_cache_dtype)
+    return mamba_layers * slots * mamba_state_bytes(facts, tp, dtype_bytes, ssm)
+
+
 def kv_layout(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: float, *,
               kv_cache_dtype: str = "auto", batched_tokens: int = 2048,
               vllm_version: tuple[int, ...] | str = MODELLED_RELEASES[1], host: bool = False,
               block: int | None = None, stage: Stage | None = None, dtype_bytes: int = 2,
               prefix_caching: bool | None = None, mamba_ssm_cache_dtype: str | None = None,
-              max_model_len: int = 1 << 20) -> KvLayout:
+              max_model_len: int = 1 << 20, v0: bool = False) -> KvLayout:
+    """`v0`: the V0 engine, whose CacheEngine gives blocks to the attention layers only (the state
+    lives in MambaCacheManager: v0_state_cache_bytes)."""
     c = overheads.load()
     block = block or c.block_size
     version = _version_tuple(vllm_version)
@@ -814,7 +990,9 @@ def kv_layout(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: floa
     kinds = facts.layer_kinds[start:start + layers] if facts.layer_kinds else ("full",) * layers
     sliding, state = kinds.count("sliding"), kinds.count("mamba")
     full = layers - sliding - state - kinds.count("none")
-    hybrid = not host and version >= c.hybrid_kv_since
+    if v0:
+        state = 0
+    hybrid = not host and not v0 and version >= c.hybrid_kv_since
     groups, size = _groups(full, sliding, hybrid, state)
     batches = c.in_flight_batches if version >= c.in_flight_batches_since and pp == 1 and not host else 1
     per_token = kv_bytes_per_token_per_layer(facts, tp, kv_bytes, kv_cache_dtype)
@@ -826,7 +1004,7 @@ def kv_layout(facts: catalog_models.ModelFacts, tp: int, pp: int, kv_bytes: floa
         state_blocks = state_blocks_per_request(facts, version, prefix_caching)
         state_tokens = block if state_blocks > 1 else max_model_len
     page = state_page if state and not full + sliding else block * per_token  # attention-free: the state page
-    counts = (full, sliding, state) if state else ((full, sliding) if "sliding" in groups else (layers, 0))
+    counts = (full, sliding, state) if state else ((full, sliding) if "sliding" in groups or v0 else (layers, 0))
     return KvLayout(
         block=block, page=page, groups=groups, group_size=size,
         window=(facts.architecture.sliding_window or 0) if "sliding" in groups else 0,
@@ -884,12 +1062,27 @@ def _version_tuple(version: tuple[int, ...] | str) -> tuple[int, ...]:
     return version if isinstance(version, tuple) else tuple(int(p) for p in version.split("."))
 
 
-def runs_v0(vllm_version: tuple[int, ...] | str, compute_capability: tuple[int, int] | None = None) -> bool:
-    """Whether `vllm serve` of this release runs the V0 engine on this GPU: before 0.8 always, and
-    until 0.10 on GPUs below compute capability 8.0, where it fell back to V0 (overheads.yaml engine)."""
+def _use_v1_env(use_v1_env: str | None) -> bool | None:
+    """VLLM_USE_V1 as vLLM's envs reads it: None when unset, else whether it is on."""
+    if use_v1_env is None:
+        return None
+    return use_v1_env.strip() not in ("", "0")
+
+
+def runs_v0(vllm_version: tuple[int, ...] | str, compute_capability: tuple[int, int] | None = None, *,
+            lora: bool = False, use_v1_env: str | None = None) -> bool:
+    """Whether `vllm serve` of this release runs the V0 engine on this GPU (overheads.yaml engine):
+    before 0.8 always; until 0.10 on GPUs below compute capability 8.0; in 0.8.0-0.8.2 with LoRA
+    enabled, unless VLLM_USE_V1=1 is set explicitly (`_warn_or_fallback("LORA")`); and wherever
+    VLLM_USE_V1=0 is set while the release still has V0."""
     c = overheads.load()
     version = _version_tuple(vllm_version)
     if version < c.v1_engine_since:
+        return True
+    env = _use_v1_env(use_v1_env)
+    if env is False and version < c.use_v1_env_until:
+        return True
+    if lora and env is not True and c.v0_lora_fallback[0] <= version < c.v0_lora_fallback[1]:
         return True
     return (compute_capability is not None and compute_capability[0] < c.v0_fallback_below_major
             and version < c.v0_fallback_until)
@@ -912,16 +1105,25 @@ def _v0(vllm_version: tuple[int, ...] | str, v0: bool | None) -> bool:
 
 def activation_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, max_num_seqs: int, pp: int,
                      vllm_version: tuple[int, ...] | str, *, tp: int = 1, dtype_bytes: int = 2,
-                     v0: bool | None = None, flashinfer_sampler: bool = False) -> int:
+                     v0: bool | None = None, flashinfer_sampler: bool = False, max_model_len: int = 0) -> int:
     """Peak of vLLM's profiling run: a forward pass of max_num_batched_tokens tokens and a dummy
     sampler over max_num_seqs rows of fp32 logits. V1: a measured base for the (compiled) forward
     plus the sampler's share by release (`sampler_bytes`). V0: the larger of its eager forward's
-    peak and the sampler's (overheads.yaml activation.v0_forward)."""
+    peak and the sampler's (overheads.yaml activation.v0_forward); for a multimodal model whose
+    dummy data the planner knows, over the tokens and sequences of V0's multimodal profile
+    (`v0_mm_profile`), plus its pixel values, or the vision tower's peak where that is larger."""
     c = overheads.load()
     if _v0(vllm_version, v0):
-        hidden = batched_tokens * facts.architecture.hidden_size * dtype_bytes
-        sampler = sampler_bytes(facts, max_num_seqs, vllm_version) + hidden
-        total = max(v0_forward_bytes(facts, batched_tokens, tp, dtype_bytes), sampler)
+        mm = v0_mm_profile(facts, batched_tokens, max_num_seqs, max_model_len, vllm_version)
+        tokens, seqs = (mm.tokens, mm.seqs) if mm else (batched_tokens, max_num_seqs)
+        hidden = tokens * facts.architecture.hidden_size * dtype_bytes
+        sampler = sampler_bytes(facts, seqs, vllm_version) + hidden
+        total = max(v0_forward_bytes(facts, tokens, tp, dtype_bytes), sampler)
+        if mm:
+            # The pixel values stay on the GPU through the whole forward (the model's kwargs); the
+            # vision tower runs before the language model, one modality at a time, beside them.
+            total = mm.pixel_bytes + max(total, hidden + v0_vision_step_bytes(facts, mm.largest_item_patches,
+                                                                               tp, dtype_bytes))
     else:
         base = c.activation_base_bytes["moe" if facts.is_moe else "dense"] * batched_tokens / c.reference_batched_tokens
         total = base + sampler_bytes(facts, max_num_seqs, vllm_version, flashinfer=flashinfer_sampler)
@@ -941,6 +1143,105 @@ def v0_forward_bytes(facts: catalog_models.ModelFacts, batched_tokens: int, tp: 
         mlp = (2 if facts.mlp == "plain" else 3) * a.intermediate_size
     per_token = mlp / tp + overheads.load().activation_v0_hidden_copies * a.hidden_size
     return round(batched_tokens * per_token * dtype_bytes)
+
+
+# vLLM's Qwen2-VL processing info (model_executor/models/qwen2_vl.py of 0.8.4, 0.9.2, 0.10.1):
+# `_MAX_FRAMES_PER_VIDEO = 16`, the most frames the dummy video gets.
+QWEN2_VL_MAX_FRAMES_PER_VIDEO = 16
+# From 0.8.3 V0 keeps the dummy prompt's multimodal data when it is longer than the profiled sequence
+# (MultiModalProfiler.get_decoder_dummy_data only warns); up to 0.8.2 it profiled a text-only prompt
+# of the sequence's length instead (`SequenceData.from_prompt_token_counts((0, seq_len))`, no
+# multi_modal_data) — multimodal/profiling.py of 0.7.3, 0.8.0, 0.8.2 against 0.8.3, 0.8.4, 0.10.1.
+V0_MM_PROMPT_KEPT_SINCE = (0, 8, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class V0MmProfile:
+    """V0's multimodal profile run (`ModelRunner._dummy_run`, vllm/worker/model_runner.py of 0.7.3-0.10.1)."""
+    seqs: int  # dummy sequences: min(max_num_seqs, max_num_batched_tokens // max multimodal tokens), at least 1
+    tokens: int  # tokens of the language model's forward, over all sequences
+    largest_item_patches: int  # vision patches of the largest item the tower encodes in one call
+    # The fp32 pixel values of every dummy item on the GPU through the forward, twice: the batched
+    # tensor in the model's kwargs (MultiModalKwargs.batch stacks the sequences' items, as_kwargs moves
+    # it to the GPU without a cast) and the copy _validate_and_reshape_mm_tensor makes of it
+    # (`torch.concat(list(mm_input))`, qwen2_5_vl.py of 0.8.4 / 0.9.2 / 0.10.1), which the image and
+    # video inputs hold while get_input_embeddings_v0 and the language model run.
+    pixel_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Qwen2VlItem:
+    tokens: int
+    patches: int
+
+
+def _qwen2_vl_items(v, seq_len: int) -> tuple[_Qwen2VlItem, _Qwen2VlItem]:
+    """The dummy image and video of the Qwen2-VL family for a profiled sequence of `seq_len` tokens
+    (Qwen2VLProcessingInfo of 0.8.4: get_image_size_with_most_features resizes a 9999999² image with
+    smart_resize(factor = patch × merge, max_pixels) to a square of floor(√max_pixels / factor) ×
+    factor; _get_vision_info pads the frames to temporal_patch_size, grid_t = frames // temporal,
+    patches = grid_t × (side / patch)², tokens = patches // merge²; get_num_frames_with_most_features
+    gives the video the most frames whose tokens fit in seq_len − the image's, at most 16, at least 1)."""
+    factor = v.patch_size * v.spatial_merge_size
+    side = max(factor, math.isqrt(v.max_pixels) // factor * factor)
+    grid = (side // v.patch_size) ** 2
+    merge = v.spatial_merge_size ** 2
+
+    def patches(frames: int) -> int:
+        padded = frames + frames % v.temporal_patch_size
+        return max(padded // v.temporal_patch_size, 1) * grid
+
+    image = _Qwen2VlItem(patches(1) // merge, patches(1))
+    frames = 0
+    while patches(frames + 1) // merge <= seq_len - image.tokens:
+        frames += 1
+    frames = max(min(frames, QWEN2_VL_MAX_FRAMES_PER_VIDEO), 1)
+    return image, _Qwen2VlItem(patches(frames) // merge, patches(frames))
+
+
+def v0_mm_profile(facts: catalog_models.ModelFacts, batched_tokens: int, max_num_seqs: int, max_model_len: int,
+                  vllm_version: tuple[int, ...] | str) -> V0MmProfile | None:
+    """What V0's profile run feeds a multimodal model whose dummy data the planner knows (the
+    Qwen2-VL family's: one image and one video, V0's default limit of 1 per modality,
+    `get_default_limit_per_prompt`): it caps the sequences at max_num_batched_tokens // the
+    modalities' maximum tokens (at least 1, computed at max_model_len), gives each sequence its share
+    of max_num_batched_tokens, and from 0.8.3 keeps a dummy prompt longer than that share whole, so
+    the language model runs the image's and video's tokens. None when the model is not such a model."""
+    v = facts.architecture.vision_config
+    if facts.mm_dummy != "qwen2_vl" or v is None or not (
+            v.max_pixels and v.patch_size and v.spatial_merge_size and v.temporal_patch_size):
+        return None
+    image, video = _qwen2_vl_items(v, max_model_len or batched_tokens)
+    seqs = max(1, min(max_num_seqs, batched_tokens // (image.tokens + video.tokens)))
+    keep = _version_tuple(vllm_version) >= V0_MM_PROMPT_KEPT_SINCE
+    per_patch = v.num_channels * v.temporal_patch_size * v.patch_size ** 2 * 4  # float32 pixel values
+    tokens = largest = pixels = 0
+    for i in range(seqs):
+        seq_len = batched_tokens // seqs + (i < batched_tokens % seqs)
+        image, video = _qwen2_vl_items(v, seq_len)
+        if image.tokens + video.tokens > seq_len and not keep:
+            tokens += seq_len  # text only
+            continue
+        tokens += max(seq_len, image.tokens + video.tokens)
+        largest = max(largest, image.patches, video.patches)
+        pixels += 2 * (image.patches + video.patches) * per_patch
+    return V0MmProfile(seqs=seqs, tokens=tokens, largest_item_patches=largest, pixel_bytes=pixels)
+
+
+def v0_vision_step_bytes(facts: catalog_models.ModelFacts, patches: int, tp: int, dtype_bytes: int) -> int:
+    """Peak of one Qwen2.5-VL vision block over `patches` patches, eager (Qwen2_5_VisionBlock,
+    qwen2_5_vl.py of 0.8.4): the block's input and its norm (2 × hidden) beside the larger of
+    the MLP step (gate after SiLU, up and their product: 3 × intermediate per rank) and the attention
+    step (the all-gathered qkv 3 × hidden, the contiguous q/k/v per rank, and the torch rotary path of
+    apply_rotary_pos_emb_vision: q in float32 and three float32 temporaries of its size). Window or
+    full attention is memory-efficient either way (FlashAttention varlen or xformers' block-diagonal
+    mask), so the attention scores never materialise. Plus the bf16 copy of the item's pixel values."""
+    v = facts.architecture.vision_config
+    h, i = v.hidden_size, v.intermediate_size
+    mlp = 3 * i / tp * dtype_bytes
+    attention = (3 * h + 3 * h / tp) * dtype_bytes + 4 * (h / tp) * 4
+    pixels = v.num_channels * (v.temporal_patch_size or 1) * (v.patch_size or 0) ** 2 * dtype_bytes
+    return round(patches * (2 * h * dtype_bytes + max(mlp, attention) + pixels))
 
 
 def sampler_bytes(facts: catalog_models.ModelFacts, max_num_seqs: int,

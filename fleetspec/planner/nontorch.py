@@ -8,7 +8,9 @@ release, is read from vLLM's worker code (`overheads.yaml` non_torch_model, with
 - with tensor parallel, FlashInfer's fused all-reduce workspace (computed, 0.17 onward, Hopper and
   Blackwell) and NCCL's buffers: over NVLink the measured rest, over PCIe a few channels' worth;
 - where vLLM takes its baseline snapshot: after distributed init since 0.11 (init buffers outside
-  the budget), before it in 0.9-0.10 and V0 (inside), and in 0.8 nowhere (the CUDA context too).
+  the budget), before it in 0.9-0.10 and V0 (inside), and in 0.8 nowhere (the CUDA context too);
+- V0 from 0.7 (snapshot at worker init, eager runner): no base, only what vLLM allocates outside torch
+  (NCCL and custom all-reduce with tensor parallel).
 """
 
 from __future__ import annotations
@@ -87,8 +89,15 @@ def non_torch(tp: int, pp: int, version: tuple[int, ...], *, interconnect: str =
     measured_here = version[:2] == _release(m["measured_release"]) and (
         tp == 1 or compute_capability == _release(m["measured_capability"]))
     confidence = "measured" if measured_here else "extrapolated"
+    # V0 from 0.7: the baseline snapshot holds the context, vLLM allocates nothing outside torch on one
+    # GPU before the profile run ends, and the eager runner loads no compiled kernels: the base measured
+    # on V1 0.19 does not apply, and the driver's own kernel loads are not modelled (overheads.yaml).
+    v0_snapshot = v0 and version >= _release(m["v0_base_since"])
+    if v0_snapshot:
+        confidence = "estimated"
     if tp > 1:
-        parts.append(("base", c.non_torch_bytes["single_gpu"]))
+        if not v0_snapshot:
+            parts.append(("base", c.non_torch_bytes["single_gpu"]))
         fusion = flashinfer_fusion_bytes(tp, version, compute_capability, hidden=hidden,
                                          batched_tokens=batched_tokens, dp=dp, pp=pp)
         if fusion:
@@ -103,7 +112,7 @@ def non_torch(tp: int, pp: int, version: tuple[int, ...], *, interconnect: str =
         else:
             parts.append(("NCCL over NVLink (measured on 0.19 H100, less the base and FlashInfer's workspace)",
                           _nvlink_rest_bytes(tp)))
-    else:
+    elif not v0_snapshot:
         parts.append(("base", c.non_torch_bytes[key]))
     if version < _release(m["snapshot_after_distributed_init_since"]):
         # The snapshot precedes distributed init: what it set up is counted as non-torch.

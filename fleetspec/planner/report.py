@@ -343,7 +343,7 @@ class _Planner:
                 b = b.stages[stage] if b.stages else b  # this GPU's own stage
                 used += settings.gpu_memory_utilization
                 outside += b.cuda_context
-                graphs += 0 if b.cudagraph_in_budget else b.cudagraph
+                graphs += b.resident_outside  # graphs before 0.21, LoRA buffers on V0 0.7
                 warmups.append((i, b))
             problem = findings.headroom_finding(gpu_id, users[0][1], used, round(outside), users[-1][0])
             # Only once every process has started: graphs captured outside the budget, then each

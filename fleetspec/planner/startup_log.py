@@ -9,7 +9,9 @@ formats changed across releases, so every pattern accepts each spelling vLLM has
   (vllm/v1/engine/core.py, the string from VllmConfig.__str__ in vllm/config/vllm.py);
 - weights: V0 "Loading model weights took 14.9595 GB" (vllm/worker/model_runner.py), V1
   "Model loading took 14.9889 GiB and 4.2 seconds" (≤ 0.11) and "Model loading took 14.99 GiB
-  memory and 4.2 seconds" (0.33, vllm/v1/worker/gpu_model_runner.py);
+  memory and 4.2 seconds" (0.33, vllm/v1/worker/gpu_model_runner.py); with LoRA on, V1's line and
+  V0's from 0.8.0 ("Model loading took 6.2472 GB and 2.4 seconds") include the LoRA buffers, built
+  inside the same DeviceMemoryProfiler block (overheads.yaml lora; the planner's weights_line);
 - KV cache: V0 "# GPU blocks: 27153, # CPU blocks: 2048" (0.6; "# cuda blocks" from 0.7,
   vllm/executor/), V0 0.6.4+ profiler summary "... the rest of the memory reserved for KV Cache is
   54.90GiB" (vllm/worker/worker.py), V1 "Available KV cache memory: 55.64 GiB"

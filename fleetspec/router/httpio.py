@@ -41,6 +41,7 @@ class Request:
     keep_alive: bool
     version: tuple[int, int] = (1, 1)
     held: int = 0  # body bytes reserved from the router's in-flight budget, given back once answered
+    connection: frozenset[str] | None = None  # the Connection field's options, once parsed
 
     @property
     def path(self) -> str:
@@ -52,7 +53,7 @@ class Request:
 
     def forwardable(self) -> list[tuple[str, str]]:
         """Headers an engine may see: neither hop-by-hop nor named by the Connection field."""
-        named = httpwire.connection_tokens(self.headers)
+        named = httpwire.connection_tokens(self.headers) if self.connection is None else self.connection
         return [(k, v) for k, v in self.headers.items() if k not in HOP_BY_HOP and k not in named]
 
 
@@ -63,12 +64,28 @@ class ResponseHead:
     length: int | None  # Content-Length (0 for HEAD, 204, 304); None with chunked or close-delimited bodies
     chunked: bool
     keep_alive: bool
+    connection: frozenset[str] = frozenset()  # the Connection field's options
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name), None)
 
 
 # -- the server side: reading client requests -----------------------------------------------------
+
+
+def parse_request_head(head: bytes) -> tuple[Request, httpwire.Framing]:
+    """A request head (without the blank line that ends it) as a Request with no body yet, and how
+    its body is framed. ProtocolError with the status to answer when it is malformed."""
+    first, rest = httpwire.split_start(head)
+    line = httpwire.parse_request_line(first)
+    fields = httpwire.head_fields(rest)
+    headers = httpwire.field_dict(fields)
+    if line.version == (1, 1) and sum(1 for name, _ in fields if name.lower() == "host") != 1:
+        raise ProtocolError(400, "An HTTP/1.1 request must carry exactly one Host header.")
+    tokens = httpwire.connection_tokens(headers)
+    keep_alive = "close" not in tokens if line.version == (1, 1) else "keep-alive" in tokens
+    framing = httpwire.request_framing(headers, line.version)
+    return Request(line.method, line.target, headers, b"", keep_alive, line.version, connection=tokens), framing
 
 
 class RequestReader:
@@ -86,17 +103,8 @@ class RequestReader:
         head = await self._head()
         if head is None:
             return None
-        first, rest = httpwire.split_start(head)
-        line = httpwire.parse_request_line(first)
-        fields = httpwire.head_fields(rest)
-        headers = httpwire.field_dict(fields)
-        if line.version == (1, 1) and sum(1 for name, _ in fields if name.lower() == "host") != 1:
-            raise ProtocolError(400, "An HTTP/1.1 request must carry exactly one Host header.")
-        tokens = httpwire.connection_tokens(headers)
-        keep_alive = "close" not in tokens if line.version == (1, 1) else "keep-alive" in tokens
-        framing = httpwire.request_framing(headers, line.version)
-        request = Request(line.method, line.target, headers, b"", keep_alive, line.version)
-        request.body, request.held = await self._body(framing, headers, line.version)
+        request, framing = parse_request_head(head)
+        request.body, request.held = await self._body(framing, request.headers, request.version)
         return request
 
     async def _head(self) -> bytes | None:
@@ -264,17 +272,24 @@ class Pool:
     async def acquire(self, address: tuple[str, int], fresh_only: bool = False) -> Connection:
         """A connection to `address`: an idle one the engine has not closed, else a new one.
         Raises OSError or TimeoutError when the engine cannot be reached: nothing was sent."""
+        conn = None if fresh_only else self.idle(address)
+        if conn is not None:
+            return conn
+        stream = await streams.open_connection(*address, limit=MAX_HEAD_BYTES, timeout=self.connect_timeout)
+        return Connection(address, stream)
+
+    def idle(self, address: tuple[str, int]) -> Connection | None:
+        """An idle connection to `address` the engine has not closed, or None."""
         idle = self._idle.get(address)
         now = time.monotonic()
-        while idle and not fresh_only:
+        while idle:
             conn = idle.pop()
             fresh = now - conn.idle_since < self.max_idle_reuse_s
             if fresh and conn.clean() and not conn.stream.at_eof():
                 conn.reused = True
                 return conn
             conn.close()
-        stream = await streams.open_connection(*address, limit=MAX_HEAD_BYTES, timeout=self.connect_timeout)
-        return Connection(address, stream)
+        return None
 
     def release(self, conn: Connection) -> None:
         idle = self._idle.setdefault(conn.address, [])
@@ -348,16 +363,24 @@ async def read_response_head(stream: streams.Stream, method: str = "GET", deadli
             raise ConnectionResetError("the engine closed the connection in the middle of its answer head") from None
         except asyncio.LimitOverrunError:
             raise ProtocolError(502, "The engine's answer head is larger than 64 KiB.") from None
-        try:
-            first, rest = httpwire.split_start(head[:-4])
-            version, status = httpwire.parse_status_line(first)
-            if status == 101:  # the router never forwards Upgrade, so no engine may switch protocols
-                raise ProtocolError(502, "The engine switched protocols (101) though nothing asked it to.")
-            if status >= 200:
-                pairs = httpwire.head_fields(rest)
-                break
-        except ProtocolError as exc:
-            raise ProtocolError(502, f"The engine sent a malformed answer: {exc}") from None
+        parsed = parse_response_head(head[:-4], method)
+        if parsed is not None:
+            return parsed
+
+
+def parse_response_head(head: bytes, method: str) -> ResponseHead | None:
+    """An answer head (without the blank line that ends it); None for a 1xx interim answer, which
+    the real answer follows. Malformed answers are ProtocolError 502."""
+    try:
+        first, rest = httpwire.split_start(head)
+        version, status = httpwire.parse_status_line(first)
+        if status == 101:  # the router never forwards Upgrade, so no engine may switch protocols
+            raise ProtocolError(502, "The engine switched protocols (101) though nothing asked it to.")
+        if status < 200:
+            return None
+        pairs = httpwire.head_fields(rest)
+    except ProtocolError as exc:
+        raise ProtocolError(502, f"The engine sent a malformed answer: {exc}") from None
     headers = httpwire.field_dict(pairs)
     framing = httpwire.response_framing(headers, status, method)
     tokens = httpwire.connection_tokens(headers)
@@ -366,7 +389,7 @@ async def read_response_head(stream: streams.Stream, method: str = "GET", deadli
     # trusted with another message (RFC 9112 §6.3 item 3).
     ambiguous = "transfer-encoding" in headers and "content-length" in headers
     keep_alive = persistent and not ambiguous and (framing.chunked or framing.length is not None)
-    return ResponseHead(status, pairs, framing.length, framing.chunked, keep_alive)
+    return ResponseHead(status, pairs, framing.length, framing.chunked, keep_alive, tokens)
 
 
 async def _read(stream: streams.Stream, n: int, idle_s: float) -> bytes:

@@ -103,7 +103,7 @@ def _number(value: float) -> str:
 # What a serving process of a multi-process router counts itself (its requests and connections); the
 # coordinator counts the rest (engine health, reloads, loads, the shared store) once for the router.
 SERVING_FAMILIES = ("requests", "latency", "fallbacks", "decisions", "embeddings", "upstream_errors", "refused",
-                    "connections", "body_bytes", "gaps", "adapter_cache")
+                    "connections", "body_bytes", "gaps", "adapter_cache", "fast_path")
 
 
 class RouterMetrics:
@@ -126,6 +126,9 @@ class RouterMetrics:
         self.refused = Counter("fleetspec_router_refused_total",
                                "Client requests answered with an error before they reached routing (malformed, "
                                "too large, too slow, router full), by status or reason.", ("reason",))
+        self.fast_path = Counter("fleetspec_router_fast_path_total",
+                                 "Requests by how they were answered: `answered` from the connection callbacks "
+                                 "(the fast path), else by why the coroutine path took them.", ("outcome",))
         self.connections = Counter("fleetspec_router_client_connections",
                                    "Client connections open now.", (), kind="gauge")
         self.body_bytes = Counter("fleetspec_router_inflight_body_bytes",
@@ -255,7 +258,7 @@ class RouterMetrics:
     def render(self) -> str:
         self._ensemble()
         families = (self.requests, self.latency, self.fallbacks, self.decisions, self.embeddings, self.upstream_errors,
-                    self.refused, self.connections, self.body_bytes, self.upstream_up, self.agent_up,
+                    self.refused, self.fast_path, self.connections, self.body_bytes, self.upstream_up, self.agent_up,
                     self.agent_applied, self.reloads, self.state_up, self.state_mappings, self.state_syncs,
                     self.gaps, self.adapter_cache, self.adapter_loads, self.adapter_load_seconds,
                     self.adapter_evictions, self.ensemble_misses, self.ensemble_requests, self.ensemble_cache_hits,

@@ -21,14 +21,15 @@ import os
 import pathlib
 import resource
 import time
-import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from fleetspec import errors
 from fleetspec.engine_api import contract
 from fleetspec.router import (
     admin,
+    answer,
     discovery,
+    fastpath,
     gaplog,
     httpio,
     httpjson,
@@ -59,7 +60,6 @@ LINGER_S = 1.0  # after an error answer, how long unread request bytes are drain
 LINGER_BYTES = 1024 * 1024
 SMALL_BODY = 256 * 1024  # engine answers up to this size (with a length) reach the client in one write
 EXTENSIONS_HEADER = "x-fleetspec-extensions"
-_HEADER_SAFE = " -_.@()[]/:+,"
 _CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
 
 
@@ -133,6 +133,10 @@ class _Client:
         return self.request is not None and self.request.method == "HEAD"
 
 
+# A request the fast path began, and the coroutine that answers it (Router.dispatch, or Router.resume).
+_First = tuple[httpio.Request, Callable[[httpio.Request, _Client], Awaitable[bool]]]
+
+
 class Router:
     def __init__(self, config_path: str | pathlib.Path, env: Mapping[str, str] | None = None,
                  limits: httplimits.Limits | None = None, resolver: discovery.Resolver | None = None):
@@ -141,10 +145,14 @@ class Router:
         self._discoveries: dict[tuple[str, int], discovery.Discovery] = {}
         self.env = os.environ if env is None else env
         self.limits = limits or httplimits.Limits()
+        # FLEETSPEC_ROUTER_FAST_PATH=off answers every request on the coroutine path (to compare, or to rule
+        # the fast path out); the answers are the same either way (fastpath.py).
+        self.fast_path = self.env.get("FLEETSPEC_ROUTER_FAST_PATH", "on") != "off"
         self.budget = httplimits.BodyBudget(self.limits.max_inflight_body_bytes)
         self.connections = 0  # client connections open now (bounded by limits.max_connections)
         self.metrics = metrics.RouterMetrics()
-        self.pool = httpio.Pool(connect_timeout=self.limits.upstream_connect_s)
+        # One idle engine connection per client connection at most: each holds one engine connection at a time.
+        self.pool = httpio.Pool(connect_timeout=self.limits.upstream_connect_s, max_idle=self.limits.max_connections)
         self.upstreams = upstreams.Upstreams(self.pool, on_health=self._health_changed)
         self.runtime: runtime_state.MemoryState = runtime_state.MemoryState()  # replaced by load()
         self.loader = ondemand.Loader(self.pool, self.metrics, self._engine_headers, lambda: self.runtime.warmed)
@@ -321,8 +329,7 @@ class Router:
         self.upstreams.configure(await self._pods(self.config.upstreams))
         await asyncio.gather(self.upstreams.refresh(), self.runtime.start(self._runtime_changed))
         raise_file_limit(self.limits.max_connections)
-        server = await streams.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
-                                            backlog=1024)
+        server = await fastpath.start_server(self, host, port, backlog=1024)
         tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._refresh_loop())]
         log.info("fleetspec router for fleet %s listening on http://%s:%d", self.config.spec.name, host, port)
         if ready is not None:
@@ -357,11 +364,18 @@ class Router:
         """The metrics of everything this router serves (a coordinator adds its processes')."""
         return self.metrics
 
-    async def _connection(self, stream: streams.Stream) -> None:
+    async def serve_connection(self, stream: streams.Stream, counted: bool = False, first: _First | None = None,
+                               take_back: Callable[[], bool] | None = None) -> None:
+        """Answer one client connection's requests until it closes. The fast path (fastpath.py) hands
+        a connection over here already counted, with the request it began (`first`: the request, and
+        what answers it) or with none, for what it does not do itself; `take_back()` between requests
+        returns the connection to it (True: it answers the connection from now on)."""
         client = _Client(stream, self.limits.write_timeout_s)
-        counted = False
+        kept = False
         try:
-            if self.connections >= self.limits.max_connections:
+            if stream.write_paused:
+                await client.drain()  # the client had not read the fast path's last answer yet
+            if not counted and self.connections >= self.limits.max_connections:
                 self.metrics.refused.inc("connections")
                 message = (f"The router has {self.connections} client connections open, its limit "
                            "(--max-connections); retry shortly.")
@@ -369,13 +383,18 @@ class Router:
                                  extra=[("Retry-After", str(self.limits.retry_after_s))])
                 await _linger(stream)
                 return
-            self.connections += 1
-            counted = True
+            if not counted:
+                self.connections += 1
+                counted = True
             requests = httpio.RequestReader(stream, self.limits, self.budget)
             while True:
                 client.request, client.sent = None, False
+                respond = self.dispatch
                 try:
-                    request = await requests.next()
+                    if first is not None:
+                        (request, respond), first = first, None
+                    else:
+                        request = await requests.next()
                 except httpio.ProtocolError as exc:
                     self.metrics.refused.inc(str(exc.status))
                     await send_json(client, exc.status, openai.error(exc.status, str(exc)), keep_alive=False,
@@ -386,10 +405,13 @@ class Router:
                     return
                 client.request = request
                 try:
-                    keep = await self._dispatch(request, client)
+                    keep = await respond(request, client)
                 finally:
                     self.budget.release(request.held)
                 if not keep or not request.keep_alive or client.must_close:
+                    return
+                if take_back is not None and take_back():
+                    kept = True
                     return
         except (ConnectionError, asyncio.IncompleteReadError, _BrokenBody):
             pass  # the client left, or the engine broke an answer already under way: drop the connection
@@ -403,16 +425,21 @@ class Router:
                     await send_json(client, 500, openai.error(500, "The router failed to answer this request; "
                                                                     "its log says why."), keep_alive=False)
         finally:
-            if counted:
+            if counted and not kept:
                 self.connections -= 1
-            stream.close()
+            if not kept:
+                stream.close()
 
-    async def _dispatch(self, request: httpio.Request, writer: _Client) -> bool:
+    def client_authorized(self, request: httpio.Request) -> bool:
+        """Whether the request may use the API: the fleet sets no client key, or the request has it."""
+        key = self.config.client_api_key
+        return key is None or admin.authorized(key, request.headers.get("authorization"))
+
+    async def dispatch(self, request: httpio.Request, writer: _Client) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         path, keep = request.path, request.keep_alive
         method = "GET" if request.method == "HEAD" else request.method  # HEAD: the GET answer without its body
-        key = self.config.client_api_key
-        if key is not None and path.startswith("/v1/") and not admin.authorized(key, request.headers.get("authorization")):
+        if path.startswith("/v1/") and not self.client_authorized(request):
             return await send_json(writer, 401, openai.error(401, "This router needs an API key: send "
                                                                    "`Authorization: Bearer <key>`."),
                                     keep_alive=keep, extra=[("WWW-Authenticate", "Bearer")])
@@ -492,7 +519,12 @@ class Router:
         if scope is not None and scope.model is not None and not (model or "").startswith(f"{scope.model}@"):
             model = scope.model  # /chatbot/... means the chatbot specialist (a chatbot@version stays)
         prompt = openai.prompt_text(body, chat)
-        for attempt in range(REDECIDE_LIMIT + 1):
+        return await self._route_and_forward(request, writer, body, prompt, model, scope, started)
+
+    async def _route_and_forward(self, request: httpio.Request, writer: _Client, body: dict, prompt: str,
+                                 model: str | None, scope: _Scope | None, started: float, first_attempt: int = 0
+                                 ) -> bool:
+        for attempt in range(first_attempt, REDECIDE_LIMIT + 1):
             # This request's view, whatever reloads happen; taken again only when an engine said the
             # adapter it was decided for is gone and a newer config has been loaded since (_Stale).
             config, routing = self.config, self.table
@@ -514,6 +546,21 @@ class Router:
             except _Stale:
                 continue
             break
+        return self.finish(decision, status, keep, started)
+
+    async def resume(self, request: httpio.Request, writer: _Client, sent: fastpath.Sent) -> bool:
+        """Go on with a request the fast path sent to an engine and could not finish from its
+        callbacks (the answer is not a small, whole, ordinary one): as if this path had sent it."""
+        try:
+            status, keep, decision = await self._forward(
+                request, writer, sent.body, sent.wanted, sent.decision, sent.replica, sent.config, sent.routing,
+                may_redecide=True, sent=sent)
+        except _Stale:
+            return await self._route_and_forward(request, writer, sent.body, sent.prompt, sent.model, None,
+                                                 sent.started, first_attempt=1)
+        return self.finish(decision, status, keep, started=sent.started)
+
+    def finish(self, decision: table.Decision, status: int, keep: bool, started: float) -> bool:
         self._count(decision)  # once per request: the decision that answered it
         labels = (decision.specialist or metrics.BASE_LABEL, decision.version or "")
         self.metrics.requests.inc(*labels, str(status))
@@ -525,14 +572,22 @@ class Router:
         if decision.fallback_reason:
             self.metrics.fallbacks.inc(decision.fallback_reason)
 
-    async def _decide(self, request: httpio.Request, routing: table.RoutingTable, prompt: str, model: str | None,
-                      record: bool) -> table.Decision:
+    def route_request(self, request: httpio.Request, routing: table.RoutingTable, prompt: str, model: str | None
+               ) -> tuple[table.Decision, list[str], str | None]:
+        """The table's decision without the embedding tier, the extensions it was asked for, and the
+        sticky key."""
         sticky = request.headers.get(routing.sticky_key.lower()) if routing.sticky_key else None
-        extensions = [e.strip() for e in request.headers.get(EXTENSIONS_HEADER, "").split(",") if e.strip()]
+        named = request.headers.get(EXTENSIONS_HEADER)
+        extensions = [e.strip() for e in named.split(",") if e.strip()] if named else []
         ticked = time.perf_counter()
         decision = routing.decide(prompt, extensions=extensions, explicit_model=model, sticky_key=sticky,
                                   explain=False, embed=False)
         self.metrics.decisions.observe(time.perf_counter() - ticked)
+        return decision, extensions, sticky
+
+    async def _decide(self, request: httpio.Request, routing: table.RoutingTable, prompt: str, model: str | None,
+                      record: bool) -> table.Decision:
+        decision, extensions, sticky = self.route_request(request, routing, prompt, model)
         if routing.wants_embedding(decision):
             # Milliseconds of model time: in a worker thread (torch releases the GIL), never on the loop.
             ticked = time.perf_counter()
@@ -575,15 +630,8 @@ class Router:
                                ) -> tuple[upstreams.Replica | None, str]:
         """A replica that serves the wanted adapter, loading it onto one within on_demand_timeout_s
         when none does. (None, fallback reason) when that fails."""
-        served, hosts = wanted.served_name, config.hosts(wanted.specialist)
-        path = config.adapter_path(wanted.specialist, wanted.version)
-        settings = config.spec.routing
-        policy = residency.Policy(settings.affinity, settings.spill_inflight)
-
-        def may_load(replica) -> bool:
-            return path is not None and self.cache_capacity(replica) > 0 and self.loader.may_load(replica, served)
-
-        deadline = time.monotonic() + settings.on_demand_timeout_s
+        served, hosts, path, policy, may_load = self._placement(wanted, config)
+        deadline = time.monotonic() + config.spec.routing.on_demand_timeout_s
         tried, reason = list(exclude), None
         while True:
             choice = self.upstreams.choose(served, hosts, may_load=may_load, policy=policy, exclude=tried)
@@ -604,6 +652,28 @@ class Router:
                 return replica, ""
             reason = failed
             tried.append(replica)
+
+    def _placement(self, wanted: table.Decision, config):
+        """What residency.choose needs for the wanted adapter: its served name, the servers hosting
+        it, its path, the fleet's affinity policy, and whether a replica may load it now."""
+        served, hosts = wanted.served_name, config.hosts(wanted.specialist)
+        path = config.adapter_path(wanted.specialist, wanted.version)
+        settings = config.spec.routing
+        policy = residency.Policy(settings.affinity, settings.spill_inflight)
+
+        def may_load(replica) -> bool:
+            return path is not None and self.cache_capacity(replica) > 0 and self.loader.may_load(replica, served)
+
+        return served, hosts, path, policy, may_load
+
+    def resident_replica(self, wanted: table.Decision, config) -> upstreams.Replica | None:
+        """The replica _place would choose when that needs no adapter load and no fallback; None when
+        it would need either (the fast path leaves those to _place)."""
+        if wanted.specialist is None:
+            return self.upstreams.choose(wanted.served_name, config.hosts(None), adapter=False).replica
+        served, hosts, _, policy, may_load = self._placement(wanted, config)
+        choice = self.upstreams.choose(served, hosts, may_load=may_load, policy=policy)
+        return None if choice.load else choice.replica
 
     async def _unservable(self, writer, wanted: table.Decision, decision: table.Decision, keep_alive: bool) -> bool:
         """routing.fallback: reject, and the specialist cannot be served now: 503, saying why."""
@@ -629,23 +699,22 @@ class Router:
         return await send_json(writer, 400, openai.error(400, message), keep_alive=keep_alive)
 
     async def _forward(self, request, writer, body: dict, wanted: table.Decision, decision: table.Decision,
-                       replica: upstreams.Replica | None, config, routing, may_redecide: bool = False
-                       ) -> tuple[int, bool, table.Decision]:
+                       replica: upstreams.Replica | None, config, routing, may_redecide: bool = False,
+                       sent: fastpath.Sent | None = None) -> tuple[int, bool, table.Decision]:
         """Send to `replica`; while engines refuse the connection or say they lack the adapter
         (nothing reached the client yet), place the request again without them. An adapter gone
         while a newer config is loaded raises _Stale (when `may_redecide`): the request was decided
-        for a version apply has since moved away from."""
+        for a version apply has since moved away from. `sent`: the fast path has claimed `replica`
+        and sent the request on this connection, with this deadline for the answer's head."""
         tried: list[upstreams.Replica] = []
         down: list[upstreams.Replica] = []
         while replica is not None:
             current, served = replica, decision.served_name
-            body["model"] = served
-            payload = json.dumps(body, ensure_ascii=False).encode()
-            current.inflight += 1
-            current.busy[served] += 1
-            self.loader.used(current, served)
+            payload = b""
+            if sent is None:
+                payload = self.claim(current, served, body)
             try:
-                status = await self._exchange(current, request, writer, payload, decision)
+                status = await self._exchange(current, request, writer, payload, decision, sent)
                 return status, request.keep_alive, decision
             except _NotSent as exc:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), "connect")
@@ -665,10 +734,8 @@ class Router:
                 self.metrics.upstream_errors.inc(current.server, str(current.upstream.replica), exc.kind)
                 raise
             finally:
-                current.inflight -= 1
-                current.busy[served] -= 1
-                if not current.busy[served]:
-                    del current.busy[served]
+                self.unclaim(current, served)
+            sent = None
             tried.append(current)
             decision, replica = await self._place(wanted, config, routing, tried=tried, down=down)
             if decision.rejected:
@@ -681,14 +748,30 @@ class Router:
                          extra=[("Retry-After", "1")])
         return 503, request.keep_alive, decision
 
+    def claim(self, replica: upstreams.Replica, served: str, body: dict) -> bytes:
+        """Count a request against the replica (and the adapter it holds) until _unclaim; the body
+        to send it, naming the served adapter."""
+        body["model"] = served
+        replica.inflight += 1
+        replica.busy[served] += 1
+        self.loader.used(replica, served)
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def unclaim(self, replica: upstreams.Replica, served: str) -> None:
+        replica.inflight -= 1
+        replica.busy[served] -= 1
+        if not replica.busy[served]:
+            del replica.busy[served]
+
     async def _exchange(self, replica: upstreams.Replica, request, writer, payload: bytes,
-                        decision: table.Decision) -> int:
-        conn, head = await self._send_upstream(replica, request, payload)
+                        decision: table.Decision, sent: fastpath.Sent | None = None) -> int:
+        if sent is None:
+            conn, head = await self._send_upstream(replica, request, payload)
+        else:
+            conn, head = sent.conn, sent.head or await self._answer_head(sent.conn, request, sent.deadline)
         if head.status >= 500:
             self.metrics.upstream_errors.inc(replica.server, str(replica.upstream.replica), f"http-{head.status}")
-        named = httpio.httpwire.connection_tokens({"connection": head.header("connection") or ""})
-        headers = [(k, v) for k, v in head.headers if k.lower() not in httpio.HOP_BY_HOP and k.lower() not in named]
-        headers += _decision_headers(decision)
+        headers = answer.headers(head, decision)
         early = None
         if head.status == 404 and decision.specialist is not None and head.length is not None \
                 and head.length <= SMALL_BODY:
@@ -721,12 +804,7 @@ class Router:
         """(connection, response head). Failing to connect is _NotSent (another replica may take
         the request); a pooled connection that fails while the request is written is replaced once.
         Once the request is out, a missing answer is _NoAnswer: the request is never sent twice."""
-        # The client's credentials are for the router; the engines get the fleet's own key, so a client
-        # can never reach an engine with a key of its choosing (or without the router's).
-        forwarded = [(k, v) for k, v in request.forwardable() if k not in _CREDENTIALS]
-        forwarded += contract.auth_headers(self.config.engine_api_key)
-        host = f"{replica.address[0]}:{replica.address[1]}"
-        request_head = httpio.request_head(request.method, request.target, host, forwarded, len(payload))
+        request_head = self.upstream_head(replica, request, len(payload))
         fresh_only = False
         while True:
             try:
@@ -751,22 +829,35 @@ class Router:
             except BaseException:
                 conn.close()
                 raise
-            try:
-                return conn, await httpio.read_response_head(conn.stream, request.method, deadline)
-            except TimeoutError:
-                conn.close()
-                raise _NoAnswer(504, f"The engine did not start answering within {self.limits.upstream_first_byte_s:g} "
-                                     "s (--upstream-first-byte-s).", "first-byte-timeout") from None
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                conn.close()
-                raise _NoAnswer(502, f"The engine closed the connection without answering ({exc}).",
-                                "no-answer") from None
-            except httpio.ProtocolError as exc:
-                conn.close()
-                raise _NoAnswer(502, str(exc), "bad-answer") from None
-            except BaseException:
-                conn.close()
-                raise
+            return conn, await self._answer_head(conn, request, deadline)
+
+    def upstream_head(self, replica: upstreams.Replica, request: httpio.Request, length: int) -> bytes:
+        # The client's credentials are for the router; the engines get the fleet's own key, so a client
+        # can never reach an engine with a key of its choosing (or without the router's).
+        forwarded = [(k, v) for k, v in request.forwardable() if k not in _CREDENTIALS]
+        forwarded += contract.auth_headers(self.config.engine_api_key)
+        host = f"{replica.address[0]}:{replica.address[1]}"
+        return httpio.request_head(request.method, request.target, host, forwarded, length)
+
+    async def _answer_head(self, conn: httpio.Connection, request: httpio.Request, deadline: float
+                           ) -> httpio.ResponseHead:
+        """The head of the engine's answer to a request sent on `conn`; a missing one is _NoAnswer."""
+        try:
+            return await httpio.read_response_head(conn.stream, request.method, deadline)
+        except TimeoutError:
+            conn.close()
+            raise _NoAnswer(504, f"The engine did not start answering within {self.limits.upstream_first_byte_s:g} "
+                                 "s (--upstream-first-byte-s).", "first-byte-timeout") from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            conn.close()
+            raise _NoAnswer(502, f"The engine closed the connection without answering ({exc}).",
+                            "no-answer") from None
+        except httpio.ProtocolError as exc:
+            conn.close()
+            raise _NoAnswer(502, str(exc), "bad-answer") from None
+        except BaseException:
+            conn.close()
+            raise
 
 
 async def _read_small(conn: httpio.Connection, head: httpio.ResponseHead, idle_s: float) -> bytes:
@@ -818,21 +909,6 @@ async def _relay(conn: httpio.Connection, head: httpio.ResponseHead, headers: li
     if chunked:
         writer.write(httpio.LAST_CHUNK)
     await writer.drain()
-
-
-def _decision_headers(decision: table.Decision) -> list[tuple[str, str]]:
-    headers = [("x-fleetspec-model", _header_value(decision.served_name or "")),
-               ("x-fleetspec-rule", _header_value(decision.rule.name))]
-    if decision.specialist is not None:
-        headers += [("x-fleetspec-specialist", decision.specialist), ("x-fleetspec-version", decision.version)]
-    if decision.fallback_reason:
-        headers.append(("x-fleetspec-fallback", decision.fallback_reason))
-    return headers
-
-
-def _header_value(text: str) -> str:
-    """Rule names are free text; headers carry latin-1 only, so anything else is %-encoded."""
-    return text if text.isascii() and text.isprintable() else urllib.parse.quote(text, safe=_HEADER_SAFE)
 
 
 def _base_instead(decision: table.Decision, routing: table.RoutingTable, reason: str) -> table.Decision:

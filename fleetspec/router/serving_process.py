@@ -25,13 +25,13 @@ import time
 from fleetspec.router import (
     admin,
     control,
+    fastpath,
     httpio,
     httplimits,
     metrics,
     ondemand,
     runtime_state,
     server,
-    streams,
 )
 from fleetspec.routing import config as config_mod
 
@@ -209,8 +209,7 @@ class ServingProcess(server.Router):
                 await follow  # raises ChannelClosed: the coordinator went before sending a config
             self._serving = True
             server.raise_file_limit(self.limits.max_connections)
-            listener = await streams.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
-                                                  backlog=1024, reuse_port=True)
+            listener = await fastpath.start_server(self, host, port, backlog=1024, reuse_port=True)
             self.channel.send({"op": "ready", "pid": os.getpid(), "config_hash": self.config.hash})
             await self.channel.drain()
             if ready is not None:

@@ -41,6 +41,9 @@ class Stream(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._drain_waiter: asyncio.Future | None = None
+        # Called instead of waking a reader when bytes, the end or a loss arrive: the router's fast
+        # path reads an engine's answer from the callbacks, with no coroutine waiting (fastpath.py).
+        self.listener: Callable[[], None] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -49,7 +52,7 @@ class Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self._wake()
+        self._notify()
         if not self._paused and len(self.buffer) > 2 * self.limit:
             try:
                 self.transport.pause_reading()
@@ -59,12 +62,12 @@ class Stream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake()
+        self._notify()
         return True  # keep the transport open: the answer to what was read still goes out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = self._lost = True
-        self._wake()
+        self._notify()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -85,6 +88,16 @@ class Stream(asyncio.Protocol):
 
     def at_eof(self) -> bool:
         return self._eof and not self.buffer
+
+    @property
+    def ended(self) -> bool:
+        """The peer has finished sending, or the connection is gone; what it sent may still be buffered."""
+        return self._eof
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport holds more than it wants: the peer is not reading as fast as it is written to."""
+        return self._write_paused
 
     async def fill(self, deadline: float | None) -> bool:
         """Wait until some bytes are buffered (True) or the peer has finished sending (False)."""
@@ -163,6 +176,12 @@ class Stream(asyncio.Protocol):
             waiter.set_exception(TimeoutError())
         else:  # armed for an earlier deadline than the one waited on now
             self._timer, self._timer_at = self._loop.call_at(deadline, self._on_timer), deadline
+
+    def _notify(self) -> None:
+        if self.listener is not None:
+            self.listener()
+        else:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -279,6 +279,13 @@ class VisionConfig(Strict):
     num_channels: Count(16) = 3
     num_parameters: Count(10**15) | None = Field(
         None, description="The tower's published parameter count (with its projector); derived when absent.")
+    spatial_merge_size: Count(64) | None = Field(
+        None, description="Qwen2-VL family: patches merged per side into one language-model token (2).")
+    temporal_patch_size: Count(64) | None = Field(
+        None, description="Qwen2-VL family: video frames per temporal patch (2; one image is padded to it).")
+    max_pixels: Count(10**10) | None = Field(
+        None, description="Qwen2-VL family: the image processor's max_pixels (preprocessor_config.json), the "
+                          "size of vLLM's dummy profile image and video frames.")
 
 
 class Architecture(Strict):

@@ -221,12 +221,12 @@ def test_extra_args_prefix_caching_and_ssm_dtype():
     assert vllm_flags.mamba_ssm_cache_dtype(["--mamba-ssm-cache-dtype=fp8"]) is None
 
 
-def test_state_before_the_hybrid_manager_is_said_to_be_unmodelled():
+def test_state_before_the_hybrid_manager_is_said_to_be_v0s_cache():
     fleet = spec.FleetSpec.model_validate({
         "name": "h", "base_model": {"id": NEMOTRON, "max_model_len": 8192}, "gpus": "1x L40S",
         "servers": [{"name": "s"}], "runtime": {"vllm_version": "0.9.2"}})
     codes = {d.code for d in findings.hybrid_state_findings(fleet, facts(NEMOTRON))}
-    assert "hybrid-state-not-modelled" in codes
+    assert "hybrid-state-v0-cache" in codes and "hybrid-state-not-modelled" not in codes
     newer = fleet.model_copy(update={"runtime": fleet.runtime.model_copy(update={"vllm_version": "0.19.0"})})
     assert not findings.hybrid_state_findings(newer, facts(NEMOTRON))
 
@@ -245,3 +245,65 @@ def test_a_planned_replica_reports_its_state_groups():
     assert "3,211,264 B" in kv.source and "784 tokens" in kv.source and kv.confidence == "computed"
     per_request = (-(-32768 // 784) + 3 * 2) * 16 * 3_211_264
     assert b.request_bytes == per_request
+
+
+# ---------------------------------------------------------------------------------------------
+# Before 0.10.2: V0 and its MambaCacheManager (model_executor/models/mamba_cache.py of 0.8.4 and
+# 0.10.1; the V0 fallback in _is_v1_supported_oracle, engine/arg_utils.py of 0.8.4 and 0.10.1)
+
+
+def test_mamba_models_fall_back_to_v0_before_0_10_2():
+    nemotron, llama = facts(NEMOTRON), facts("meta-llama/Llama-3.1-8B-Instruct")
+    assert memory.state_model_runs_v0(nemotron, "0.8.4")  # SupportsV0Only
+    assert memory.state_model_runs_v0(nemotron, "0.10.1")  # has_inner_state and _warn_or_fallback("Mamba")
+    assert not memory.state_model_runs_v0(nemotron, "0.10.1", "1")  # VLLM_USE_V1=1 set explicitly
+    assert not memory.state_model_runs_v0(nemotron, "0.10.2")  # the fallback is gone
+    assert not memory.state_model_runs_v0(llama, "0.10.1")
+
+
+def test_v0_pads_the_state_slots_to_a_capture_size():
+    """VllmConfig.pad_for_cudagraph over [1, 2, 4] + multiples of 8 (_set_cudagraph_sizes)."""
+    assert [memory.v0_capture_size(n) for n in (1, 3, 5, 100, 256)] == [1, 4, 8, 104, 256]
+
+
+def test_v0_mamba_cache_of_nemotron_nano():
+    """Nemotron-Nano-9B-v2 (27 Mamba2 layers, 128 heads × 80, 8 groups, state 128, conv 4), bf16:
+    conv (3, 128·80 + 2·8·128 = 12288) × 2 B = 73,728 B and ssm 128·80·128 × 2 B = 2,621,440 B per
+    slot and layer; × 256 slots × 27 layers. With --mamba-ssm-cache-dtype float32 the temporal_state
+    tensor alone is 27 × 256 × 128·80·128 × 4 B = 33.75 GiB, the allocation vllm-project/vllm#23230
+    (0.10.1, L40S) reports failing."""
+    f = facts(NEMOTRON)
+    per_slot = 3 * 12288 * 2 + 128 * 80 * 128 * 2
+    assert memory.v0_state_cache_bytes(f, 1, 1, 256, False, 2, "0.10.1") == 27 * 256 * per_slot
+    assert memory.v0_state_cache_bytes(f, 1, 1, 100, True, 2, "0.10.1") == 27 * 100 * per_slot
+    assert memory.v0_state_cache_bytes(f, 1, 1, 100, False, 2, "0.10.1") == 27 * 104 * per_slot
+    fp32 = memory.v0_state_cache_bytes(f, 1, 1, 256, False, 2, "0.10.1", mamba_ssm_cache_dtype="float32")
+    assert fp32 - 27 * 256 * 3 * 12288 * 2 == 27 * 256 * 128 * 80 * 128 * 4 == round(33.75 * GIB)
+    # tensor parallel 2: 8 groups split evenly, conv 6144 channels and 64 heads per GPU
+    assert memory.v0_state_cache_bytes(f, 2, 1, 256, False, 2, "0.10.1") == 27 * 256 * (3 * 6144 * 2 + 64 * 80 * 128 * 2)
+
+
+def test_v0_plan_of_nemotron_takes_the_state_from_the_kv_budget():
+    """0.10.1 on one L40S: V0, KV blocks on the 4 attention layers only (CacheEngine), the state cache
+    in the non-KV memory; with the float32 ssm state the replica does not fit."""
+    from fleetspec.planner import report
+
+    def budget(extra, version="0.10.1"):
+        fleet = spec.FleetSpec.model_validate({
+            "name": "h", "base_model": {"id": NEMOTRON}, "gpus": "1x L40S",
+            "servers": [{"name": "s", "extra_args": extra}], "runtime": {"vllm_version": version}})
+        plan = report.plan_fleet(fleet)
+        return plan, plan.servers[0].replicas[0].budget
+
+    plan, b = budget([])
+    f = facts(NEMOTRON)
+    assert b.state_cache == memory.v0_state_cache_bytes(f, 1, 1, 256, False, 2, "0.10.1")
+    assert b.kv_groups == ("full",) and b.kv_group_size == 4
+    assert b.kv_cache == b.budget - b.weights - b.activation - b.state_cache - b.non_torch
+    assert b.kv_tokens == b.kv_cache // (16 * 4 * 8 * 128 * 2 * 2) * 16
+    assert any(t.term == "state_cache" for t in b.terms) and b.to_json()["state_cache_gib"] == 17.35
+    assert plan.fits
+    plan, b = budget(["--mamba-ssm-cache-dtype", "float32"])
+    assert not plan.fits and b.kv_cache < 0
+    _, newer = budget([], "0.10.2")
+    assert newer.state_cache == 0 and "mamba" in newer.kv_groups

@@ -155,7 +155,10 @@ def test_llama8b_bf16_weights_at_tp1_and_tp2():
     assert memory.weight_bytes(LLAMA8, 1, 1, 2) == 8030261248 * 2 + rope
     linear = 32 * (4096 * 2048 + 2 * 4096 * 512 + 2048 * 4096 + 3 * 4096 * 7168)
     other = 32 * 2 * 4096 + 2 * (128256 // 2) * 4096 + 4096
-    assert memory.weight_bytes(LLAMA8, 2, 1, 2) == (linear + other) * 2 + rope
+    # Per rank embed_tokens and lm_head are 501 MiB each: a 502 MiB segment, 1 MiB not split off
+    # (planner/allocator.py), so the allocator counts 1 MiB more for each.
+    slack = 2 * (1 << 20)
+    assert memory.weight_bytes(LLAMA8, 2, 1, 2) == (linear + other) * 2 + rope + slack
 
 
 def test_awq_weights_keep_embeddings_in_half_precision():

@@ -80,7 +80,7 @@ def test_v1_of_0_8_counts_the_whole_device():
     got = nontorch.non_torch(1, 1, (0, 8, 5))
     assert got.in_budget == gib(0.25) + gib(0.51) and got.outside == 0
     v0 = nontorch.non_torch(1, 1, (0, 8, 5), v0=True)  # the V0 fallback takes its own snapshot
-    assert v0.in_budget == gib(0.25) and v0.outside == gib(0.51)
+    assert v0.in_budget == 0 and v0.outside == gib(0.51)  # context in its baseline; no base (V0 ≥ 0.7)
 
 
 @pytest.mark.parametrize(("version", "capability", "v0"), [
