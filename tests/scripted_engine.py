@@ -189,6 +189,14 @@ class ScriptedEngine:
         return False
 
     @staticmethod
+    def _mode_stall_body(sock) -> bool:
+        sock.sendall(
+            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"id": 1'
+        )
+        time.sleep(4)  # longer than the router's --upstream-idle-s in the tests
+        return False
+
+    @staticmethod
     def _mode_silent(sock) -> bool:
         time.sleep(4)  # longer than the router's --upstream-first-byte-s in the tests
         return False

@@ -15,7 +15,7 @@ def headers(head: httpio.ResponseHead, decision: table.Decision) -> list[tuple[s
     """The answer's headers for the client, without framing: none that is hop-by-hop or named by
     the engine's Connection field (RFC 9110 §7.6.1), then the routing headers."""
     named, hop = head.connection, httpio.HOP_BY_HOP
-    kept = [(k, v) for k, v in head.headers if k.lower() not in hop and k.lower() not in named]
+    kept = [(k, v) for k, v in head.headers if (low := k.lower()) not in hop and low not in named]
     return kept + decision_headers(decision)
 
 

@@ -13,8 +13,8 @@ Everything else goes to the router's coroutine path (`Router.serve_connection`),
 fast path reached: a head or body still to come, pipelined requests, Expect, chunked bodies, HTTP/1.0,
 Connection: close, any path but the two completion endpoints, a missing API key, a body that is not a
 JSON object, a rejection or fallback, an adapter to load, no idle engine connection, and, once sent,
-any answer that is not a whole small one with status below 500 (404 included: it may mean the engine
-lost the adapter). Both paths use the same parser (httpio/httpwire), table, placement, bookkeeping
+any answer that is not a small one, whole in the buffer, with status below 500 (404 included: it may
+mean the engine lost the adapter). Both paths use the same parser (httpio/httpwire), table, placement, bookkeeping
 and answer headers, so a request is answered the same whichever path answers it, and the strictness
 of one is the strictness of the other: the fast path answers only what the strict parser accepted,
 and leaves every refusal, and its wording, to the coroutine path. A request handed over after the
@@ -292,17 +292,16 @@ class _Exchange:
         if head is None:
             self.hand_over()  # malformed, or an interim 1xx: read again there, which words the 502 or skips it
             return
+        total = end + 4 + (head.length or 0)
         if (head.status >= 500 or head.status in (204, 304) or head.length is None or head.length > MAX_ANSWER
-                or (head.status == 404 and sent.decision.specialist is not None)):
-            del buffer[:end + 4]  # the head is not read twice: the coroutine path goes on from its body
+                or (head.status == 404 and sent.decision.specialist is not None) or len(buffer) < total):
+            # Failed, bodiless, streamed, large, perhaps a lost adapter, or a body still to come (which
+            # the coroutine path reads under --upstream-idle-s). It goes on from the body: the head
+            # is not read twice.
+            del buffer[:end + 4]
             sent.head = head
-            self.hand_over()  # failed, bodiless, streamed, large, or perhaps a lost adapter
+            self.hand_over()
             return
-        total = end + 4 + head.length
-        if len(buffer) < total:
-            if stream.ended:
-                self.hand_over()
-            return  # the rest comes with the next read
         data = bytes(buffer[end + 4:total])
         del buffer[:total]
         self._release_engine()

@@ -95,6 +95,7 @@ SAME_ANSWERS = {
     "an engine that sends a short body": ([post(prompt("mode:short-body"))], 1),
     "an engine that sends more than it declares": ([post(prompt("mode:over-send")), post()], 2),
     "an engine that never answers": ([post(prompt("mode:silent"))], 1),
+    "an engine that stalls in the middle of a body": ([post(prompt("mode:stall-body"))], 1),
 }
 
 
@@ -170,3 +171,16 @@ def open_connections(router) -> float:
     status, body = get(f"http://127.0.0.1:{router.port}/metrics")
     assert status == 200
     return float(re.search(rb"^fleetspec_router_client_connections (\S+)$", body, re.M).group(1))
+
+
+def test_a_body_that_stalls_is_cut_after_the_idle_limit_not_the_first_byte_limit(routers):
+    fast, _ = routers
+    idle_s = float(ROUTER_LIMITS[ROUTER_LIMITS.index("--upstream-idle-s") + 1])
+    first_byte_s = float(ROUTER_LIMITS[ROUTER_LIMITS.index("--upstream-first-byte-s") + 1])
+    with Client(fast.port) as client:
+        started = time.monotonic()
+        client.send(post(prompt("mode:stall-body")))
+        answer = client.answer()
+    took = time.monotonic() - started
+    assert answer.status == 504, answer.body
+    assert idle_s - 0.1 < took < idle_s + first_byte_s - 0.1, took  # one limit, not both in turn

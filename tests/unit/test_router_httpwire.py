@@ -228,3 +228,26 @@ def test_dechunker_keeps_what_follows_the_body():
     decoder = httpio.Dechunker()
     assert decoder.feed(b"2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n") == [b"ok"]
     assert decoder.done and decoder.extra == b"HTTP/1.1 200 OK\r\n"
+
+
+def _outcome(parse, value):
+    try:
+        return parse(value)
+    except httpwire.ProtocolError as exc:
+        return (exc.status, str(exc))
+
+
+_LINE_PIECES = st.lists(st.sampled_from([
+    b"POST", b"GET", b"OPTIONS", b"P(ST", b" ", b"  ", b"/v1/completions", b"/a?b=c", b"*", b"http://h/p",
+    b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.12", b"http/1.1", b"\t", b"\x7f", b"\xe9", b"\r", b"",
+]), max_size=6).map(b"".join)
+
+
+@given(_LINE_PIECES | st.binary(max_size=30))
+def test_the_common_request_line_is_read_as_the_checks_read_it(line):
+    assert _outcome(httpwire.parse_request_line, line) == _outcome(httpwire.checked_request_line, line)
+
+
+@given(st.text(alphabet="0123456789 ,+-_x\t\u0663\u00b2", max_size=22))
+def test_a_plain_content_length_is_read_as_the_checks_read_it(value):
+    assert _outcome(httpwire.content_length, value) == _outcome(httpwire.checked_content_length, value)
