@@ -69,6 +69,9 @@ class ModelFacts:
     # The dummy multimodal data vLLM's profile run builds (its DummyInputsBuilder): "qwen2_vl" = one
     # image and one video at the image processor's max_pixels (qwen2_vl.py Qwen2VLDummyInputsBuilder).
     mm_dummy: str | None = None
+    # The first vLLM release whose model class declares embed_tokens / lm_head in embedding_modules
+    # (models.yaml family `embedding_lora_since`); None: every release as `embedding_lora` says.
+    embedding_lora_since: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -254,6 +257,7 @@ def _facts(*, model_id: str, family: str, architecture: spec_models.Architecture
         quantization_scope=frozenset(scope) if scope else None,
         mixers=mixers, mlp_layers=mlp_layers, rotary=fam.get("rotary", True), qk_norm=fam.get("qk_norm", False),
         mm_dummy=fam.get("mm_dummy"),
+        embedding_lora_since=fam.get("embedding_lora_since"),
     )
 
 

@@ -198,7 +198,8 @@ def _stage_budget(facts: catalog_models.ModelFacts, s: engine.EngineSettings, to
     budget = memory.budget_bytes(total, s.gpu_memory_utilization)
     weights = memory.weight_bytes(facts, tp, pp, s.dtype_bytes, s.quantization, s.group_size,
                                   compute_capability=s.compute_capability, stage=stage, shard=shard,
-                                  vllm_version=s.vllm_version, bnb_checkpoint=s.bnb_checkpoint)
+                                  vllm_version=s.vllm_version, bnb_checkpoint=s.bnb_checkpoint,
+                                  alloc_conf=s.alloc_conf)
     lora = lora_buffer_bytes(facts, s, stage)
     lora_in_budget = memory.lora_in_kv_budget(s.vllm_version, s.v0)
     budget_lora = lora if lora_in_budget else 0

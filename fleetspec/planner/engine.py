@@ -8,7 +8,7 @@ import dataclasses
 from fleetspec.catalog import gpus as catalog_gpus
 from fleetspec.catalog import models as catalog_models
 from fleetspec.catalog import overheads, quantization, vllm_flags
-from fleetspec.planner import memory
+from fleetspec.planner import allocator, memory
 from fleetspec.spec import derived
 from fleetspec.spec import models as spec_models
 
@@ -53,6 +53,10 @@ class EngineSettings:
     # bitsandbytes checkpoints: base_model.quantization_skip_modules / bnb_4bit_use_double_quant
     # (planner/bnb.py Checkpoint); None: nothing said.
     bnb_checkpoint: object | None = None
+    # The server's PYTORCH_CUDA_ALLOC_CONF as the caching allocator reads it (planner/allocator.py):
+    # block rounding in "Model loading took" (e.g. Unsloth's expandable segments and power-of-two
+    # divisions).
+    alloc_conf: allocator.AllocatorConfig = allocator.DEFAULT
 
     def replace(self, **changes) -> EngineSettings:
         return dataclasses.replace(self, **changes)
@@ -144,6 +148,7 @@ def settings_for(spec: spec_models.FleetSpec, server: spec_models.Server,
         prefix_caching=vllm_flags.prefix_caching(server.extra_args),
         mamba_ssm_cache_dtype=vllm_flags.mamba_ssm_cache_dtype(server.extra_args),
         bnb_checkpoint=_bnb_checkpoint(base),
+        alloc_conf=allocator.AllocatorConfig.parse(server.env.get("PYTORCH_CUDA_ALLOC_CONF")),
     )
 
 

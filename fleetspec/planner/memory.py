@@ -489,12 +489,15 @@ def weight_allocations(facts: catalog_models.ModelFacts, tp: int, dtype_bytes: i
 
 def allocator_slack_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes: int,
                           method: str = "none", *, stage: Stage | None = None,
-                          shard: ExpertShard | None = None) -> int:
+                          shard: ExpertShard | None = None,
+                          alloc_conf: allocator.AllocatorConfig = allocator.DEFAULT) -> int:
     """What the caching allocator counts in "Model loading took" beyond the tensors' bytes
     (planner/allocator.py): e.g. Qwen2-7B at TP 1, whose qkv_proj (31.5 MiB), gate_up_proj (259 MiB)
     and down_proj (129.5 MiB) each hold a block up to 1 MiB larger, 2 MiB per layer and 57 MiB in
     all. Only unquantized weights are replayed (quantized ones are repacked after loading, which
-    this does not follow); 0 where `weight_allocations` has no layout."""
+    this does not follow); 0 where `weight_allocations` has no layout. `alloc_conf` is the server's
+    PYTORCH_CUDA_ALLOC_CONF (Unsloth's: expandable segments, so no segment rounding, but
+    roundup_power2_divisions, so Qwen3-4B's 741.9 MiB embedding holds 752 MiB)."""
     if method != "none":
         return 0
     num_layers = facts.architecture.num_hidden_layers
@@ -504,7 +507,7 @@ def allocator_slack_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dt
         events = weight_allocations(facts, tp, dtype_bytes, s, shard)
         if events is None:
             return 0
-        worst = max(worst, allocator.slack_bytes(events))
+        worst = max(worst, allocator.slack_bytes(events, alloc_conf))
     return worst
 
 
@@ -512,14 +515,15 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
                  method: str = "none", group_size: int | None = None, *,
                  compute_capability: tuple[int, int] | None = None, stage: Stage | None = None,
                  shard: ExpertShard | None = None, vllm_version: tuple[int, ...] | None = None,
-                 bnb_checkpoint=None) -> int:
+                 bnb_checkpoint=None, alloc_conf: allocator.AllocatorConfig = allocator.DEFAULT) -> int:
     """Weights on one GPU: quantized linear layers plus embeddings/lm_head/norms in model dtype,
     plus the buffers vLLM allocates with them (the rotary cos/sin cache) and, for unquantized
     weights, what the caching allocator's blocks hold beyond the tensors (`allocator_slack_bytes`),
     with MXFP4 experts padded
     to the shapes their kernel takes (`mxfp4_expert_padding`) and what the Triton kernels' weight
     conversion leaves behind (`mxfp4_triton_residue_bytes`, given the release). bitsandbytes is
-    sized by planner/bnb.py (`bnb_checkpoint`: its skip list and double quantization)."""
+    sized by planner/bnb.py (`bnb_checkpoint`: its skip list and double quantization). `alloc_conf`:
+    the allocator settings of the server's PYTORCH_CUDA_ALLOC_CONF (allocator.AllocatorConfig)."""
     split = params_per_gpu(facts, tp, pp, stage=stage, shard=shard)
     cost = quantization.weight_cost(method, group_size, dtype_bytes)
     scope = quantized_kinds(facts, method)
@@ -535,7 +539,8 @@ def weight_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, dtype_bytes
     residue = 0 if vllm_version is None else mxfp4_triton_residue_bytes(
         facts, tp, compute_capability, method, vllm_version, dtype_bytes, shard=shard,
         moe_layers=moe_layers_on(facts, pp, stage))
-    slack = allocator_slack_bytes(facts, tp, pp, dtype_bytes, method, stage=stage, shard=shard)
+    slack = allocator_slack_bytes(facts, tp, pp, dtype_bytes, method, stage=stage, shard=shard,
+                                  alloc_conf=alloc_conf)
     return round(total) + rope_cache_bytes(facts, dtype_bytes) + residue + slack
 
 
@@ -614,10 +619,15 @@ def mxfp4_expert_padding(facts: catalog_models.ModelFacts, tp: int, compute_capa
 # LoRA
 
 
-def lora_targets(facts: catalog_models.ModelFacts, target_modules: Iterable[str] | None) -> tuple[str, ...]:
-    """Packed modules vLLM wraps: all it supports, or those named by --lora-target-modules."""
+def lora_targets(facts: catalog_models.ModelFacts, target_modules: Iterable[str] | None,
+                 vllm_version: tuple[int, ...] | str | None = None) -> tuple[str, ...]:
+    """Packed modules vLLM wraps: all it supports, or those named by --lora-target-modules. With
+    `vllm_version`, embed_tokens / lm_head only from the release whose model class declares them
+    (ModelFacts.embedding_lora_since: Qwen3 from 0.15/0.16)."""
     supported = list(facts.lora_modules)
-    if facts.embedding_lora:
+    since = facts.embedding_lora_since
+    declared = since is None or vllm_version is None or _version_tuple(vllm_version) >= _version_tuple(since)
+    if facts.embedding_lora and declared:
         supported += ["embed_tokens", "lm_head"]
     if target_modules is None:
         return tuple(supported)
@@ -677,7 +687,7 @@ def lora_bytes(facts: catalog_models.ModelFacts, tp: int, pp: int, max_loras: in
     (overheads.yaml lora.extra_vocab): embed lora_a has vocab + 256 rows, the logits wrapper's lora_b
     the vocab padded to 256, and each has an embeddings_tensors [max_loras, 256, hidden]
     (vllm/lora/layers.py create_lora_weights @0.8.5.post1)."""
-    targets = lora_targets(facts, target_modules)
+    targets = lora_targets(facts, target_modules, vllm_version)
     terms = _lora_layer_terms(facts, tp, fully_sharded, shard)
     per_layer = sum(terms[m] for m in targets if m in terms)
     a = facts.architecture

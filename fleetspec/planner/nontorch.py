@@ -6,7 +6,8 @@ release, is read from vLLM's worker code (`overheads.yaml` non_torch_model, with
 
 - the base every worker has (0.25 GiB at one GPU: kernels and handles loaded during the profile run);
 - with tensor parallel, FlashInfer's fused all-reduce workspace (computed, 0.17 onward, Hopper and
-  Blackwell) and NCCL's buffers: over NVLink the measured rest, over PCIe a few channels' worth;
+  Blackwell) and NCCL's buffers: over NVLink the measured rest, over PCIe a few channels' worth, across
+  hosts ("network") at most the same (GPU memory only with GPUDirect RDMA) and no custom all-reduce;
 - where vLLM takes its baseline snapshot: after distributed init since 0.11 (init buffers outside
   the budget), before it in 0.9-0.10 and V0 (inside), and in 0.8 nowhere (the CUDA context too);
 - V0 from 0.7 (snapshot at worker init, eager runner): no base, only what vLLM allocates outside torch
@@ -108,6 +109,17 @@ def non_torch(tp: int, pp: int, version: tuple[int, ...], *, interconnect: str =
             # vLLM's own communicator is made at distributed init, with custom all-reduce's two
             # 8 MiB buffers (custom_all_reduce.py: two GPUs over PCIe only).
             outside = single_context + nccl + (16 * MIB if tp == 2 else 0)
+            confidence = "estimated"
+        elif interconnect == "network":
+            # Ranks on different hosts: no NVLink or P2P, NCCL's NET transport. Its SIMPLE and LL128
+            # buffers go to GPU memory only with GPUDirect RDMA (`useGdr`), else to host memory, and
+            # LL's always to host memory (transport/net.cc sendProxyConnect / recvProxyConnect,
+            # NCCL v2.26.2): planned as the PCIe sizes, the GPUDirect case (the larger). vLLM makes no
+            # custom all-reduce buffers across nodes (custom_all_reduce.py: "spans across nodes").
+            nccl = _pcie_nccl_bytes(tp)
+            parts.append(("NCCL over the network (at most, with GPUDirect RDMA), the communicator made at first use",
+                          nccl))
+            outside = single_context + nccl
             confidence = "estimated"
         else:
             parts.append(("NCCL over NVLink (measured on 0.19 H100, less the base and FlashInfer's workspace)",

@@ -70,6 +70,10 @@ _FLASHINFER = (
 # custom_all_reduce.py): no P2P at all, or more than two GPUs that only share PCIe.
 _PCIE_ONLY = re.compile(r"Custom allreduce is disabled because\s+(?:your\s+platform\s+lacks\s+GPU\s+P2P\s+capability|"
                         r"it's\s+not\s+supported\s+on\s+more\s+than\s+two\s+PCIe-only\s+GPUs)")  # logs wrap lines
+# custom_all_reduce.py (0.10.1): `if not all(in_the_same_node_as(group, source_rank=0))` the group's
+# ranks are on different hosts (e.g. Ray over pods), so NCCL talks over the network.
+_SPANS_NODES = re.compile(r"Custom\s+allreduce\s+is\s+disabled\s+because\s+this\s+process\s+group\s+spans"
+                          r"\s+across\s+nodes")  # logs wrap lines
 _KV_TOKENS = re.compile(r"(?:GPU|CUDA|CPU|XPU) KV cache size: " + _NUMBER + r" tokens")
 _BLOCKS = re.compile(r"# (?:GPU|cuda|CUDA|gpu) blocks: " + _NUMBER)
 _BLOCK_SIZE = re.compile(r"\bblock_size=([0-9]+)")
@@ -104,7 +108,8 @@ class StartupFacts:
     failure: str | None = None  # a FAILURES code, None when the log shows none
     flashinfer: bool | None = None  # FlashInfer installed, when the sampler's start line says
     flashinfer_sampler_env: str | None = None  # VLLM_USE_FLASHINFER_SAMPLER as the log implies it
-    interconnect: str | None = None  # "pcie" when custom all-reduce says the GPUs only share PCIe
+    interconnect: str | None = None  # "pcie" when custom all-reduce says the GPUs only share PCIe,
+    # "network" when it says the process group spans nodes
     # The bitsandbytes quantization_config the engine was given, where the log prints it (Unsloth's
     # "vLLM Bitsandbytes config using kwargs = {...}" line before it starts vLLM): its
     # llm_int8_skip_modules and bnb_4bit_use_double_quant size the weights (planner/bnb.py).
@@ -168,7 +173,7 @@ def parse(text: str) -> StartupFacts:
         failure=failure,
         flashinfer=flashinfer[0],
         flashinfer_sampler_env=flashinfer[1],
-        interconnect="pcie" if _PCIE_ONLY.search(text) else None,
+        interconnect="network" if _SPANS_NODES.search(text) else "pcie" if _PCIE_ONLY.search(text) else None,
         bnb_config=bnb_config(text),
     )
 

@@ -514,9 +514,10 @@ class GpuGroup(Strict):
         None, max_length=MAX_GPUS_PER_GROUP,
         description="Device indices on the host (CUDA_VISIBLE_DEVICES); numbered in order when absent."
     )
-    interconnect: Literal["nvlink", "pcie"] | None = Field(
+    interconnect: Literal["nvlink", "pcie", "network"] | None = Field(
         None, description="How these GPUs talk to each other under tensor parallel: nvlink (NVLink or NVSwitch, "
-        "SXM boards) or pcie. It sizes NCCL's memory. Default: the catalog's for the type (SXM for H100, H200, A100).")
+        "SXM boards), pcie, or network (the ranks sit on different hosts, e.g. one GPU per node under Ray). It "
+        "sizes NCCL's memory. Default: the catalog's for the type (SXM for H100, H200, A100).")
 
     @model_validator(mode="after")
     def _type_or_memory(self) -> GpuGroup:

@@ -69,6 +69,24 @@ def test_pcie_keeps_nccl_small():
     assert got.confidence == "estimated"
 
 
+def test_ranks_on_different_hosts_use_nccl_over_the_network():
+    # NCCL's NET transport: the PCIe-sized buffers at most (GPU memory only with GPUDirect RDMA,
+    # transport/net.cc v2.26.2), and no custom all-reduce buffers across nodes (custom_all_reduce.py).
+    got = nontorch.non_torch(2, 1, (0, 19), interconnect="network", compute_capability=(8, 0))
+    assert got.in_budget == gib(0.25) + 20 * MIB
+    assert got.outside == gib(0.51) + 20 * MIB
+    assert got.confidence == "estimated"
+    # 0.10.1 takes its snapshot before distributed init: that communicator is counted too.
+    early = nontorch.non_torch(2, 1, (0, 10, 1), interconnect="network", compute_capability=(8, 0))
+    assert early.in_budget == gib(0.25) + 40 * MIB
+
+
+def test_a_group_spanning_nodes_is_read_from_the_log():
+    text = ("(RayWorkerWrapper pid=1384) WARNING 09-03 04:38:28 [custom_all_reduce.py:85] Custom allreduce is disabled\n"
+            " because this process group spans across nodes.\n")
+    assert startup_log.parse(text).interconnect == "network"
+
+
 def test_before_0_11_distributed_init_is_inside_the_budget():
     late = nontorch.non_torch(2, 1, (0, 11), compute_capability=(8, 0))
     early = nontorch.non_torch(2, 1, (0, 10, 1), compute_capability=(8, 0))
