@@ -62,7 +62,16 @@ def engines(tmp_path):
                     stderr=subprocess.STDOUT,
                 )
             )
-        return f"http://{address}:{port}"
+        url = f"http://{address}:{port}"
+        process, log_path = started[-1], tmp_path / f"sim-{address}.log"
+
+        def still_running() -> None:
+            if process.poll() is not None:
+                raise AssertionError(f"the sim engine for {url} exited: {log_path.read_text(errors='replace')[-2000:]}")
+
+        # Up before the test goes on, so that a router's wait is on the router, not on a slow start.
+        engine_client.EngineClient(url).wait_healthy(time.monotonic() + DEADLINE_S, check=still_running)
+        return url
 
     start.port = port
     yield start

@@ -225,7 +225,9 @@ def test_a_node_dense_file_is_refused_while_parsing_naming_the_big_section():
     text = "name: x\nspecialists: [" + "1," * (yaml_source.MAX_NODES + 10) + "1]\n"
     started = time.perf_counter()
     diagnostic = only(text)
-    assert time.perf_counter() - started < 10  # generous: a shared CI box; the benchmark has the real figure
+    # A hang guard, not a speed target (bench/bench_hostile.py, "node-dense", has the figure): on a
+    # loaded 2-core box it once took 15 s, over the 10 s this used to allow.
+    assert time.perf_counter() - started < 60
     assert diagnostic.code == "too-many-nodes" and diagnostic.path.startswith("specialists[")
     assert "`specialists` holds" in diagnostic.message and "split the fleet" in diagnostic.hint
 
