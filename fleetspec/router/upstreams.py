@@ -29,6 +29,9 @@ from fleetspec.router import httpio, residency
 from fleetspec.routing import config as config_mod
 
 log = logging.getLogger("fleetspec.router")
+# Health checks in a row with no answer in time before a serving replica is marked down (a refused
+# connection or a bad answer marks it down at once); Kubernetes' readiness probes wait for 3 by default.
+SLOW_CHECKS_DOWN = 2
 
 
 @dataclasses.dataclass(eq=False)
@@ -42,6 +45,7 @@ class Replica:
     busy: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # in flight by served name
     checked_at: float | None = None
     last_error: str | None = None
+    slow_checks: int = 0  # health checks in a row that timed out (a refusal marks it down at once)
     agent: agent_view.AgentView | None = None  # the pod's agent at its last answer
     agent_state: str | None = None  # agent_view's OK, PROBLEM, NOT_READY, UNREACHABLE, BAD_ANSWER; None: no agent
     agent_error: str | None = None  # why the agent could not be read
@@ -177,9 +181,22 @@ class Upstreams:
                                               headers=contract.auth_headers(self.api_key), timeout=self.timeout)
             view = contract.models_view(url, status, body.decode("utf-8", "replace"))
             replica.models, replica.adapters = view.names, frozenset(view.adapters)
-        except (TimeoutError, OSError, httpio.ProtocolError, errors.FleetspecError) as exc:
+        except TimeoutError as exc:
+            # A busy engine answers /health late (its API server's loop is tokenizing and streaming);
+            # one late answer from a replica that serves is not an outage, and taking the last such
+            # replica out would refuse every request until the next check. Refusals count at once.
+            replica.slow_checks += 1
+            if replica.healthy and replica.slow_checks < SLOW_CHECKS_DOWN:
+                log.info("engine %s (%s replica %d) answered no health check within %g s; it stays in "
+                         "service unless the next check is late too", url, replica.server,
+                         replica.upstream.replica, self.timeout)
+            else:
+                self.mark_down(replica, f"{exc.__class__.__name__}: {exc}" if str(exc) else
+                               f"no answer within {self.timeout:g} s")
+        except (OSError, httpio.ProtocolError, errors.FleetspecError) as exc:
             self.mark_down(replica, f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__)
         else:
+            replica.slow_checks = 0
             if replica.healthy is not True:
                 log.info("engine %s (%s replica %d) is healthy", url, replica.server, replica.upstream.replica)
             replica.healthy, replica.last_error = True, None

@@ -3,7 +3,9 @@ extraction: the proxy's pure decisions."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
 
 import pytest
 
@@ -152,3 +154,44 @@ def test_the_pool_never_reuses_a_connection_the_engine_is_about_to_close():
 
     assert asyncio.run(scenario()) == (True, False)
     assert httpio.MAX_IDLE_REUSE_S < 5.0  # below uvicorn's default timeout_keep_alive
+
+
+def _replica_at(port: int, timeout: float = 0.2) -> tuple[upstreams.Upstreams, upstreams.Replica]:
+    ups = upstreams.Upstreams(httpio.Pool(connect_timeout=timeout), timeout=timeout)
+    ups.configure([config.Upstream("a", 0, f"http://127.0.0.1:{port}")])
+    replica = next(iter(ups.replicas.values()))
+    replica.healthy = True
+    return ups, replica
+
+
+def test_one_late_health_check_keeps_a_serving_replica_the_second_takes_it_out():
+    async def scenario():
+        async def silent(reader, writer):
+            await reader.read(65536)  # takes the request and never answers it
+            await asyncio.sleep(5)
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        ups, replica = _replica_at(server.sockets[0].getsockname()[1])
+        try:
+            await ups.check(replica)
+            assert (replica.healthy, replica.slow_checks) == (True, 1)
+            await ups.check(replica)
+            assert replica.healthy is False and "0.2 s" in replica.last_error
+        finally:
+            server.close()
+            ups.pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_health_check_takes_a_replica_out_at_once():
+    async def scenario():
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            free = unused.getsockname()[1]  # bound and not listening: connections are refused
+            ups, replica = _replica_at(free)
+            await ups.check(replica)
+        assert replica.healthy is False and "Refused" in replica.last_error
+
+    asyncio.run(scenario())
