@@ -61,8 +61,7 @@ class Sent:
     model: str | None
     config: object
     routing: table.RoutingTable
-    wanted: table.Decision
-    decision: table.Decision
+    decision: table.Decision  # as the table made it: the fast path takes no fallback
     replica: upstreams.Replica
     conn: httpio.Connection
     deadline: float  # loop time by which the answer's head must have arrived
@@ -181,7 +180,7 @@ class ClientConnection(streams.Stream):
             router.metrics.adapter_cache.inc(replica.server, str(replica.upstream.replica), "hit")
         payload = router.claim(replica, wanted.served_name, body)
         deadline = self._loop.time() + router.limits.upstream_first_byte_s
-        sent = Sent(body, prompt, model, config, routing, wanted, wanted, replica, conn, deadline, started)
+        sent = Sent(body, prompt, model, config, routing, wanted, replica, conn, deadline, started)
         self.exchange = _Exchange(self, request, sent)
         self._arm(deadline)
         conn.stream.write(router.upstream_head(replica, request, len(payload)) + payload)

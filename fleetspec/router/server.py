@@ -553,7 +553,7 @@ class Router:
         callbacks (the answer is not a small, whole, ordinary one): as if this path had sent it."""
         try:
             status, keep, decision = await self._forward(
-                request, writer, sent.body, sent.wanted, sent.decision, sent.replica, sent.config, sent.routing,
+                request, writer, sent.body, sent.decision, sent.decision, sent.replica, sent.config, sent.routing,
                 may_redecide=True, sent=sent)
         except _Stale:
             return await self._route_and_forward(request, writer, sent.body, sent.prompt, sent.model, None,
@@ -572,8 +572,8 @@ class Router:
         if decision.fallback_reason:
             self.metrics.fallbacks.inc(decision.fallback_reason)
 
-    def route_request(self, request: httpio.Request, routing: table.RoutingTable, prompt: str, model: str | None
-               ) -> tuple[table.Decision, list[str], str | None]:
+    def route_request(self, request: httpio.Request, routing: table.RoutingTable, prompt: str,
+                      model: str | None) -> tuple[table.Decision, list[str], str | None]:
         """The table's decision without the embedding tier, the extensions it was asked for, and the
         sticky key."""
         sticky = request.headers.get(routing.sticky_key.lower()) if routing.sticky_key else None
